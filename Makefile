@@ -1,0 +1,33 @@
+# maskstudy: `make study` and `make test` are the two commands a newcomer needs.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# This machine keeps a CPU build of torch 2.13.0 on disk; elsewhere set TORCH_SPEC=torch.
+TORCH_SPEC ?= torch==2.13.0
+WORLD := data/world
+WORLD_USERS ?= 6000
+
+.PHONY: setup study test bench clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	# torch first, so the dependencies below do not pull a CUDA build
+	$(BIN)/pip install --quiet "$(TORCH_SPEC)"
+	$(BIN)/pip install --quiet -e ".[dev]"
+	touch $@
+
+study: setup
+	$(BIN)/maskstudy data synth --users $(WORLD_USERS) --seed 0 --out $(WORLD)
+	$(BIN)/maskstudy data summary $(WORLD) --json $(WORLD)/summary.json
+
+test: setup
+	WANDB_MODE=disabled $(BIN)/python -m pytest -q
+
+bench: setup
+	$(BIN)/python -m benchmarks.data_throughput
+
+clean:
+	rm -rf $(VENV) data runs wandb

@@ -1,0 +1,1 @@
+"""Performance measurements (not tests). Run with `make bench`."""

@@ -1,0 +1,99 @@
+"""The bag-of-events reference: logistic regression on history event counts.
+
+Features, from the history columns only: for every event field that names a thing (category,
+merchant, mini-program, page, app, query), ``log1p`` of how often each value occurs;
+per modality ``log1p`` of the event count, of the active days, of the events in the last 14
+days and of the days since the last event; ``log1p`` of the bill amount sum; and the tabular
+vector. The same features and splits serve the world summary and the
+study's reference row, so a trained encoder is compared against exactly this number.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import scipy.sparse as sp
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import roc_auc_score
+from sklearn.preprocessing import StandardScaler
+
+from .schema import DAY, EVENT_FIELDS, EVENT_MODALITIES, ts_seconds
+
+# Fields whose values are names worth counting; spm ids are counted by page (a.b prefix).
+NAME_FIELDS = {"bill": ("category", "merchant"), "minipro": ("name", "category"),
+               "spm": ("spm",), "app": ("app", "category"), "search": ("query",)}
+
+
+def _spm_page(values: pa.Array) -> pa.Array:
+    return pc.replace_substring_regex(values, r"^([^.]*\.[^.]*).*$", r"\1")
+
+
+def bag_of_events(table: pa.Table) -> tuple[sp.csr_matrix, np.ndarray]:
+    """Sparse name-count features and dense summary features (users x features)."""
+    n = table.num_rows
+    rows, cols, vals = [], [], []
+    offset = 0
+    dense = []
+    ref_day = ts_seconds(table.column("ref_time")) // DAY
+    for m in EVENT_MODALITIES:
+        col = table.column(m).combine_chunks()
+        counts = np.asarray(pc.list_value_length(col)).astype(float)
+        dense.append(np.log1p(counts))
+        flat = pc.list_flatten(col)
+        parents = np.asarray(pc.list_parent_indices(col))
+        days = ts_seconds(flat.field("ts")) // DAY if len(flat) else np.zeros(0, np.int64)
+        pairs = np.unique(np.stack([parents, days]), axis=1) if len(flat) else np.zeros((2, 0))
+        dense.append(np.log1p(np.bincount(pairs[0].astype(np.int64), minlength=n)))
+        ago = ref_day[parents] - days  # days before the split, 1..90
+        dense.append(np.log1p(np.bincount(parents[ago <= 14], minlength=n)))
+        last = np.full(n, 91.0)
+        np.minimum.at(last, parents, ago)
+        dense.append(np.log1p(last))
+        if m == "bill":
+            amount = flat.field("amount").to_numpy(zero_copy_only=False)
+            dense.append(np.log1p(np.bincount(parents, weights=amount, minlength=n)))
+            largest = np.zeros(n)
+            np.maximum.at(largest, parents, amount)
+            dense.append(np.log1p(largest))
+        for f in NAME_FIELDS[m]:
+            if f not in EVENT_FIELDS[m] or len(flat) == 0:
+                continue
+            values = flat.field(f)
+            if m == "spm":
+                values = _spm_page(values)
+            enc = pc.dictionary_encode(values).combine_chunks() if isinstance(
+                values, pa.ChunkedArray) else pc.dictionary_encode(values)
+            codes = enc.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+            k = len(enc.dictionary)
+            key = parents.astype(np.int64) * k + codes
+            uniq, cnt = np.unique(key, return_counts=True)
+            rows.append(uniq // k)
+            cols.append(offset + uniq % k)
+            vals.append(np.log1p(cnt))
+            offset += k
+    sparse = sp.csr_matrix(
+        (np.concatenate(vals) if vals else np.zeros(0),
+         (np.concatenate(rows) if rows else np.zeros(0, int),
+          np.concatenate(cols) if cols else np.zeros(0, int))),
+        shape=(n, offset))
+    tab = pc.list_flatten(table.column("tabular").combine_chunks()).to_numpy(
+        zero_copy_only=False).reshape(n, -1) if n else np.zeros((0, 0))
+    return sparse, np.column_stack(dense + [tab])
+
+
+def features(table: pa.Table) -> sp.csr_matrix:
+    """The baseline's feature matrix: name counts plus standardised dense summaries."""
+    sparse, dense = bag_of_events(table)
+    dense = StandardScaler().fit_transform(dense)
+    return sp.hstack([sparse, sp.csr_matrix(dense)], format="csr")
+
+
+def probe_auc(x, y: np.ndarray, test: np.ndarray, *, c: float = 0.1, seed: int = 0) -> float:
+    """Test AUC of an L2 logistic regression fitted on the train side of one task's split."""
+    train = ~test
+    if len(np.unique(y[train])) < 2 or len(np.unique(y[test])) < 2:
+        return float("nan")
+    clf = LogisticRegression(C=c, max_iter=2000, random_state=seed)
+    clf.fit(x[train], y[train])
+    return float(roc_auc_score(y[test], clf.predict_proba(x[test])[:, 1]))

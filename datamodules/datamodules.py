@@ -1,0 +1,270 @@
+"""Lightning DataModules: contrastive pairs for training, labelled users for linear probes.
+
+The batch dictionary is the contract with ``lightning_modules``:
+
+``ContrastiveDataModule`` batches
+    ``user_input_ids``, ``user_attention_mask``, ``user_segment_ids``  (B, L_user)
+    ``answer_input_ids``, ``answer_attention_mask``                    (B, L_answer)
+    ``user_ids`` (list[str]), ``pair_kinds`` (list[str])
+``ProbeDataModule`` batches
+    ``user_input_ids``, ``user_attention_mask``, ``user_segment_ids``  (B, L_user)
+    ``labels`` (B, tasks) int8, ``probe_index`` (B,) row of the user in ``labels``
+
+Padding is dynamic (to the longest sequence of the batch, optionally to a multiple of 8), on
+the right by default or on the left; masks are 1 for real tokens, segment id 0 for padding.
+"""
+
+from __future__ import annotations
+
+import logging
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+from torch.utils.data import DataLoader
+
+from .pairs import BEHAVIOUR_QUERY, TOPICS, user_pairs
+from .records import UserColumns
+from .schema import EVENT_MODALITIES, dataset_files, future_column, tabular_names, validate_dataset
+from .splits import PROBE, TRAIN, VAL
+from .stream import SplitSpec, UserStream, row_groups
+from .probe import HISTORY_COLUMNS, ProbeSet
+from .tasks import resolve_tasks
+from .template import PAD_SEGMENT, TemplateConfig, UserTemplate, render_events, render_tabular
+from .tokenizer import load_tokenizer, save_tokenizer, train_tokenizer
+
+log = logging.getLogger(__name__)
+
+ALL_COLUMNS = HISTORY_COLUMNS + [future_column(m) for m in EVENT_MODALITIES]
+
+
+def pad_sequences(seqs: list[list[int]], value: int, *, left: bool = False,
+                  multiple_of: int = 1) -> torch.Tensor:
+    """(B, L) long tensor, L the longest sequence rounded up to ``multiple_of``."""
+    longest = max(len(s) for s in seqs)
+    width = -(-longest // multiple_of) * multiple_of
+    out = torch.full((len(seqs), width), value, dtype=torch.long)
+    for b, s in enumerate(seqs):
+        if s:
+            if left:
+                out[b, width - len(s):] = torch.tensor(s, dtype=torch.long)
+            else:
+                out[b, : len(s)] = torch.tensor(s, dtype=torch.long)
+    return out
+
+
+@dataclass
+class Collator:
+    pad_id: int
+    left_padding: bool = False
+    pad_to_multiple_of: int = 1
+
+    def _pad(self, seqs, value):
+        return pad_sequences(seqs, value, left=self.left_padding,
+                             multiple_of=self.pad_to_multiple_of)
+
+    def user_side(self, samples: list[dict]) -> dict:
+        ids = [s["input_ids"] for s in samples]
+        return {
+            "user_input_ids": self._pad(ids, self.pad_id),
+            "user_attention_mask": self._pad([[1] * len(x) for x in ids], 0),
+            "user_segment_ids": self._pad([s["segment_ids"] for s in samples], PAD_SEGMENT),
+        }
+
+    def contrastive(self, samples: list[dict]) -> dict:
+        batch = self.user_side(samples)
+        answers = [s["answer_ids"] for s in samples]
+        batch["answer_input_ids"] = self._pad(answers, self.pad_id)
+        batch["answer_attention_mask"] = self._pad([[1] * len(x) for x in answers], 0)
+        batch["user_ids"] = [s["user_id"] for s in samples]
+        batch["pair_kinds"] = [s["kind"] for s in samples]
+        return batch
+
+    def probe(self, samples: list[dict]) -> dict:
+        batch = self.user_side(samples)
+        batch["labels"] = torch.from_numpy(np.stack([s["labels"] for s in samples]))
+        batch["probe_index"] = torch.tensor([s["probe_index"] for s in samples])
+        return batch
+
+
+@dataclass
+class DataConfig:
+    """Everything that turns a dataset directory into batches."""
+
+    path: str = "data/world"
+    tokenizer: str | None = None  # tokenizer.json or a pretrained model dir; None: <path>/tokenizer.json
+    vocab_size: int = 4096
+    max_tokens: int = 512
+    caps: dict[str, int] = field(default_factory=lambda: dict(TemplateConfig().caps))
+    answer_max_tokens: int = 96
+    topics_per_user: int = 2  # query-answer pairs per user, besides the behaviour pair
+    behaviour_query: str = BEHAVIOUR_QUERY
+    probe_query: str = ""  # instruction used when embedding users for probes
+    probe_fraction: float = 0.3
+    val_fraction: float = 0.05
+    split_seed: int = 0
+    seed: int = 0
+    batch_size: int = 16
+    eval_batch_size: int = 64
+    num_workers: int = 0
+    shuffle_buffer: int = 256
+    left_padding: bool = False
+    pad_to_multiple_of: int = 1
+    validate: bool = True
+    tokenizer_users: int = 2000  # users whose text trains a new tokenizer
+
+
+def _sample_seed(seed: int, epoch: int, user_id: str) -> list[int]:
+    return [seed, epoch, zlib.crc32(user_id.encode())]
+
+
+class UserDataModule(L.LightningDataModule):
+    """Shared setup: dataset files, validation, tokenizer and template."""
+
+    def __init__(self, config: DataConfig | None = None, **overrides):
+        super().__init__()
+        cfg = config or DataConfig()
+        for k, v in overrides.items():
+            if not hasattr(cfg, k):
+                raise TypeError(f"unknown data option {k!r}")
+            setattr(cfg, k, v)
+        self.cfg = cfg
+        self.files = dataset_files(cfg.path)
+        self.template: UserTemplate | None = None
+        self._validated = False
+
+    @property
+    def tokenizer_path(self) -> Path:
+        return Path(self.cfg.tokenizer) if self.cfg.tokenizer else Path(self.cfg.path) / "tokenizer.json"
+
+    def split(self, code: int) -> SplitSpec:
+        return SplitSpec(code, self.cfg.probe_fraction, self.cfg.val_fraction, self.cfg.split_seed)
+
+    def prepare_data(self) -> None:
+        if self.cfg.validate and not self._validated:
+            validate_dataset(self.cfg.path)
+            self._validated = True
+        if not self.tokenizer_path.exists():
+            build_tokenizer(self, self.tokenizer_path)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.template is None:
+            self.prepare_data()
+            tok = load_tokenizer(self.tokenizer_path)
+            self.template = UserTemplate(
+                tok, tabular_names(self.cfg.path),
+                TemplateConfig(max_tokens=self.cfg.max_tokens, caps=dict(self.cfg.caps)))
+
+    @property
+    def collator(self) -> Collator:
+        return Collator(self.template.ids.pad, self.cfg.left_padding, self.cfg.pad_to_multiple_of)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.template.tok.get_vocab_size()
+
+    def _loader(self, stream: UserStream, batch_size: int, collate) -> DataLoader:
+        return DataLoader(stream, batch_size=batch_size, collate_fn=collate,
+                          num_workers=self.cfg.num_workers,
+                          persistent_workers=self.cfg.num_workers > 0)
+
+
+def build_tokenizer(dm: UserDataModule, out: Path, users: int | None = None) -> Path:
+    """Trains a tokenizer on the text of up to ``users`` training users: templates, queries
+    and answers, so every word the model will see is in its corpus."""
+    cfg = dm.cfg
+    limit = users or cfg.tokenizer_users
+    names = tabular_names(cfg.path)
+    split = dm.split(TRAIN)
+
+    def texts():
+        seen = 0
+        for g in row_groups(dm.files):
+            table = pq.ParquetFile(g.file).read_row_group(g.index, columns=ALL_COLUMNS)
+            rows = np.flatnonzero(split.mask(table.column("user_id").to_pylist()))
+            users_ = UserColumns(table.take(rows))
+            for i in range(len(users_)):
+                for m in EVENT_MODALITIES:
+                    ev = users_.history[m]
+                    lo, hi = ev.span(i)
+                    yield " ".join(render_events(m, ev, max(lo, hi - cfg.caps.get(m, 10**9)), hi))
+                yield " ".join(render_tabular(names, users_.tabular[i]))
+                rng = np.random.default_rng(_sample_seed(cfg.seed, 0, users_.user_ids[i]))
+                for p in user_pairs(users_, i, rng, topics_per_user=len(TOPICS)):
+                    yield f"Instruction: {p.query} {p.answer}"
+                seen += 1
+                if seen >= limit:
+                    return
+
+    tok = train_tokenizer(texts(), cfg.vocab_size)
+    log.info("trained a %d-token tokenizer on %s", tok.get_vocab_size(), cfg.path)
+    return save_tokenizer(tok, out)
+
+
+class ContrastiveDataModule(UserDataModule):
+    """(user history + query, answer) pairs from the train and val splits."""
+
+    def _make_pairs(self, users: UserColumns, i: int, epoch: int) -> list[dict]:
+        cfg = self.cfg
+        uid = users.user_ids[i]
+        rng = np.random.default_rng(_sample_seed(cfg.seed, epoch, uid))
+        out = []
+        history = self.template.history(users, i)
+        for pair in user_pairs(users, i, rng, topics_per_user=cfg.topics_per_user,
+                               behaviour_query=cfg.behaviour_query):
+            enc = self.template.encode(users, i, pair.query, history)
+            out.append({"input_ids": enc.input_ids, "segment_ids": enc.segment_ids,
+                        "answer_ids": self.template.encode_answer(pair.answer,
+                                                                  cfg.answer_max_tokens),
+                        "user_id": uid, "kind": pair.kind})
+        return out
+
+    def stream(self, code: int) -> UserStream:
+        train = code == TRAIN
+        return UserStream(self.files, self.split(code), self._make_pairs, columns=ALL_COLUMNS,
+                          future=True, cycle=train, shuffle=train, seed=self.cfg.seed,
+                          shuffle_buffer=self.cfg.shuffle_buffer if train else 0)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.stream(TRAIN), self.cfg.batch_size, self.collator.contrastive)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.stream(VAL), self.cfg.batch_size, self.collator.contrastive)
+
+
+class ProbeDataModule(UserDataModule):
+    """Probe users (disjoint from pretraining) with their task labels and per-task splits."""
+
+    def __init__(self, config: DataConfig | None = None, *, tasks: list[str] | str = "ggsm",
+                 test_fraction: float = 0.3, **overrides):
+        super().__init__(config, **overrides)
+        self.probe = ProbeSet(self.files, self.split(PROBE), resolve_tasks(tasks),
+                              test_fraction=test_fraction, seed=self.cfg.split_seed)
+
+    @property
+    def task_names(self) -> list[str]:
+        return self.probe.task_names
+
+    def setup(self, stage: str | None = None) -> None:
+        super().setup(stage)
+        self.probe.load()
+
+    def _make_user(self, users: UserColumns, i: int, epoch: int) -> list[dict]:
+        enc = self.template.encode(users, i, self.cfg.probe_query)
+        k = self.probe.index[users.user_ids[i]]
+        return [{"input_ids": enc.input_ids, "segment_ids": enc.segment_ids,
+                 "labels": self.probe.labels[k], "probe_index": k}]
+
+    def probe_dataloader(self) -> DataLoader:
+        """One pass over the probe users in file order (sharded across ranks and workers)."""
+        stream = UserStream(self.files, self.split(PROBE), self._make_user,
+                            columns=HISTORY_COLUMNS, future=False, cycle=False, shuffle=False,
+                            seed=self.cfg.seed)
+        return self._loader(stream, self.cfg.eval_batch_size, self.collator.probe)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self.probe_dataloader()

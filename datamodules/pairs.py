@@ -1,0 +1,245 @@
+"""Contrastive pairs (GG-SM paper, section 3).
+
+(a) Behaviour pairs: the user's history with one fixed query about the next period, answered
+    by a summary of the FUTURE window: events aggregated by action type (modality and
+    category, page or query) with their dominant time bin, then a representative subset
+    sampled in proportion to frequency.
+(b) Query-answer pairs: a pool of user-understanding topics. Per user the topics most
+    relevant to the HISTORY are chosen (the query enters the user tower, so choosing it must
+    not look at the future); the answer describes the user's behaviour on that topic over the
+    history and how it moves in the future window.
+
+Every action type is keyed by ``(modality, kind)``: the category for bills, mini-programs
+and apps, the page (``a.b`` prefix) for SPM ids, and the query text for searches. Answers are
+plain text; the template appends ``<eos>``.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+
+import numpy as np
+
+from .records import EventColumns, UserColumns
+from .schema import DAY, EVENT_MODALITIES
+
+BEHAVIOUR_QUERY = "What will this user most likely do next period?"
+
+KIND_FIELD = {"bill": "category", "minipro": "category", "app": "category", "spm": "spm",
+              "search": "query"}
+NOUN = {"bill": "payments", "minipro": "mini-program visits", "spm": "page views",
+        "app": "app sessions", "search": "searches"}
+
+
+def event_kinds(modality: str, ev: EventColumns, lo: int, hi: int) -> list[str]:
+    kinds = ev.fields[KIND_FIELD[modality]].strings(lo, hi)
+    if modality == "spm":
+        kinds = [".".join(k.split(".")[:2]) for k in kinds]
+    return kinds
+
+
+def _time_bin(ts: np.ndarray) -> str:
+    """The dominant time bin of some events: weekday/weekend crossed with part of day."""
+    hours = (ts % DAY) // 3600
+    dow = ((ts // DAY) + 3) % 7  # 1970-01-01 was a Thursday
+    weekend = (dow >= 5).mean() > 0.5
+    part = np.array(["night", "morning", "afternoon", "evening"])[
+        np.digitize(hours, [6, 12, 18])]
+    values, counts = np.unique(part, return_counts=True)
+    return f"{'weekend' if weekend else 'weekday'} {values[counts.argmax()]}s"
+
+
+def aggregate(users: UserColumns, i: int, future: bool) -> dict[tuple[str, str], np.ndarray]:
+    """Timestamps of user ``i``'s events per action type, in one window."""
+    cols = users.future if future else users.history
+    out: dict[tuple[str, str], list[int]] = {}
+    for m in EVENT_MODALITIES:
+        ev = cols[m]
+        lo, hi = ev.span(i)
+        for kind, t in zip(event_kinds(m, ev, lo, hi), ev.ts[lo:hi]):
+            out.setdefault((m, kind), []).append(int(t))
+    return {k: np.asarray(v) for k, v in out.items()}
+
+
+def _phrase(key: tuple[str, str], ts: np.ndarray) -> str:
+    modality, kind = key
+    if modality == "search":
+        return f"searches for '{kind}' x{len(ts)}"
+    noun = NOUN[modality].split()[-1] if modality != "minipro" else "visits"
+    return f"{len(ts)} {kind} {noun} ({_time_bin(ts)})"
+
+
+def behaviour_answer(agg: dict[tuple[str, str], np.ndarray], rng: np.random.Generator,
+                     k: int = 6) -> str:
+    """Summary of the future window (``agg`` from :func:`aggregate`): ``k`` action types
+    sampled in proportion to their frequency, listed most frequent first."""
+    if not agg:
+        return "Next period: no activity."
+    keys = list(agg)
+    counts = np.array([len(agg[key]) for key in keys], dtype=float)
+    take = min(k, len(keys))
+    chosen = rng.choice(len(keys), size=take, replace=False, p=counts / counts.sum())
+    chosen = sorted(chosen, key=lambda j: -counts[j])
+    total = int(counts.sum())
+    return f"Next period: {total} events; " + "; ".join(_phrase(keys[j], agg[keys[j]])
+                                                        for j in chosen) + "."
+
+
+@dataclass(frozen=True)
+class Topic:
+    name: str
+    queries: tuple[str, ...]
+    kinds: dict[str, tuple[str, ...]]  # modality -> kinds; search: keywords in the query
+
+    def matches(self, key: tuple[str, str]) -> bool:
+        modality, kind = key
+        wanted = self.kinds.get(modality, ())
+        if modality == "search":
+            return any(w in kind for w in wanted)
+        return kind in wanted
+
+
+TOPICS = (
+    Topic("finance", ("How does this user manage money?", "Is this user into investing?",
+                      "Describe this user's financial habits."),
+          {"minipro": ("finance",), "app": ("finance",), "spm": ("a30.b3001",),
+           "search": ("fund", "savings", "stock", "credit card")}),
+    Topic("travel", ("Does this user travel?", "Describe this user's travel plans.",
+                     "Will this user book a trip?"),
+          {"bill": ("travel",), "minipro": ("travel",), "search": ("flight", "hotel", "visa",
+                                                                    "train")}),
+    Topic("dining", ("What are this user's dining habits?", "Does this user eat out?",
+                     "Describe this user's taste in food."),
+          {"bill": ("dining",), "minipro": ("food",), "search": ("hotpot", "dim sum",
+                                                                  "noodles", "brunch")}),
+    Topic("takeout", ("How often does this user order takeout?",
+                      "Is this user a food-delivery customer?"),
+          {"bill": ("takeout",), "minipro": ("takeout",), "search": ("takeout", "delivery")}),
+    Topic("fitness", ("Is this user into fitness?", "Describe this user's exercise habits."),
+          {"bill": ("fitness",), "app": ("fitness",), "minipro": ("health",),
+           "search": ("gym", "yoga", "running", "swimming")}),
+    Topic("commute", ("How does this user get around?", "Does this user take public transit?",
+                      "Describe this user's commute."),
+          {"bill": ("metro", "bus", "ride_hailing", "fuel"), "minipro": ("transport",),
+           "spm": ("a50.b5001",), "app": ("maps",)}),
+    Topic("movies", ("Is this user a moviegoer?", "What does this user watch?"),
+          {"bill": ("movie",), "minipro": ("movie",), "app": ("video",),
+           "search": ("movie", "film", "cinema")}),
+    Topic("live_music", ("Does this user go to concerts?", "Is this user into live music?"),
+          {"bill": ("concert",), "minipro": ("concert",), "app": ("music",),
+           "spm": ("a60.b6001",), "search": ("concert", "live house", "festival")}),
+    Topic("gaming", ("Is this user a gamer?", "Describe this user's gaming habits."),
+          {"bill": ("gaming",), "minipro": ("games",), "app": ("games",),
+           "spm": ("a10.b1304",), "search": ("game", "achievement")}),
+    Topic("big_sales", ("Does this user shop during big sales?",
+                        "How does this user react to sales events?"),
+          {"bill": ("bigsale_order", "apparel", "electronics"), "minipro": ("bigsale",),
+           "app": ("shopping",), "search": ("618", "sale", "presale")}),
+    Topic("deals", ("Is this user price-sensitive?", "Does this user hunt for deals?"),
+          {"minipro": ("deals",), "spm": ("a10.b1203",),
+           "search": ("cheapest", "group buy", "cashback", "discount")}),
+    Topic("brands", ("Does this user prefer big brands?", "Describe this user's brand taste."),
+          {"bill": ("luxury", "electronics", "apparel", "coffee")}),
+    Topic("green_living", ("Does this user care about green living?",
+                           "Is this user active in Ant Forest?"),
+          {"minipro": ("green",), "spm": ("a21.b2101",), "bill": ("charity",),
+           "search": ("forest", "tree", "carbon", "recycling")}),
+    Topic("community", ("Is this user active in online communities?",
+                        "Describe this user's social life."),
+          {"minipro": ("community",), "spm": ("a22.b2201",), "app": ("social",)}),
+    Topic("health", ("How does this user look after their health?",),
+          {"bill": ("healthcare",), "minipro": ("health",)}),
+    Topic("education", ("Is this user learning something?", "Does this user read a lot?"),
+          {"bill": ("education",), "app": ("reading",)}),
+    Topic("household", ("How does this user handle household bills?",),
+          {"bill": ("utilities", "telecom", "groceries"), "minipro": ("utilities",),
+           "search": ("electricity", "phone bill", "water bill")}),
+    Topic("credit", ("Does this user rely on credit?", "Is this user borrowing money?"),
+          {"bill": ("loan_repay",), "minipro": ("loans",), "spm": ("a30.b3105",),
+           "search": ("loan", "borrow", "cash")}),
+    Topic("media", ("What media does this user consume?", "Which apps fill this user's day?"),
+          {"app": ("social", "video", "news", "music")}),
+    Topic("coffee", ("Is this user a coffee drinker?",), {"bill": ("coffee",)}),
+    Topic("transfers", ("How does money move in and out of this account?",),
+          {"bill": ("transfer_in", "transfer_out")}),
+    Topic("rewards", ("Does this user collect points and rewards?",
+                      "Does this user like physical gifts?"),
+          {"minipro": ("physical_rewards",), "spm": ("a40.b4001",)}),
+)
+
+
+def _level(n: int) -> str:
+    return "none" if n == 0 else "low" if n < 5 else "moderate" if n < 20 else "high"
+
+
+def _trend(history: int, future: int) -> str:
+    per_month_history = history / 3.0
+    if future == 0:
+        return "stops next period" if history else "stays absent next period"
+    if future > 1.3 * per_month_history + 1:
+        return f"rises next period ({future} events)"
+    if future < 0.7 * per_month_history - 1:
+        return f"falls next period ({future} events)"
+    return f"holds steady next period ({future} events)"
+
+
+_TOPICS_OF: dict[tuple[str, str], tuple[int, ...]] = {}
+
+
+def topics_of(key: tuple[str, str]) -> tuple[int, ...]:
+    """Indices of the topics an action type belongs to (memoised: kinds repeat)."""
+    found = _TOPICS_OF.get(key)
+    if found is None:
+        found = _TOPICS_OF[key] = tuple(t for t, topic in enumerate(TOPICS) if topic.matches(key))
+    return found
+
+
+def relevant_topics(hist: dict[tuple[str, str], np.ndarray]) -> np.ndarray:
+    """History event count per topic."""
+    score = np.zeros(len(TOPICS))
+    for key, ts in hist.items():
+        for t in topics_of(key):
+            score[t] += len(ts)
+    return score
+
+
+def topic_answer(topic: Topic, hist: dict, fut: dict) -> str:
+    h = {k: v for k, v in hist.items() if topic.matches(k)}
+    f = sum(len(v) for k, v in fut.items() if topic.matches(k))
+    n = sum(len(v) for v in h.values())
+    if n == 0:
+        return f"{topic.name.replace('_', ' ')}: no activity in the last 90 days; {_trend(0, f)}."
+    top = Counter({k: len(v) for k, v in h.items()}).most_common(3)
+    detail = ", ".join(f"{c} {kind}" for (m, kind), c in top)
+    when = _time_bin(np.concatenate(list(h.values())))
+    return (f"{topic.name.replace('_', ' ')}: {_level(n)} interest, {n} events in 90 days "
+            f"({detail}), mostly {when}; {_trend(n, f)}.")
+
+
+@dataclass(frozen=True)
+class Pair:
+    kind: str  # behaviour | topic:<name>
+    query: str
+    answer: str
+
+
+def user_pairs(users: UserColumns, i: int, rng: np.random.Generator, *,
+               topics_per_user: int = 2, behaviour_query: str = BEHAVIOUR_QUERY,
+               answer_events: int = 6) -> list[Pair]:
+    """One behaviour pair plus ``topics_per_user`` query-answer pairs for user ``i``.
+
+    Queries and answers draw from separate random streams: the queries enter the user tower,
+    so nothing about them may depend on the future, not even through a shared generator."""
+    query_rng, answer_rng = rng.spawn(2)
+    fut = aggregate(users, i, future=True)
+    pairs = [Pair("behaviour", behaviour_query, behaviour_answer(fut, answer_rng, answer_events))]
+    if topics_per_user <= 0:
+        return pairs
+    hist = aggregate(users, i, future=False)
+    score = relevant_topics(hist) + query_rng.random(len(TOPICS))  # random tie-breaks
+    for t in np.argsort(-score)[:topics_per_user]:
+        topic = TOPICS[t]
+        query = topic.queries[query_rng.integers(len(topic.queries))]
+        pairs.append(Pair(f"topic:{topic.name}", query, topic_answer(topic, hist, fut)))
+    return pairs

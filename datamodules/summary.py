@@ -1,0 +1,57 @@
+"""The world summary: per-task prevalence and the bag-of-events baseline AUC.
+
+It shows that the tasks are learnable but not trivial, and fixes the reference row a trained
+encoder has to beat: the same probe users, the same stratified test splits.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from . import baseline
+from .probe import ProbeSet
+from .schema import dataset_files
+from .splits import PROBE
+from .stream import SplitSpec
+from .tasks import resolve_tasks
+
+
+def world_summary(path: str | Path, *, tasks: str | list[str] = "all",
+                  probe_fraction: float = 0.3, val_fraction: float = 0.05, split_seed: int = 0,
+                  test_fraction: float = 0.3) -> dict:
+    files = dataset_files(path)
+    probe = ProbeSet(files, SplitSpec(PROBE, probe_fraction, val_fraction, split_seed),
+                     resolve_tasks(tasks), test_fraction=test_fraction, seed=split_seed).load()
+    x = baseline.features(probe.history_table())
+    rows = {}
+    for k, task in enumerate(probe.tasks):
+        y = probe.labels[:, k]
+        test = probe.test_mask(task.name)
+        rows[task.name] = {
+            "title": task.title,
+            "domains": task.domains,
+            "rule": task.rule.describe(),
+            "prevalence": float(y.mean()),
+            "positives": int(y.sum()),
+            "bag_of_events_auc": baseline.probe_auc(x, y, test),
+        }
+    meta_file = Path(path) / "world.json"
+    meta = json.loads(meta_file.read_text()) if meta_file.exists() else {}
+    return {"path": str(path), "probe_users": len(probe.user_ids), "world": meta, "tasks": rows}
+
+
+def format_summary(summary: dict) -> str:
+    lines = [f"{summary['path']}: {summary['probe_users']} probe users",
+             f"{'task':<12} {'domain(s)':<44} {'prev.':>6} {'pos.':>6} {'BoE AUC':>8}"]
+    aucs = []
+    for name, r in summary["tasks"].items():
+        domains = ", ".join(f"{p}:{d}" for p, d in r["domains"].items())
+        auc = r["bag_of_events_auc"]
+        aucs.append(auc)
+        lines.append(f"{name:<12} {domains:<44} {r['prevalence']:>6.3f} {r['positives']:>6d} "
+                     f"{auc:>8.3f}")
+    lines.append(f"{'average':<12} {'':<44} {'':>6} {'':>6} {np.nanmean(aucs):>8.3f}")
+    return "\n".join(lines)

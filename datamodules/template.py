@@ -1,0 +1,235 @@
+"""Serialisation of a user into the GG-SM input template, with segment ids.
+
+    <bill> ... </bill> <minipro> ... </minipro> <spm> ... </spm> <app> ... </app>
+    <search> ... </search> <tabular> ... </tabular> Instruction: {query} <USER>
+
+Each event renders as one short phrase that starts with its date (``05-31 19h takeout
+Ele.me 32``), in time order inside its segment. An event's ids are the concatenated ids of its
+fields, each encoded once and memoised (dates, merchants and amounts repeat endlessly); for
+tokenizers whose pre-tokenizer splits at spaces (ours, and the byte-level and metaspace BPEs of
+Qwen and Llama) this equals encoding the whole phrase. Truncation keeps the most recent events of each
+modality: first the per-modality caps (counted in events), then a total token budget shared
+between the segments by water-filling (a short segment keeps everything, the rest of the
+budget is split evenly among the longer ones). Only the kept events are rendered.
+
+``segment_ids`` per position: 0 padding, 1 history (every token from ``<bill>`` to
+``</tabular>``), 2 query (``Instruction: ...``), 3 the ``<USER>`` anchor. Masks read them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+import numpy as np
+from tokenizers import Tokenizer
+
+from .records import EventColumns, UserColumns
+from .schema import EVENT_MODALITIES, SEGMENTS
+from .tokenizer import SpecialIds, special_ids
+
+PAD_SEGMENT, HISTORY, QUERY, ANCHOR = 0, 1, 2, 3
+SEGMENT_NAMES = {PAD_SEGMENT: "padding", HISTORY: "history", QUERY: "query", ANCHOR: "anchor"}
+
+# Query-as-Anchor's per-modality caps (events), the paper's demo defaults.
+DEFAULT_CAPS = {"bill": 250, "minipro": 150, "spm": 150, "app": 100, "search": 10,
+                "tabular": 50}
+
+
+@dataclass(frozen=True)
+class TemplateConfig:
+    max_tokens: int = 512  # the whole user-tower sequence, query and anchor included
+    caps: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_CAPS))
+
+    def __post_init__(self) -> None:
+        unknown = set(self.caps) - set(SEGMENTS)
+        if unknown:
+            raise ValueError(f"template caps: unknown segment(s) {sorted(unknown)}; "
+                             f"expected keys among {list(SEGMENTS)}")
+        if self.max_tokens < 2 * len(SEGMENTS) + 8:
+            raise ValueError(f"template max_tokens={self.max_tokens}: too small for the "
+                             f"{2 * len(SEGMENTS)} boundary tags plus query and anchor")
+
+
+_CLOCK: dict[int, str] = {}
+
+
+def _clock(ts: np.ndarray) -> list[str]:
+    """'MM-DD HHh' for each timestamp (seconds, UTC); memoised per hour."""
+    out = []
+    for hour in (ts // 3600).tolist():
+        text = _CLOCK.get(hour)
+        if text is None:
+            text = datetime.fromtimestamp(hour * 3600, tz=timezone.utc).strftime("%m-%d %Hh")
+            _CLOCK[hour] = text
+        out.append(text)
+    return out
+
+
+def event_pieces(modality: str, ev: EventColumns, lo: int, hi: int) -> list[tuple[str, ...]]:
+    """The words of events ``lo:hi`` of one modality, oldest first, one tuple per event."""
+    if hi <= lo:
+        return []
+    when = _clock(ev.ts[lo:hi])
+    f = ev.fields
+    if modality == "bill":
+        return [(w, c, m, f"{a:.0f}") for w, c, m, a in zip(
+            when, f["category"].strings(lo, hi), f["merchant"].strings(lo, hi),
+            f["amount"].values[lo:hi])]
+    if modality == "minipro":
+        return list(zip(when, f["category"].strings(lo, hi), f["name"].strings(lo, hi)))
+    if modality == "spm":
+        return list(zip(when, f["spm"].strings(lo, hi)))
+    if modality == "app":
+        return [(w, a, f"{m:.0f}min") for w, a, m in zip(
+            when, f["app"].strings(lo, hi), f["minutes"].values[lo:hi])]
+    return list(zip(when, f["query"].strings(lo, hi)))
+
+
+def render_events(modality: str, ev: EventColumns, lo: int, hi: int) -> list[str]:
+    """Text of events ``lo:hi`` of one modality, oldest first."""
+    return [" ".join(p) for p in event_pieces(modality, ev, lo, hi)]
+
+
+def render_tabular(names: list[str], values: np.ndarray) -> list[str]:
+    return [f"{n}={v:g}" for n, v in zip(names, values)]
+
+
+def water_fill(needs: list[list[int]], budget: int) -> list[int]:
+    """How many items of each segment fit in ``budget`` tokens.
+
+    ``needs[s]`` are item lengths in keep-priority order (most recent event first). Segments
+    are served from the smallest total need up; each may take up to an even share of what is
+    left, and what it does not use passes on to the larger segments."""
+    keep = [0] * len(needs)
+    totals = [sum(n) for n in needs]
+    order = sorted(range(len(needs)), key=lambda s: totals[s])
+    left = budget
+    for rank, s in enumerate(order):
+        share = left // (len(order) - rank)
+        cum = np.cumsum(needs[s]) if needs[s] else np.zeros(0, dtype=np.int64)
+        k = int(np.searchsorted(cum, share, side="right"))
+        keep[s] = k
+        left -= int(cum[k - 1]) if k else 0
+    return keep
+
+
+@dataclass
+class EncodedUser:
+    input_ids: list[int]
+    segment_ids: list[int]
+
+
+class UserTemplate:
+    """Turns users of a :class:`UserColumns` into token ids and segment ids."""
+
+    def __init__(self, tokenizer: Tokenizer, tabular_names: list[str],
+                 config: TemplateConfig | None = None):
+        self.tok = tokenizer
+        self.cfg = config or TemplateConfig()
+        self.ids: SpecialIds = special_ids(tokenizer)
+        self.tabular_names = list(tabular_names)
+        self._query_cache: dict[str, list[int]] = {}
+        self._piece_ids: dict[str, list[int]] = {}
+
+    def _encode(self, items: list[tuple[str, ...]]) -> list[list[int]]:
+        """Ids of each item, the concatenation of its memoised pieces' ids."""
+        cache = self._piece_ids
+        missing = list({p for item in items for p in item if p not in cache})
+        if missing:
+            if len(cache) > 1_000_000:
+                cache.clear()
+            for p, e in zip(missing, self.tok.encode_batch(missing, add_special_tokens=False)):
+                cache[p] = e.ids
+        out = []
+        for item in items:
+            ids: list[int] = []
+            for p in item:
+                ids += cache[p]
+            out.append(ids)
+        return out
+
+    def query_ids(self, query: str) -> list[int]:
+        if query not in self._query_cache:
+            text = f"Instruction: {query}".rstrip()
+            self._query_cache[query] = self.tok.encode(text, add_special_tokens=False).ids
+        return self._query_cache[query]
+
+    def history(self, users: UserColumns, i: int) -> list[list[list[int]]]:
+        """Token ids of user ``i``'s history items per segment, oldest first.
+
+        Only the newest events that could still fit are rendered: a modality is rendered in
+        growing slices from the newest event until its tokens exceed the whole history budget
+        (no segment can get more) or its cap is reached."""
+        budget = self.cfg.max_tokens - 2 * len(SEGMENTS)
+        spans = []
+        for m in EVENT_MODALITIES:
+            lo, hi = users.history[m].span(i)
+            spans.append((max(lo, hi - self.cfg.caps.get(m, hi - lo)), hi))
+        tab = render_tabular(self.tabular_names, users.tabular[i])
+        tab = tab[: self.cfg.caps.get("tabular", len(tab))]
+        taken = [0] * len(EVENT_MODALITIES)
+        ids: list[list[list[int]]] = [[] for _ in EVENT_MODALITIES]
+        tokens = [0] * len(EVENT_MODALITIES)
+        step = max(budget // 8, 1)
+        first = True
+        while True:
+            texts, owners = [], []
+            for s_, (m, (lo, hi)) in enumerate(zip(EVENT_MODALITIES, spans)):
+                if tokens[s_] > budget or taken[s_] >= hi - lo:
+                    continue
+                k = min(step, hi - lo - taken[s_])
+                end = hi - taken[s_]
+                texts += event_pieces(m, users.history[m], end - k, end)
+                owners.append((s_, k))
+                taken[s_] += k
+            if first:
+                texts += [(t,) for t in tab]
+            if not texts:
+                break
+            encoded = self._encode(texts)
+            pos = 0
+            for s_, k in owners:
+                part = encoded[pos: pos + k]
+                pos += k
+                ids[s_] = part + ids[s_]
+                tokens[s_] += sum(len(x) for x in part)
+            if first:
+                tab_ids = encoded[pos:]
+                first = False
+            step *= 2
+        return ids + [tab_ids]
+
+    def encode(self, users: UserColumns, i: int, query: str = "",
+               history: list[list[list[int]]] | None = None) -> EncodedUser:
+        """User ``i`` with ``query`` in the template, truncated to ``max_tokens``.
+
+        Pass ``history`` (from :meth:`history`) to encode several queries of one user
+        without rendering the history again."""
+        q = self.query_ids(query)
+        budget = self.cfg.max_tokens - 2 * len(SEGMENTS) - len(q) - 1
+        if budget < 0:
+            raise ValueError(f"query {query!r} is {len(q)} tokens: no room left in "
+                             f"max_tokens={self.cfg.max_tokens}")
+        pieces = history if history is not None else self.history(users, i)
+        # Keep priority: events newest first, tabular features in their order.
+        needs = [[len(x) for x in reversed(p)] for p in pieces[:-1]]
+        needs.append([len(x) for x in pieces[-1]])
+        keep = water_fill(needs, budget)
+        ids: list[int] = []
+        for s, name in enumerate(SEGMENTS):
+            items = pieces[s]
+            kept = items[len(items) - keep[s]:] if name != "tabular" else items[: keep[s]]
+            ids.append(self.ids.open[name])
+            for x in kept:
+                ids.extend(x)
+            ids.append(self.ids.close[name])
+        segments = [HISTORY] * len(ids) + [QUERY] * len(q) + [ANCHOR]
+        ids.extend(q)
+        ids.append(self.ids.user)
+        return EncodedUser(ids, segments)
+
+    def encode_answer(self, text: str, max_tokens: int) -> list[int]:
+        """Answer ids ending with ``<eos>``, truncated to ``max_tokens`` (eos kept)."""
+        ids = self.tok.encode(text, add_special_tokens=False).ids[: max_tokens - 1]
+        return ids + [self.ids.eos]

@@ -1,0 +1,88 @@
+"""The tokenizer: trained on the world's own text with HF ``tokenizers``, or a pretrained one.
+
+Either way it carries the template's special tokens (boundary tags, ``<USER>``, ``<eos>``,
+``<pad>``) as single ids, saves as ``tokenizer.json`` and loads with
+``PreTrainedTokenizerFast``. The data path uses the fast backend directly (``encode_batch``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+
+from .schema import SEGMENTS
+
+PAD, UNK, EOS, USER = "<pad>", "<unk>", "<eos>", "<USER>"
+TAGS = tuple(t for s in SEGMENTS for t in (f"<{s}>", f"</{s}>"))
+SPECIAL_TOKENS = (PAD, UNK, EOS, USER) + TAGS
+
+
+@dataclass(frozen=True)
+class SpecialIds:
+    pad: int
+    eos: int
+    user: int
+    open: dict[str, int]
+    close: dict[str, int]
+
+
+def train_tokenizer(texts: Iterable[str], vocab_size: int = 4096) -> Tokenizer:
+    """BPE over space-marked words split at punctuation (so ``a10.b1001.c1.d4`` shares
+    pieces with other page ids), with the special tokens first; decodes back to the text."""
+    tok = Tokenizer(models.BPE(unk_token=UNK))
+    tok.normalizer = normalizers.NFKC()
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Metaspace(),
+                                                 pre_tokenizers.Punctuation()])
+    tok.decoder = decoders.Metaspace()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS),
+                                  min_frequency=2, show_progress=False)
+    tok.train_from_iterator(texts, trainer=trainer)
+    return tok
+
+
+def save_tokenizer(tok: Tokenizer, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tok.save(str(path))
+    return path
+
+
+def load_tokenizer(path: str | Path) -> Tokenizer:
+    """A ``tokenizer.json`` file, or a pretrained model directory (special tokens added)."""
+    path = Path(path)
+    if path.is_file():
+        tok = Tokenizer.from_file(str(path))
+    elif path.is_dir():
+        from transformers import AutoTokenizer  # pretrained backbones only
+
+        hf = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+        tok = hf.backend_tokenizer
+    else:
+        raise FileNotFoundError(f"tokenizer {path}: no tokenizer.json file or model directory")
+    missing = [t for t in SPECIAL_TOKENS if tok.token_to_id(t) is None]
+    if missing:
+        tok.add_special_tokens(missing)
+    return tok
+
+
+def special_ids(tok: Tokenizer) -> SpecialIds:
+    ids = {t: tok.token_to_id(t) for t in SPECIAL_TOKENS}
+    absent = [t for t, i in ids.items() if i is None]
+    if absent:
+        raise ValueError(f"tokenizer lacks the template's special tokens {absent}; "
+                         f"load it with load_tokenizer()")
+    return SpecialIds(pad=ids[PAD], eos=ids[EOS], user=ids[USER],
+                      open={s: ids[f"<{s}>"] for s in SEGMENTS},
+                      close={s: ids[f"</{s}>"] for s in SEGMENTS})
+
+
+def hf_tokenizer(path: str | Path):
+    """The saved tokenizer as ``PreTrainedTokenizerFast`` (for HF tooling and backbones)."""
+    from transformers import PreTrainedTokenizerFast
+
+    return PreTrainedTokenizerFast(tokenizer_file=str(path), pad_token=PAD, eos_token=EOS,
+                                   unk_token=UNK, additional_special_tokens=[USER, *TAGS])
+

@@ -1,0 +1,81 @@
+"""Contrastive pairs, and that the future never reaches the user tower."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from maskstudy.datamodules.datamodules import ContrastiveDataModule
+from maskstudy.datamodules.pairs import TOPICS, aggregate, behaviour_answer, user_pairs
+from maskstudy.datamodules.records import UserColumns
+from maskstudy.datamodules.schema import EVENT_MODALITIES, future_column
+from maskstudy.datamodules.tasks import TASKS, compute_labels
+from tests.helpers import table_of, user_row
+
+
+def test_topic_pool_is_large_and_grounded():
+    assert len(TOPICS) >= 20
+    assert len({t.name for t in TOPICS}) == len(TOPICS)
+    assert all(t.queries and t.kinds for t in TOPICS)
+
+
+def test_behaviour_answer_summarises_the_future():
+    users = UserColumns(table_of(user_row(
+        "u1", bill=[(-5, "Cinema", "movie", 40.0)],
+        future_bill=[(d, "Ele.me", "takeout", 30.0) for d in (1, 2, 3, 8, 9)] +
+                    [(20, "Damai", "concert", 600.0)])))
+    answer = behaviour_answer(aggregate(users, 0, future=True), np.random.default_rng(0), k=6)
+    assert answer.startswith("Next period: 6 events;")
+    assert "5 takeout payments" in answer and "1 concert payments" in answer
+    assert "movie" not in answer  # history is not the answer
+
+
+def test_behaviour_answer_samples_a_subset_by_frequency():
+    users = UserColumns(table_of(user_row(
+        "u1", bill=[(-5, "A", "movie", 1.0)],
+        future_search=[(1 + k % 28, f"q{k}") for k in range(12)])))
+    answer = behaviour_answer(aggregate(users, 0, future=True), np.random.default_rng(0), k=3)
+    assert answer.count("searches for") == 3
+
+
+def test_no_future_activity_is_said():
+    users = UserColumns(table_of(user_row("u1", bill=[(-5, "A", "movie", 1.0)])))
+    assert behaviour_answer(aggregate(users, 0, future=True), np.random.default_rng(0)) == \
+        "Next period: no activity."
+
+
+def test_topics_follow_the_history():
+    users = UserColumns(table_of(user_row(
+        "u1", bill=[(-k, "PowerHouse Gym", "fitness", 50.0) for k in range(1, 30)] +
+                   [(-0.5, "Bean There", "coffee", 30.0)])))
+    pairs = user_pairs(users, 0, np.random.default_rng(0), topics_per_user=1)
+    assert [p.kind for p in pairs] == ["behaviour", "topic:fitness"]
+    assert "29 events in 90 days" in pairs[1].answer
+
+
+def swap_futures(table: pa.Table) -> pa.Table:
+    """Every user gets the next user's future window."""
+    for m in EVENT_MODALITIES:
+        name = future_column(m)
+        col = table.column(name).combine_chunks()
+        rolled = pa.concat_arrays([col.slice(1), col.slice(0, 1)])
+        table = table.set_column(table.schema.get_field_index(name), name, rolled)
+    return table
+
+
+def test_future_changes_labels_and_answers_never_the_user_input(world):
+    dm = ContrastiveDataModule(path=str(world), validate=False, max_tokens=256)
+    dm.setup()
+    table = pq.read_table(world / "users-00000.parquet").slice(0, 60)
+    swapped = swap_futures(table)
+    tasks = list(TASKS.values())
+    assert (compute_labels(table, tasks) != compute_labels(swapped, tasks)).any()
+    a, b = UserColumns(table), UserColumns(swapped)
+    answers_differ = 0
+    for i in range(len(a)):
+        pa_, pb = dm._make_pairs(a, i, epoch=0), dm._make_pairs(b, i, epoch=0)
+        assert [p["input_ids"] for p in pa_] == [p["input_ids"] for p in pb]
+        assert [p["segment_ids"] for p in pa_] == [p["segment_ids"] for p in pb]
+        answers_differ += any(x["answer_ids"] != y["answer_ids"] for x, y in zip(pa_, pb))
+    assert answers_differ >= 0.9 * len(a)

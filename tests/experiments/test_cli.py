@@ -1,0 +1,60 @@
+"""The data commands of the ``maskstudy`` CLI, run as a user would."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pyarrow.parquet as pq
+import pytest
+
+from maskstudy.experiments.cli import build_parser, main
+from tests.helpers import table_of, user_row
+
+
+def run(*args):
+    return subprocess.run([sys.executable, "-m", "maskstudy.experiments.cli", *args],
+                          capture_output=True, text=True)
+
+
+def test_synth_writes_valid_parquet(tmp_path):
+    out = tmp_path / "w"
+    res = run("data", "synth", "--users", "300", "--seed", "4", "--out", str(out))
+    assert res.returncode == 0, res.stderr
+    assert "wrote 300 users (seed 4)" in res.stdout
+    assert pq.ParquetFile(out / "users-00000.parquet").metadata.num_rows == 300
+    assert json.loads((out / "world.json").read_text())["seed"] == 4
+    assert run("data", "validate", str(out)).stdout.strip() == f"{out}: 300 users, valid"
+
+
+def test_validate_reports_the_broken_user(tmp_path, capsys):
+    bad = table_of(user_row("u1", bill=[(-2, "M", "dining", 1.0)]),
+                   user_row("u2", bill=[(-1, "M", "dining", 1.0), (-3, "M", "dining", 1.0)]))
+    pq.write_table(bad, tmp_path / "users.parquet")
+    assert main(["data", "validate", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert "row 1 (user_id='u2'), field 'bill.ts': events not sorted by time" in err
+
+
+def test_summary_and_tokenizer(world, tmp_path, capsys):
+    out = tmp_path / "summary.json"
+    assert main(["data", "summary", str(world), "--tasks", "ggsm", "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "concert" in printed and "average" in printed
+    summary = json.loads(out.read_text())
+    assert len(summary["tasks"]) == 9
+    assert 0 < summary["tasks"]["login"]["prevalence"] < 1
+    tok = tmp_path / "tok.json"
+    assert main(["data", "tokenizer", str(world), "--out", str(tok), "--vocab-size", "300",
+                 "--users", "20"]) == 0
+    assert tok.exists()
+
+
+@pytest.mark.parametrize("command", [[], ["data"], ["data", "synth"], ["data", "validate"],
+                                     ["data", "summary"], ["data", "tokenizer"]])
+def test_every_command_has_help(command, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        build_parser().parse_args([*command, "--help"])
+    assert exit_.value.code == 0
+    assert "usage: maskstudy" in capsys.readouterr().out
