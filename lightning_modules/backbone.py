@@ -1,0 +1,97 @@
+"""The decoder backbone: a tiny Qwen2 built from a config, or any local HF decoder.
+
+The default needs no download: a Qwen2-architecture decoder sized for a CPU study, with the
+tokenizer's vocabulary. ``name_or_path`` points at a pretrained model directory instead
+(Qwen2/Qwen2.5, Qwen3, Llama, Mistral, ...); it is loaded with ``local_files_only``, its
+embeddings are resized to the tokenizer, and LoRA (peft) and gradient checkpointing are
+optional. Only the base model is built (no LM head): the encoder pools hidden states and
+never needs vocabulary logits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from torch import nn
+from transformers import AutoModel, Qwen2Config
+
+from .attention import implementation
+
+
+@dataclass
+class LoraConfig:
+    enabled: bool = False
+    r: int = 32
+    alpha: int = 32
+    dropout: float = 0.05
+    targets: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+
+
+@dataclass
+class BackboneConfig:
+    name_or_path: str | None = None  # None: the tiny Qwen2 below, randomly initialised
+    attention: str = "sdpa"  # sdpa | eager
+    hidden_size: int = 128
+    layers: int = 4
+    heads: int = 4
+    kv_heads: int = 2
+    intermediate_size: int = 384
+    max_positions: int = 2048
+    rope_theta: float = 10000.0
+    gradient_checkpointing: bool = False
+    lora: LoraConfig = field(default_factory=LoraConfig)
+
+
+def tiny_qwen2_config(cfg: BackboneConfig, vocab_size: int) -> Qwen2Config:
+    if cfg.hidden_size % cfg.heads or cfg.heads % cfg.kv_heads:
+        raise ValueError(f"backbone: hidden_size={cfg.hidden_size}, heads={cfg.heads}, "
+                         f"kv_heads={cfg.kv_heads}: hidden_size must divide by heads and "
+                         f"heads by kv_heads")
+    return Qwen2Config(
+        vocab_size=vocab_size, hidden_size=cfg.hidden_size, num_hidden_layers=cfg.layers,
+        num_attention_heads=cfg.heads, num_key_value_heads=cfg.kv_heads,
+        intermediate_size=cfg.intermediate_size, max_position_embeddings=cfg.max_positions,
+        rope_theta=cfg.rope_theta, tie_word_embeddings=False, use_cache=False,
+    )
+
+
+def build_backbone(cfg: BackboneConfig, vocab_size: int) -> nn.Module:
+    """The base decoder (``AutoModel``), wired to maskstudy's attention implementation."""
+    attn = implementation(cfg.attention)
+    if cfg.name_or_path is None:
+        model = AutoModel.from_config(tiny_qwen2_config(cfg, vocab_size), attn_implementation=attn)
+    else:
+        model = AutoModel.from_pretrained(cfg.name_or_path, local_files_only=True,
+                                          attn_implementation=attn)
+        if model.get_input_embeddings().num_embeddings < vocab_size:
+            model.resize_token_embeddings(vocab_size)
+    model.config.use_cache = False
+    if cfg.gradient_checkpointing:
+        kwargs = {"use_reentrant": False}
+        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x naming
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    if cfg.lora.enabled:
+        model = _with_lora(model, cfg.lora)
+    return model
+
+
+def _with_lora(model: nn.Module, cfg: LoraConfig) -> nn.Module:
+    try:
+        import peft
+    except ImportError as e:
+        raise ImportError("backbone.lora.enabled needs peft: pip install 'maskstudy[lora]'") from e
+    config = peft.LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
+                             target_modules=list(cfg.targets), bias="none")
+    return peft.get_peft_model(model, config)
+
+
+def num_layers(model: nn.Module) -> int:
+    config = model.config
+    return getattr(config, "num_hidden_layers", None) or config.get_text_config().num_hidden_layers
+
+
+def hidden_size(model: nn.Module) -> int:
+    config = model.config
+    return getattr(config, "hidden_size", None) or config.get_text_config().hidden_size

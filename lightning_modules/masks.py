@@ -1,0 +1,212 @@
+"""The mask family: one owner for how every attention mask is computed.
+
+A mask is an additive float bias over (query i, key j), broadcast over heads:
+
+    0          attend fully
+    log w      attend with weight w in (0, 1)   (the softmax multiplies exp(score) by w)
+    BLOCKED    never attend (the dtype's most negative value, not -inf, so a row whose keys
+               are all blocked gives a uniform softmax instead of NaN)
+
+Padding keys are always blocked. Biases depend on positions and segments only, never on
+values, so each strategy builds its bias once per forward with tensor ops: no Python loops over
+positions and no host syncs. Strategies are registered by name and selected by configs:
+
+    causal          0 for j <= i, blocked for j > i
+    bidirectional   0 everywhere
+    hybrid          bidirectional inside the user-history segment, causal for everything
+                    after it (the query and the <USER> anchor), as the GG-SM paper defines it
+    soft            causal plus soft weights w on future keys (bias log w), shared or per
+                    layer, learnable or set from outside (callbacks); w = 1 everywhere is
+                    bidirectional, w -> 0 is causal. ``scope="history"`` opens only future keys
+                    inside the history segment (the hybrid form).
+
+Per-key soft weights are indexed by a key's position among the real tokens of its sequence
+(0 for the first non-padding token), so left and right padding see the same weights.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+from torch import nn
+
+# Segment ids, the contract with the datamodules' template.
+PAD_SEGMENT, HISTORY, QUERY, ANCHOR = 0, 1, 2, 3
+
+
+def blocked_value(dtype: torch.dtype) -> float:
+    return torch.finfo(dtype).min
+
+
+def causal_allowed(length: int, device: torch.device) -> torch.Tensor:
+    """(L, L) bool: key j is at or before query i."""
+    idx = torch.arange(length, device=device)
+    return idx[None, :] <= idx[:, None]
+
+
+def real_positions(attention_mask: torch.Tensor) -> torch.Tensor:
+    """(B, L) position of each token among its sequence's real tokens (padding: clamped 0)."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
+
+
+def hard_bias(allowed: torch.Tensor, attention_mask: torch.Tensor,
+              dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """(B, 1, L, L) bias from a boolean pattern ((L, L) or (B, L, L)); padding keys blocked."""
+    keys = attention_mask.bool()[:, None, None, :]
+    if allowed.dim() == 2:
+        allowed = allowed[None, None]
+    else:
+        allowed = allowed[:, None]
+    ok = allowed & keys
+    zero = torch.zeros((), dtype=dtype, device=attention_mask.device)
+    return torch.where(ok, zero, torch.tensor(blocked_value(dtype), dtype=dtype,
+                                              device=attention_mask.device))
+
+
+class AttentionMask(nn.Module):
+    """Base class. ``forward`` returns the bias: (B, 1, L, L), or (layers, B, 1, L, L) for
+    per-layer strategies (``per_layer = True``)."""
+
+    name = "base"
+    per_layer = False
+
+    def forward(self, segment_ids: torch.Tensor, attention_mask: torch.Tensor,
+                dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        raise NotImplementedError
+
+    def describe(self) -> dict:
+        return {"name": self.name}
+
+
+class CausalMask(AttentionMask):
+    name = "causal"
+
+    def forward(self, segment_ids, attention_mask, dtype=torch.float32):
+        return hard_bias(causal_allowed(attention_mask.shape[-1], attention_mask.device),
+                         attention_mask, dtype)
+
+
+class BidirectionalMask(AttentionMask):
+    name = "bidirectional"
+
+    def forward(self, segment_ids, attention_mask, dtype=torch.float32):
+        length = attention_mask.shape[-1]
+        everything = torch.ones(length, length, dtype=torch.bool, device=attention_mask.device)
+        return hard_bias(everything, attention_mask, dtype)
+
+
+def history_pairs(segment_ids: torch.Tensor) -> torch.Tensor:
+    """(B, L, L) bool: query i and key j both lie in the user-history segment."""
+    hist = segment_ids == HISTORY
+    return hist[:, :, None] & hist[:, None, :]
+
+
+class HybridMask(AttentionMask):
+    """Bidirectional inside the history segment, causal for the query and the anchor."""
+
+    name = "hybrid"
+
+    def forward(self, segment_ids, attention_mask, dtype=torch.float32):
+        causal = causal_allowed(attention_mask.shape[-1], attention_mask.device)
+        return hard_bias(causal[None] | history_pairs(segment_ids), attention_mask, dtype)
+
+
+class SoftFutureMask(AttentionMask):
+    """Causal plus soft weights w on future keys: bias = log w_j for j > i.
+
+    Args:
+        positions: number of key positions with their own weight; ``None`` gives one uniform
+            weight for every future key (the scheduler-only baseline). Keys beyond the table
+            use its last entry.
+        layers: 1 for one weight table shared by all layers, else one table per layer.
+        init: initial weight in [0, 1]; 0 starts hard causal, 1 bidirectional.
+        learnable: weights are ``sigmoid(logits)`` with ``logits`` a parameter (gradients reach
+            them); otherwise ``weight`` is a buffer that callbacks set with :meth:`set_weights`.
+        scope: ``all`` opens every future key; ``history`` only future keys inside the history
+            segment (queries and anchor stay causal), the hybrid form.
+    """
+
+    name = "soft"
+
+    def __init__(self, positions: int | None = None, layers: int = 1, init: float = 0.5,
+                 learnable: bool = False, scope: str = "all"):
+        super().__init__()
+        if scope not in ("all", "history"):
+            raise ValueError(f"soft mask scope {scope!r}: expected 'all' or 'history'")
+        if not 0.0 <= init <= 1.0:
+            raise ValueError(f"soft mask init={init}: expected a weight in [0, 1]")
+        if layers < 1:
+            raise ValueError(f"soft mask layers={layers}: expected at least 1")
+        self.scope = scope
+        self.learnable = learnable
+        self.per_layer = layers > 1
+        shape = (layers, positions or 1)
+        if learnable:
+            w = min(max(init, 1e-4), 1 - 1e-4)
+            self.logits = nn.Parameter(torch.full(shape, math.log(w / (1 - w))))
+        else:
+            self.register_buffer("weight", torch.full(shape, float(init)))
+
+    def weights(self) -> torch.Tensor:
+        """(layers, positions) current weights in [0, 1]."""
+        return torch.sigmoid(self.logits) if self.learnable else self.weight
+
+    @torch.no_grad()
+    def set_weights(self, w: torch.Tensor | float) -> None:
+        """Sets the (non-learnable) weights; a tensor broadcasts to (layers, positions)."""
+        if self.learnable:
+            raise RuntimeError("set_weights() is for callback-driven soft masks; this one "
+                               "is learnable")
+        w = torch.as_tensor(w, dtype=self.weight.dtype, device=self.weight.device)
+        if ((w < 0) | (w > 1)).any():
+            raise ValueError("soft mask weights must lie in [0, 1]")
+        self.weight.copy_(w.expand_as(self.weight))
+
+    def forward(self, segment_ids, attention_mask, dtype=torch.float32):
+        device = attention_mask.device
+        length = attention_mask.shape[-1]
+        w = self.weights()  # (layers, P)
+        table = torch.where(w > 0, torch.log(w.clamp_min(1e-30)),
+                            torch.full_like(w, blocked_value(torch.float32)))
+        pos = real_positions(attention_mask).clamp_max(table.shape[-1] - 1)  # (B, L)
+        key_bias = table[:, pos]  # (layers, B, L): bias of key j if it is in the future
+        future = ~causal_allowed(length, device)  # (L, L)
+        opened = future[None] if self.scope == "all" else future[None] & history_pairs(segment_ids)
+        bias = torch.where(opened[None], key_bias[:, :, None, :], 0.0)  # (layers, B, L, L)
+        # Future keys outside the scope stay blocked, as do padding keys.
+        closed = future[None] & ~opened
+        keys = attention_mask.bool()[:, None, :]
+        blocked = closed[None] | ~keys[None]
+        bias = torch.where(blocked, torch.tensor(blocked_value(torch.float32), device=device),
+                           bias)
+        bias = bias.to(dtype)[:, :, None]  # (layers, B, 1, L, L)
+        return bias if self.per_layer else bias[0]
+
+    def describe(self) -> dict:
+        w = self.weights().detach()
+        return {"name": self.name, "scope": self.scope, "learnable": self.learnable,
+                "layers": w.shape[0], "positions": w.shape[1]}
+
+
+MASKS: dict[str, Callable[..., AttentionMask]] = {
+    "causal": CausalMask,
+    "bidirectional": BidirectionalMask,
+    "hybrid": HybridMask,
+    "soft": SoftFutureMask,
+}
+
+
+def register_mask(name: str, factory: Callable[..., AttentionMask]) -> None:
+    """Adds a strategy to the registry (later issues' masks register themselves here)."""
+    MASKS[name] = factory
+
+
+def build_mask(name: str, **options) -> AttentionMask:
+    if name not in MASKS:
+        raise ValueError(f"unknown mask {name!r}: expected one of {sorted(MASKS)}")
+    try:
+        return MASKS[name](**options)
+    except TypeError as e:
+        raise ValueError(f"mask {name!r}: bad options {options}: {e}") from e

@@ -1,0 +1,193 @@
+"""``ContrastiveMaskingModule``: the LightningModule every recipe trains.
+
+It reads ``ContrastiveDataModule`` batches (keys documented in ``datamodules/datamodules.py``),
+encodes the user and answer towers through one shared backbone, and minimises the GG-SM
+contrastive loss. The attention mask is the one thing recipes swap (``mask.name`` and its
+options); callbacks may update a mask's state, which lives in module buffers and therefore in
+checkpoints.
+
+Logged every optimiser step: ``train/loss``, ``train/lr``, ``train/pos_sim``,
+``train/neg_sim``, ``train/fn_masked_frac``, ``train/grad_norm``; at validation ``val/loss``,
+``val/pos_sim``, ``val/neg_sim``, ``val/fn_masked_frac``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import lightning as L
+import torch
+
+from .backbone import BackboneConfig, build_backbone, hidden_size, num_layers
+from .encoder import ContrastiveEncoder
+from .loss import LossOutput, contrastive_loss
+from .masks import MASKS, AttentionMask, build_mask
+
+
+@dataclass
+class MaskConfig:
+    name: str = "causal"
+    options: dict = field(default_factory=dict)  # passed to the strategy (e.g. soft: init, scope)
+    inference: str | None = None  # mask for embed_users(); None: the training mask as it stands
+
+
+@dataclass
+class EncoderConfig:
+    pooling: str = "user_token"
+    projector_inner: int = 512
+    projector_out: int = 128
+    answer_mask: str = "same"
+
+
+@dataclass
+class LossConfig:
+    temperature: float = 0.02
+    margin: float = 0.1
+    gather: bool = True  # negatives from every DDP rank
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 2e-4
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_steps: int = 100
+    total_steps: int = 2000
+    min_lr_ratio: float = 0.0
+    grad_clip: float | None = 1.0
+
+
+@dataclass
+class ModuleConfig:
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    mask: MaskConfig = field(default_factory=MaskConfig)
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+
+
+def warmup_cosine(step: int, warmup: int, total: int, min_ratio: float) -> float:
+    """LR multiplier: linear from 0 to 1 over ``warmup`` steps, then cosine to ``min_ratio``
+    at ``total`` steps (and ``min_ratio`` after)."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def _from_dict(cls, data):
+    """Rebuilds nested config dataclasses from ``asdict`` output (checkpoint hparams)."""
+    if not isinstance(data, dict):
+        return data
+    kwargs = {}
+    for name, f in cls.__dataclass_fields__.items():
+        if name in data:
+            value = data[name]
+            if isinstance(f.default_factory, type) and hasattr(f.default_factory, "__dataclass_fields__"):
+                value = _from_dict(f.default_factory, value)
+            kwargs[name] = value
+    return cls(**kwargs)
+
+
+class ContrastiveMaskingModule(L.LightningModule):
+    def __init__(self, config: ModuleConfig | dict | None = None, vocab_size: int = 4096):
+        super().__init__()
+        if isinstance(config, dict):
+            config = _from_dict(ModuleConfig, config)
+        self.config = config = config or ModuleConfig()
+        self.save_hyperparameters({"config": asdict(config), "vocab_size": vocab_size})
+        backbone = build_backbone(config.backbone, vocab_size)
+        mask = self.build_mask(config.mask.name, config.mask.options, backbone)
+        self.encoder = ContrastiveEncoder(
+            backbone, mask, hidden_size=hidden_size(backbone), pooling=config.encoder.pooling,
+            projector_dims=(config.encoder.projector_inner, config.encoder.projector_out),
+            answer_mask=config.encoder.answer_mask)
+        self.inference_mask = (None if config.mask.inference is None
+                               else build_mask(config.mask.inference))
+
+    @staticmethod
+    def build_mask(name: str, options: dict, backbone) -> AttentionMask:
+        options = dict(options)
+        if name == "soft" and options.get("layers") == "all":
+            options["layers"] = num_layers(backbone)
+        return build_mask(name, **options)
+
+    @property
+    def mask(self) -> AttentionMask:
+        return self.encoder.mask
+
+    def forward(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(user embeddings, answer embeddings, user-tower final hidden states)."""
+        users, hidden = self.encoder.encode_users(
+            batch["user_input_ids"], batch["user_attention_mask"], batch["user_segment_ids"])
+        answers = self.encoder.encode_answers(batch["answer_input_ids"],
+                                              batch["answer_attention_mask"])
+        return users, answers, hidden
+
+    def _loss(self, batch: dict) -> LossOutput:
+        users, answers, hidden = self(batch)
+        self.last_user_hidden = hidden  # callbacks (GG-SM) read its gradient
+        cfg = self.config.loss
+        return contrastive_loss(users, answers, temperature=cfg.temperature, margin=cfg.margin,
+                                gather=cfg.gather)
+
+    def _log(self, stage: str, out: LossOutput, batch_size: int) -> None:
+        on_step = stage == "train"
+        self.log_dict({f"{stage}/loss": out.loss, f"{stage}/pos_sim": out.pos_sim,
+                       f"{stage}/neg_sim": out.neg_sim,
+                       f"{stage}/fn_masked_frac": out.fn_masked_frac},
+                      on_step=on_step, on_epoch=not on_step, batch_size=batch_size,
+                      prog_bar=False, sync_dist=not on_step)
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        out = self._loss(batch)
+        self._log("train", out, batch["user_input_ids"].shape[0])
+        self.log("train/lr", self.optimizers().param_groups[0]["lr"], on_step=True,
+                 batch_size=1)
+        return out.loss
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        out = self._loss(batch)
+        self._log("val", out, batch["user_input_ids"].shape[0])
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        # Once per optimiser step, after gradient accumulation.
+        params = [p for p in self.parameters() if p.grad is not None]
+        clip = self.config.optim.grad_clip
+        max_norm = float("inf") if clip is None else clip
+        norm = torch.nn.utils.clip_grad_norm_(params, max_norm) if params else torch.zeros(())
+        self.log("train/grad_norm", norm, on_step=True, batch_size=1)
+
+    def configure_optimizers(self):
+        cfg = self.config.optim
+        decay, no_decay = [], []
+        for p in self.parameters():
+            if p.requires_grad:
+                (decay if p.dim() >= 2 else no_decay).append(p)
+        optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": cfg.weight_decay},
+             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=tuple(cfg.betas))
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: warmup_cosine(step, cfg.warmup_steps, cfg.total_steps,
+                                                  cfg.min_lr_ratio))
+        return {"optimizer": optimizer,
+                "lr_scheduler": {"scheduler": schedule, "interval": "step", "frequency": 1}}
+
+    @torch.no_grad()
+    def embed_users(self, batch: dict) -> torch.Tensor:
+        """Frozen user embeddings (B, D) under the inference mask."""
+        was_training = self.training
+        self.eval()
+        try:
+            users, _ = self.encoder.encode_users(
+                batch["user_input_ids"].to(self.device),
+                batch["user_attention_mask"].to(self.device),
+                batch["user_segment_ids"].to(self.device), mask=self.inference_mask)
+        finally:
+            self.train(was_training)
+        return users
+
+
+def available_masks() -> list[str]:
+    return sorted(MASKS)
