@@ -28,6 +28,7 @@ test: setup
 
 bench: setup
 	$(BIN)/python -m benchmarks.data_throughput
+	$(BIN)/python -m benchmarks.mask_step_time
 
 clean:
 	rm -rf $(VENV) data runs wandb

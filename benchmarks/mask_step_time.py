@@ -4,8 +4,8 @@
 
 One step = forward and backward of both towers (user: ``--tokens`` long, answer: 64) plus an
 AdamW step, on the default tiny Qwen2 (sdpa). Step times are measured side by side in one
-process, the masks interleaved round-robin so machine drift hits all alike; the median per mask
-is reported. Peak memory is the peak resident set size of a fresh process per mask that runs
+process, the masks interleaved round-robin (the order rotating each round) so machine drift hits
+all alike; the median per mask is reported. Peak memory is the peak resident set size of a fresh process per mask that runs
 the same steps (so it includes the interpreter and libraries, identical for every mask).
 """
 
@@ -98,8 +98,9 @@ def main() -> None:
     bias_ms: dict[str, list[float]] = {k: [] for k in MASKS}
     for k in MASKS:  # warm-up
         step(models[k], opts[k], data)
-    for _ in range(args.steps):
-        for k in MASKS:
+    keys = list(MASKS)
+    for r in range(args.steps):
+        for k in keys[r % len(keys):] + keys[: r % len(keys)]:  # rotate who goes first
             start = time.perf_counter()
             step(models[k], opts[k], data)
             times[k].append(time.perf_counter() - start)
@@ -125,7 +126,11 @@ def main() -> None:
             f"{args.batch} --tokens {args.tokens} --steps {args.steps}` (default tiny Qwen2: "
             f"hidden 128, 4 layers, sdpa; both towers, AdamW; median of {args.steps} steps).\n\n"
             "| mask | step ms | ratio to causal | bias build ms | peak RSS MiB | vs causal MiB |\n"
-            "|---|---|---|---|---|---|\n" + "\n".join(rows))
+            "|---|---|---|---|---|---|\n" + "\n".join(rows) +
+            f"\n\nThe bias tensor itself is B x L x L x 4 bytes = "
+            f"{args.batch * args.tokens ** 2 * 4 / 2**20:.0f} MiB (times the layer count for "
+            "per-layer masks); peak-RSS differences between processes of about +-150 MiB are "
+            "allocator noise, seen between repeated runs of the same mask.")
     if not args.no_write:
         write_section("Mask step time and memory", body)
 

@@ -1,1 +1,1 @@
-"""experiments"""
+"""The front door: the ``maskstudy`` command line (and the experiment recipes)."""

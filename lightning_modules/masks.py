@@ -165,23 +165,21 @@ class SoftFutureMask(AttentionMask):
         self.weight.copy_(w.expand_as(self.weight))
 
     def forward(self, segment_ids, attention_mask, dtype=torch.float32):
-        device = attention_mask.device
-        length = attention_mask.shape[-1]
+        blocked = blocked_value(dtype)
         w = self.weights()  # (layers, P)
-        table = torch.where(w > 0, torch.log(w.clamp_min(1e-30)),
-                            torch.full_like(w, blocked_value(torch.float32)))
+        table = torch.where(w > 0, torch.log(w.clamp_min(1e-30)), blocked).to(dtype)
         pos = real_positions(attention_mask).clamp_max(table.shape[-1] - 1)  # (B, L)
-        key_bias = table[:, pos]  # (layers, B, L): bias of key j if it is in the future
-        future = ~causal_allowed(length, device)  # (L, L)
-        opened = future[None] if self.scope == "all" else future[None] & history_pairs(segment_ids)
-        bias = torch.where(opened[None], key_bias[:, :, None, :], 0.0)  # (layers, B, L, L)
-        # Future keys outside the scope stay blocked, as do padding keys.
-        closed = future[None] & ~opened
-        keys = attention_mask.bool()[:, None, :]
-        blocked = closed[None] | ~keys[None]
-        bias = torch.where(blocked, torch.tensor(blocked_value(torch.float32), device=device),
-                           bias)
-        bias = bias.to(dtype)[:, :, None]  # (layers, B, 1, L, L)
+        key_bias = table[:, pos][:, :, None, :]  # (layers, B, 1, L): bias of key j if opened
+        keys = attention_mask.bool()[:, None, :]  # (B, 1, L)
+        future = ~causal_allowed(attention_mask.shape[-1], attention_mask.device)
+        opened = future & keys  # (B, L, L)
+        if self.scope == "history":
+            opened = opened & history_pairs(segment_ids)
+        # What is not opened is the past (0) or blocked: future keys out of scope, padding.
+        base = torch.where((future | ~keys) & ~opened,
+                           torch.tensor(blocked, dtype=dtype, device=attention_mask.device),
+                           torch.zeros((), dtype=dtype, device=attention_mask.device))
+        bias = torch.where(opened[None], key_bias, base[None])[:, :, None]  # (layers, B, 1, L, L)
         return bias if self.per_layer else bias[0]
 
     def describe(self) -> dict:
