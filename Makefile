@@ -21,7 +21,7 @@ $(VENV)/.installed: pyproject.toml
 
 study: setup
 	$(BIN)/maskstudy data synth --users $(WORLD_USERS) --seed 0 --out $(WORLD)
-	$(BIN)/maskstudy data summary $(WORLD) --json $(WORLD)/summary.json
+	$(BIN)/maskstudy study causal hybrid bidirectional data.path=$(WORLD)
 
 test: setup
 	WANDB_MODE=disabled $(BIN)/python -m pytest -q

@@ -89,11 +89,19 @@ def features(table: pa.Table) -> sp.csr_matrix:
     return sp.hstack([sparse, sp.csr_matrix(dense)], format="csr")
 
 
-def probe_auc(x, y: np.ndarray, test: np.ndarray, *, c: float = 0.1, seed: int = 0) -> float:
-    """Test AUC of an L2 logistic regression fitted on the train side of one task's split."""
+def fit_predict(x, y: np.ndarray, test: np.ndarray, *, c: float = 0.1,
+                seed: int = 0) -> np.ndarray | None:
+    """Test-side scores of an L2 logistic regression fitted on the train side of one task's
+    split; ``None`` when either side lacks a class."""
     train = ~test
     if len(np.unique(y[train])) < 2 or len(np.unique(y[test])) < 2:
-        return float("nan")
+        return None
     clf = LogisticRegression(C=c, max_iter=2000, random_state=seed)
     clf.fit(x[train], y[train])
-    return float(roc_auc_score(y[test], clf.predict_proba(x[test])[:, 1]))
+    return clf.predict_proba(x[test])[:, 1]
+
+
+def probe_auc(x, y: np.ndarray, test: np.ndarray, *, c: float = 0.1, seed: int = 0) -> float:
+    """Test AUC of :func:`fit_predict` (NaN when a side lacks a class)."""
+    score = fit_predict(x, y, test, c=c, seed=seed)
+    return float("nan") if score is None else float(roc_auc_score(y[test], score))

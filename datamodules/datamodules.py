@@ -16,6 +16,7 @@ the right by default or on the left; masks are 1 for real tokens, segment id 0 f
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import zlib
 from dataclasses import dataclass, field
@@ -84,6 +85,11 @@ class Collator:
         batch["pair_kinds"] = [s["kind"] for s in samples]
         return batch
 
+    def plain(self, samples: list[dict]) -> dict:
+        batch = self.user_side(samples)
+        batch["user_ids"] = [s["user_id"] for s in samples]
+        return batch
+
     def probe(self, samples: list[dict]) -> dict:
         batch = self.user_side(samples)
         batch["labels"] = torch.from_numpy(np.stack([s["labels"] for s in samples]))
@@ -104,6 +110,7 @@ class DataConfig:
     topics_per_user: int = 2  # query-answer pairs per user, besides the behaviour pair
     behaviour_query: str = BEHAVIOUR_QUERY
     probe_query: str = ""  # instruction used when embedding users for probes
+    anchor: bool = True  # end the user sequence with <USER> (needed by user_token pooling)
     probe_fraction: float = 0.3
     val_fraction: float = 0.05
     split_seed: int = 0
@@ -127,11 +134,12 @@ class UserDataModule(L.LightningDataModule):
 
     def __init__(self, config: DataConfig | None = None, **overrides):
         super().__init__()
-        cfg = config or DataConfig()
-        for k, v in overrides.items():
-            if not hasattr(cfg, k):
-                raise TypeError(f"unknown data option {k!r}")
-            setattr(cfg, k, v)
+        unknown = sorted(set(overrides) - set(DataConfig.__dataclass_fields__))
+        if unknown:
+            raise TypeError(f"unknown data option {unknown[0]!r}")
+        # A copy: the caller's config (an experiment's) is never changed behind its back.
+        cfg = dataclasses.replace(config or DataConfig(), **overrides)
+        cfg.caps = dict(cfg.caps)
         self.cfg = cfg
         self.files = dataset_files(cfg.path)
         self.template: UserTemplate | None = None
@@ -157,7 +165,8 @@ class UserDataModule(L.LightningDataModule):
             tok = load_tokenizer(self.tokenizer_path)
             self.template = UserTemplate(
                 tok, tabular_names(self.cfg.path),
-                TemplateConfig(max_tokens=self.cfg.max_tokens, caps=dict(self.cfg.caps)))
+                TemplateConfig(max_tokens=self.cfg.max_tokens, caps=dict(self.cfg.caps),
+                               anchor=self.cfg.anchor))
 
     @property
     def collator(self) -> Collator:
@@ -166,6 +175,22 @@ class UserDataModule(L.LightningDataModule):
     @property
     def vocab_size(self) -> int:
         return self.template.tok.get_vocab_size()
+
+    def _make_plain(self, users: UserColumns, i: int, epoch: int) -> list[dict]:
+        enc = self.template.encode(users, i, self.cfg.probe_query)
+        return [{"input_ids": enc.input_ids, "segment_ids": enc.segment_ids,
+                 "user_id": users.user_ids[i]}]
+
+    def users_dataloader(self, split: str = "all") -> DataLoader:
+        """One pass over the users of a split (``all``, ``train``, ``val``, ``probe``) with the
+        probe query, for exporting embeddings; batches carry ``user_ids``."""
+        codes = {"all": None, "train": TRAIN, "val": VAL, "probe": PROBE}
+        if split not in codes:
+            raise ValueError(f"split {split!r}: expected one of {list(codes)}")
+        stream = UserStream(self.files, self.split(codes[split]), self._make_plain,
+                            columns=HISTORY_COLUMNS, future=False, cycle=False, shuffle=False,
+                            seed=self.cfg.seed)
+        return self._loader(stream, self.cfg.eval_batch_size, self.collator.plain)
 
     def _loader(self, stream: UserStream, batch_size: int, collate) -> DataLoader:
         return DataLoader(stream, batch_size=batch_size, collate_fn=collate,
@@ -259,11 +284,12 @@ class ProbeDataModule(UserDataModule):
         return [{"input_ids": enc.input_ids, "segment_ids": enc.segment_ids,
                  "labels": self.probe.labels[k], "probe_index": k}]
 
-    def probe_dataloader(self) -> DataLoader:
-        """One pass over the probe users in file order (sharded across ranks and workers)."""
+    def probe_dataloader(self, *, all_ranks: bool = False) -> DataLoader:
+        """One pass over the probe users in file order, sharded across dataloader workers and,
+        unless ``all_ranks`` (evaluation on one rank), across DDP ranks."""
         stream = UserStream(self.files, self.split(PROBE), self._make_user,
                             columns=HISTORY_COLUMNS, future=False, cycle=False, shuffle=False,
-                            seed=self.cfg.seed)
+                            seed=self.cfg.seed, rank_sharded=not all_ranks)
         return self._loader(stream, self.cfg.eval_batch_size, self.collator.probe)
 
     def predict_dataloader(self) -> DataLoader:

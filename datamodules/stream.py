@@ -36,12 +36,14 @@ class RowGroup:
 
 @dataclass(frozen=True)
 class SplitSpec:
-    code: int  # splits.TRAIN / VAL / PROBE
+    code: int | None  # splits.TRAIN / VAL / PROBE; None: every user
     probe_fraction: float
     val_fraction: float
     seed: int
 
     def mask(self, user_ids: list[str]) -> np.ndarray:
+        if self.code is None:
+            return np.ones(len(user_ids), dtype=bool)
         return user_splits(user_ids, probe_fraction=self.probe_fraction,
                            val_fraction=self.val_fraction, seed=self.seed) == self.code
 
@@ -81,7 +83,7 @@ class UserStream(IterableDataset):
     def __init__(self, files: list[Path], split: SplitSpec,
                  make: Callable[[UserColumns, int, int], list], *, columns: list[str],
                  future: bool, cycle: bool, shuffle: bool, seed: int,
-                 shuffle_buffer: int = 0):
+                 shuffle_buffer: int = 0, rank_sharded: bool = True):
         self.groups = row_groups(files)
         self.split = split
         self.make = make
@@ -91,9 +93,10 @@ class UserStream(IterableDataset):
         self.shuffle = shuffle
         self.seed = seed
         self.shuffle_buffer = shuffle_buffer
+        self.rank_sharded = rank_sharded  # False: this rank reads every user (rank-0 evaluation)
 
     def _shard(self) -> tuple[int, int]:
-        rank, world = dist_info()
+        rank, world = dist_info() if self.rank_sharded else (0, 1)
         info = get_worker_info()
         workers, worker = (info.num_workers, info.id) if info else (1, 0)
         return rank * workers + worker, world * workers

@@ -40,6 +40,7 @@ DEFAULT_CAPS = {"bill": 250, "minipro": 150, "spm": 150, "app": 100, "search": 1
 class TemplateConfig:
     max_tokens: int = 512  # the whole user-tower sequence, query and anchor included
     caps: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_CAPS))
+    anchor: bool = True  # end with <USER>; without it the sequence ends with the query
 
     def __post_init__(self) -> None:
         unknown = set(self.caps) - set(SEGMENTS)
@@ -207,7 +208,7 @@ class UserTemplate:
         Pass ``history`` (from :meth:`history`) to encode several queries of one user
         without rendering the history again."""
         q = self.query_ids(query)
-        budget = self.cfg.max_tokens - 2 * len(SEGMENTS) - len(q) - 1
+        budget = self.cfg.max_tokens - 2 * len(SEGMENTS) - len(q) - int(self.cfg.anchor)
         if budget < 0:
             raise ValueError(f"query {query!r} is {len(q)} tokens: no room left in "
                              f"max_tokens={self.cfg.max_tokens}")
@@ -224,9 +225,11 @@ class UserTemplate:
             for x in kept:
                 ids.extend(x)
             ids.append(self.ids.close[name])
-        segments = [HISTORY] * len(ids) + [QUERY] * len(q) + [ANCHOR]
+        segments = [HISTORY] * len(ids) + [QUERY] * len(q)
         ids.extend(q)
-        ids.append(self.ids.user)
+        if self.cfg.anchor:
+            segments.append(ANCHOR)
+            ids.append(self.ids.user)
         return EncodedUser(ids, segments)
 
     def encode_answer(self, text: str, max_tokens: int) -> list[int]:

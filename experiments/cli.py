@@ -58,6 +58,69 @@ def _data_tokenizer(args: argparse.Namespace) -> int:
     return 0
 
 
+def _config_error(fn):
+    """Config and data mistakes end with one clear line, before any training."""
+    def wrapped(args: argparse.Namespace) -> int:
+        from maskstudy.datamodules.schema import DataValidationError
+        from maskstudy.experiments.config import ConfigError
+
+        try:
+            return fn(args)
+        except (ConfigError, DataValidationError, FileNotFoundError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+    return wrapped
+
+
+@_config_error
+def _fit(args: argparse.Namespace) -> int:
+    from maskstudy.experiments.config import load_config
+    from maskstudy.experiments.run import fit
+
+    cfg = load_config(args.config, args.overrides)
+    result = fit(cfg)
+    m = result.results.get("metrics", {})
+    print(f"run {result.run_dir}: eval/avg_auc {m.get('eval/avg_auc', float('nan')):.4f}, "
+          f"eval/avg_ks {m.get('eval/avg_ks', float('nan')):.4f}")
+    return 0
+
+
+@_config_error
+def _eval(args: argparse.Namespace) -> int:
+    from maskstudy.experiments.run import evaluate_checkpoint
+
+    out = evaluate_checkpoint(args.checkpoint, args.tasks)
+    for task, m in out["tasks"].items():
+        print(f"{task:<12} AUC {m['auc']:.4f}  KS {m['ks']:.4f}")
+    print(f"{'average':<12} AUC {out['metrics']['eval/avg_auc']:.4f}  "
+          f"KS {out['metrics']['eval/avg_ks']:.4f}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
+    return 0
+
+
+@_config_error
+def _embed(args: argparse.Namespace) -> int:
+    from maskstudy.experiments.run import embed_checkpoint
+
+    n = embed_checkpoint(args.checkpoint, args.out, split=args.split, data=args.data)
+    print(f"wrote {n} user embeddings to {args.out}")
+    return 0
+
+
+@_config_error
+def _study(args: argparse.Namespace) -> int:
+    from maskstudy.experiments.study import run_study
+
+    run_study(args.recipes, args.overrides, out_root=args.out)
+    return 0
+
+
+def _recipes_and_overrides(values: list[str]) -> tuple[list[str], list[str]]:
+    recipes = [v for v in values if "=" not in v]
+    return recipes, [v for v in values if "=" in v]
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="maskstudy",
@@ -108,11 +171,55 @@ def build_parser() -> argparse.ArgumentParser:
     tok.add_argument("--vocab-size", type=int, default=4096)
     tok.add_argument("--users", type=int, default=2000, help="training users read (default 2000)")
     tok.set_defaults(func=_data_tokenizer)
+
+    fit = commands.add_parser(
+        "fit", help="train one recipe and evaluate it",
+        description="Train a recipe (experiments/*.yaml) and evaluate it with linear probes. "
+                    "Overrides are OmegaConf dotlists, e.g. trainer.max_steps=50 "
+                    "mask.name=hybrid. The run goes to <run_root>/<name>/<timestamp>/.")
+    fit.add_argument("config", help="a recipe file, e.g. experiments/hybrid.yaml")
+    fit.add_argument("overrides", nargs="*", help="key=value overrides")
+    fit.set_defaults(func=_fit)
+
+    ev = commands.add_parser(
+        "eval", help="linear-probe evaluation of a checkpoint",
+        description="Embed the probe users with a checkpoint and score every task's linear "
+                    "probe (AUC, KS). The run's config.yaml (two levels up) supplies the data.")
+    ev.add_argument("checkpoint", help="e.g. runs/hybrid/<timestamp>/checkpoints/last.ckpt")
+    ev.add_argument("--tasks", nargs="+", help="task names or suites (default: the run's)")
+    ev.add_argument("--json", help="also write the scores as JSON to this file")
+    ev.set_defaults(func=_eval)
+
+    emb = commands.add_parser(
+        "embed", help="export user embeddings to Parquet",
+        description="Embed users with a checkpoint under its inference mask and write "
+                    "user_id, embedding (list<float>) to a Parquet file.")
+    emb.add_argument("checkpoint")
+    emb.add_argument("--out", required=True, help="output Parquet file")
+    emb.add_argument("--split", default="all", choices=["all", "train", "val", "probe"])
+    emb.add_argument("--data", help="another dataset in the same schema (default: the run's)")
+    emb.set_defaults(func=_embed)
+
+    study = commands.add_parser(
+        "study", help="train several recipes and print the comparison table",
+        description="Fit each recipe on the same data and seed, then print and write the "
+                    "comparison: test AUC per task, domain and overall averages, with the "
+                    "untrained-backbone and bag-of-events reference rows.")
+    study.add_argument("items", nargs="*", metavar="RECIPE|key=value",
+                       help="recipe names or files (default: causal hybrid bidirectional), "
+                            "then overrides applied to every recipe")
+    study.add_argument("--out", default="runs", help="where the study table goes (default runs)")
+    study.set_defaults(func=_study)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "study":
+        from maskstudy.experiments.study import DEFAULT_RECIPES
+
+        recipes, args.overrides = _recipes_and_overrides(args.items)
+        args.recipes = recipes or list(DEFAULT_RECIPES)
     return args.func(args)
 
 

@@ -51,7 +51,7 @@ class LossConfig:
 class OptimConfig:
     lr: float = 2e-4
     weight_decay: float = 0.01
-    betas: tuple[float, float] = (0.9, 0.999)
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     warmup_steps: int = 100
     total_steps: int = 2000
     min_lr_ratio: float = 0.0

@@ -52,7 +52,8 @@ def test_summary_and_tokenizer(world, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("command", [[], ["data"], ["data", "synth"], ["data", "validate"],
-                                     ["data", "summary"], ["data", "tokenizer"]])
+                                     ["data", "summary"], ["data", "tokenizer"], ["fit"], ["eval"],
+                                     ["embed"], ["study"]])
 def test_every_command_has_help(command, capsys):
     with pytest.raises(SystemExit) as exit_:
         build_parser().parse_args([*command, "--help"])

@@ -1,0 +1,170 @@
+"""Linear-probe evaluation on frozen user embeddings (the papers' protocol).
+
+Each evaluation embeds every probe user once (``embed_users`` under the module's inference
+mask), then per task fits a standardised logistic regression on the task's train split and
+scores its test split:
+
+    AUC  area under the ROC curve
+    KS   max over thresholds of TPR - FPR (the Kolmogorov-Smirnov statistic)
+
+Logged as ``eval/<task>/auc``, ``eval/<task>/ks``, ``eval/<domain>/avg_auc``, ``eval/avg_auc``
+and ``eval/avg_ks`` at ``every_n_steps`` and at the end of training; the final evaluation is
+also written to ``results.json`` and, for W&B, as the table ``eval/results``.
+
+The callback does not know where users come from: it takes a *probe source* with
+``task_names``, ``domains`` (task -> domain), ``labels`` (users x tasks), ``test_mask(task)``
+and ``dataloader()`` yielding batches with ``probe_index``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import lightning as L
+import numpy as np
+import torch
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import roc_auc_score, roc_curve
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+
+class ProbeSource(Protocol):
+    task_names: list[str]
+    domains: dict[str, str]
+    labels: np.ndarray
+
+    def test_mask(self, task: str) -> np.ndarray: ...
+
+    def dataloader(self): ...
+
+
+def ks_statistic(y: np.ndarray, score: np.ndarray) -> float:
+    """max_t TPR(t) - FPR(t)."""
+    fpr, tpr, _ = roc_curve(y, score)
+    return float(np.max(tpr - fpr))
+
+
+def scores(y: np.ndarray | None, score: np.ndarray | None) -> dict[str, float]:
+    """AUC and KS of test scores; NaN for both when there is nothing to score."""
+    if score is None or y is None or len(np.unique(y)) < 2:
+        return {"auc": float("nan"), "ks": float("nan")}
+    return {"auc": float(roc_auc_score(y, score)), "ks": ks_statistic(y, score)}
+
+
+def probe_task(x: np.ndarray, y: np.ndarray, test: np.ndarray, *, c: float = 1.0,
+               seed: int = 0) -> dict[str, float]:
+    """AUC and KS of a standardised logistic regression fitted on the train side."""
+    train = ~test
+    if len(np.unique(y[train])) < 2 or len(np.unique(y[test])) < 2:
+        return scores(None, None)
+    clf = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=2000,
+                                                             random_state=seed))
+    clf.fit(x[train], y[train])
+    return scores(y[test], clf.predict_proba(x[test])[:, 1])
+
+
+def summarise(per_task: dict[str, dict[str, float]], domains: dict[str, str]) -> dict[str, float]:
+    """Flat ``eval/...`` metrics: per task, per domain average AUC, overall averages."""
+    out: dict[str, float] = {}
+    for task, m in per_task.items():
+        out[f"eval/{task}/auc"] = m["auc"]
+        out[f"eval/{task}/ks"] = m["ks"]
+    by_domain: dict[str, list[float]] = {}
+    for task, m in per_task.items():
+        by_domain.setdefault(domains[task], []).append(m["auc"])
+    for domain, aucs in by_domain.items():
+        out[f"eval/{domain}/avg_auc"] = float(np.nanmean(aucs))
+    out["eval/avg_auc"] = float(np.nanmean([m["auc"] for m in per_task.values()]))
+    out["eval/avg_ks"] = float(np.nanmean([m["ks"] for m in per_task.values()]))
+    return out
+
+
+def probe_all(embeddings: np.ndarray, source: ProbeSource, c: float = 1.0) -> dict[str, dict]:
+    return {task: probe_task(embeddings, source.labels[:, k], source.test_mask(task), c=c)
+            for k, task in enumerate(source.task_names)}
+
+
+@torch.no_grad()
+def embed_probe_users(module, source: ProbeSource) -> np.ndarray:
+    """(users, D) embeddings in label order, each probe user embedded once."""
+    n = source.labels.shape[0]
+    out = None
+    seen = np.zeros(n, dtype=bool)
+    for batch in source.dataloader():
+        emb = module.embed_users(batch).float().cpu().numpy()
+        if out is None:
+            out = np.zeros((n, emb.shape[1]), dtype=np.float32)
+        idx = batch["probe_index"].numpy()
+        out[idx] = emb
+        seen[idx] = True
+    if out is None or not seen.all():
+        raise RuntimeError(f"probe evaluation embedded {int(seen.sum())} of {n} probe users")
+    return out
+
+
+@dataclass
+class Evaluation:
+    step: int
+    per_task: dict[str, dict[str, float]]
+    metrics: dict[str, float]
+    seconds: float
+
+
+def evaluate(module, source: ProbeSource, c: float = 1.0, step: int = 0) -> Evaluation:
+    start = time.perf_counter()
+    per_task = probe_all(embed_probe_users(module, source), source, c)
+    return Evaluation(step, per_task, summarise(per_task, source.domains),
+                      time.perf_counter() - start)
+
+
+class LinearProbeEvaluation(L.Callback):
+    """Evaluates at every ``every_n_steps`` optimiser steps (0: only at the end) and at the
+    end of training, on global rank 0; writes ``results.json`` into ``out_dir``."""
+
+    def __init__(self, source: ProbeSource, *, every_n_steps: int = 0, c: float = 1.0,
+                 out_dir: str | Path | None = None, extra_results: dict | None = None):
+        self.source = source
+        self.every_n_steps = every_n_steps
+        self.c = c
+        self.out_dir = Path(out_dir) if out_dir else None
+        self.extra_results = extra_results or {}
+        self.history: list[Evaluation] = []
+
+    def _run(self, trainer: L.Trainer, module) -> Evaluation | None:
+        if trainer.global_rank != 0:
+            return None
+        result = evaluate(module, self.source, self.c, trainer.global_step)
+        self.history.append(result)
+        for logger in trainer.loggers:
+            logger.log_metrics({**result.metrics, "eval/seconds": result.seconds},
+                               step=trainer.global_step)
+        return result
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        step = trainer.global_step
+        if (self.every_n_steps and step % self.every_n_steps == 0 and step > 0
+                and (not self.history or self.history[-1].step != step)
+                and step < (trainer.max_steps or 0)):
+            self._run(trainer, pl_module)
+
+    def on_train_end(self, trainer, pl_module):
+        result = self._run(trainer, pl_module)
+        if result is None:
+            return
+        rows = [[task, m["auc"], m["ks"], self.source.domains[task]]
+                for task, m in result.per_task.items()]
+        for logger in trainer.loggers:
+            if hasattr(logger, "log_table"):  # WandbLogger
+                logger.log_table("eval/results", columns=["task", "auc", "ks", "domain"],
+                                 data=rows, step=trainer.global_step)
+        if self.out_dir is not None:
+            payload = {"step": result.step, "metrics": result.metrics,
+                       "tasks": result.per_task, "eval_seconds": result.seconds,
+                       "history": [{"step": e.step, "avg_auc": e.metrics["eval/avg_auc"]}
+                                   for e in self.history], **self.extra_results}
+            (self.out_dir / "results.json").write_text(json.dumps(payload, indent=2) + "\n")

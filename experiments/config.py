@@ -1,0 +1,212 @@
+"""Experiment configs: a structured schema, recipe inheritance and dotlist overrides.
+
+``experiments/base.yaml`` holds every default. A recipe names what it ``extends`` (a path
+relative to itself) and holds only its differences. Command-line overrides are OmegaConf
+dotlists (``trainer.max_steps=50 mask.name=hybrid``). Everything is merged onto the schema
+below, so an unknown key, a wrong type or an impossible value fails before training starts,
+naming the key.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from maskstudy.datamodules.datamodules import DataConfig
+from maskstudy.datamodules.tasks import resolve_tasks
+from maskstudy.lightning_modules.backbone import BackboneConfig
+from maskstudy.lightning_modules.encoder import ANSWER_MASKS, POOLINGS
+from maskstudy.lightning_modules.masks import MASKS, build_mask
+from maskstudy.lightning_modules.module import (
+    EncoderConfig, LossConfig, MaskConfig, ModuleConfig, OptimConfig,
+)
+
+EXPERIMENTS_DIR = Path(__file__).resolve().parent
+BASE = EXPERIMENTS_DIR / "base.yaml"
+
+
+@dataclass
+class TrainerConfig:
+    max_steps: int = 300
+    val_check_interval: int = 100
+    limit_val_batches: int = 4
+    accelerator: str = "auto"
+    devices: Any = 1
+    strategy: str = "auto"
+    precision: str = "32-true"  # bf16-mixed on GPUs
+    accumulate_grad_batches: int = 1
+    deterministic: bool = False
+    log_every_n_steps: int = 10
+    num_sanity_val_steps: int = 0
+    enable_progress_bar: bool = True
+
+
+@dataclass
+class EvalConfig:
+    tasks: list[str] = field(default_factory=lambda: ["ggsm"])
+    every_n_steps: int = 0  # 0: evaluate at the end of training only
+    test_fraction: float = 0.3
+    c: float = 1.0  # inverse L2 strength of the probe's logistic regression
+    references: bool = True  # untrained-backbone and bag-of-events rows (cached per dataset)
+
+
+@dataclass
+class LoggingConfig:
+    wandb: bool = True
+    project: str = "maskstudy"
+    entity: str | None = None
+    group: str | None = None
+    tags: list[str] = field(default_factory=list)
+    job_type: str = "train"
+    mode: str = "auto"  # auto | online | offline | disabled; WANDB_MODE wins when set
+    sample_tables: bool = False  # never send user behaviour text to W&B unless enabled
+
+
+@dataclass
+class ExperimentConfig:
+    name: str = "base"
+    description: str = ""
+    extends: str | None = None
+    seed: int = 0
+    run_root: str = "runs"
+    data: DataConfig = field(default_factory=DataConfig)
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    mask: MaskConfig = field(default_factory=MaskConfig)
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+    def module_config(self) -> ModuleConfig:
+        """A deep copy: the module may change its config without touching the experiment's."""
+        return copy.deepcopy(ModuleConfig(backbone=self.backbone, mask=self.mask,
+                                          encoder=self.encoder, loss=self.loss,
+                                          optim=self.optim))
+
+
+class ConfigError(ValueError):
+    """A config problem, found before training; the message names the file and key."""
+
+
+def _load_chain(path: Path, seen: tuple[Path, ...] = ()) -> list[DictConfig]:
+    """The recipe and everything it extends, base first."""
+    path = path.resolve()
+    if path in seen:
+        raise ConfigError(f"{path}: 'extends' forms a cycle")
+    if not path.exists():
+        raise ConfigError(f"{path}: no such config file")
+    try:
+        node = OmegaConf.load(path)
+    except Exception as e:  # yaml errors
+        raise ConfigError(f"{path}: not valid YAML ({e})") from e
+    if not isinstance(node, DictConfig):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    parent = node.get("extends")
+    chain = _load_chain((path.parent / parent), seen + (path,)) if parent else []
+    return chain + [node]
+
+
+def _explain(e: OmegaConfBaseException, where: str) -> ConfigError:
+    key = getattr(e, "full_key", None)
+    msg = str(e).splitlines()[0]
+    return ConfigError(f"{where}: key '{key}': {msg}" if key else f"{where}: {msg}")
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Recipe file + overrides, merged onto the schema, resolved and checked."""
+    path = Path(path)
+    schema = OmegaConf.structured(ExperimentConfig)
+    merged = schema
+    for node in _load_chain(path):
+        try:
+            merged = OmegaConf.merge(merged, node)
+        except OmegaConfBaseException as e:
+            raise _explain(e, str(path)) from e
+    if overrides:
+        bad = [o for o in overrides if "=" not in o]
+        if bad:
+            raise ConfigError(f"overrides {bad}: expected key=value")
+        try:
+            merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(list(overrides)))
+        except OmegaConfBaseException as e:
+            raise _explain(e, "command-line override") from e
+    try:
+        OmegaConf.resolve(merged)
+        config: ExperimentConfig = OmegaConf.to_object(merged)
+    except OmegaConfBaseException as e:
+        raise _explain(e, str(path)) from e
+    check(config, str(path))
+    return config
+
+
+def check(cfg: ExperimentConfig, where: str = "config") -> None:
+    """Values the schema's types cannot catch; each error names its key."""
+    def fail(key: str, msg: str) -> None:
+        raise ConfigError(f"{where}: key '{key}': {msg}")
+
+    if cfg.mask.name not in MASKS:
+        fail("mask.name", f"unknown mask {cfg.mask.name!r}; expected one of {sorted(MASKS)}")
+    if cfg.mask.inference is not None and cfg.mask.inference not in MASKS:
+        fail("mask.inference", f"unknown mask {cfg.mask.inference!r}; expected one of "
+                               f"{sorted(MASKS)}")
+    options = dict(cfg.mask.options)
+    if options.get("layers") == "all":
+        options["layers"] = cfg.backbone.layers
+    try:
+        build_mask(cfg.mask.name, **options)
+    except ValueError as e:
+        fail("mask.options", str(e))
+    if cfg.encoder.pooling not in POOLINGS:
+        fail("encoder.pooling", f"unknown pooling {cfg.encoder.pooling!r}; expected one of "
+                                f"{list(POOLINGS)}")
+    if cfg.encoder.pooling == "user_token" and not cfg.data.anchor:
+        fail("encoder.pooling", "user_token pooling needs the <USER> anchor, but "
+                                "data.anchor is false")
+    if cfg.encoder.answer_mask not in ANSWER_MASKS:
+        fail("encoder.answer_mask", f"expected one of {list(ANSWER_MASKS)}")
+    if cfg.trainer.max_steps <= 0:
+        fail("trainer.max_steps", "must be positive")
+    if cfg.optim.total_steps <= 0:
+        fail("optim.total_steps", "must be positive")
+    if cfg.optim.warmup_steps >= cfg.optim.total_steps:
+        fail("optim.warmup_steps", f"{cfg.optim.warmup_steps} >= optim.total_steps "
+                                   f"{cfg.optim.total_steps}: warmup must end before training")
+    if cfg.optim.lr <= 0:
+        fail("optim.lr", "must be positive")
+    if cfg.loss.temperature <= 0:
+        fail("loss.temperature", "must be positive")
+    if cfg.data.batch_size < 2:
+        fail("data.batch_size", "contrastive training needs at least 2 pairs per batch")
+    if cfg.trainer.val_check_interval <= 0:
+        fail("trainer.val_check_interval", "must be a positive number of steps")
+    if cfg.logging.mode not in ("auto", "online", "offline", "disabled"):
+        fail("logging.mode", "expected auto, online, offline or disabled")
+    if cfg.backbone.attention not in ("sdpa", "eager"):
+        fail("backbone.attention", "expected sdpa or eager")
+    if cfg.backbone.name_or_path is None and (
+            cfg.backbone.hidden_size % cfg.backbone.heads or cfg.backbone.heads % cfg.backbone.kv_heads):
+        fail("backbone.hidden_size", "hidden_size must divide by heads and heads by kv_heads")
+    if not 0 < cfg.eval.test_fraction < 1:
+        fail("eval.test_fraction", "expected a value in (0, 1)")
+    try:
+        resolve_tasks(list(cfg.eval.tasks))
+    except ValueError as e:
+        fail("eval.tasks", str(e))
+    if not Path(cfg.data.path).exists():
+        fail("data.path", f"{cfg.data.path}: no such file or directory (generate one with "
+                          f"`maskstudy data synth --out {cfg.data.path}`)")
+
+
+def to_yaml(cfg: ExperimentConfig) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def to_dict(cfg: ExperimentConfig) -> dict:
+    return OmegaConf.to_container(OmegaConf.structured(cfg))

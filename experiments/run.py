@@ -1,0 +1,310 @@
+"""Launching runs: ``fit`` a recipe, ``evaluate`` or ``embed`` from a checkpoint.
+
+A run lives in ``<run_root>/<name>/<timestamp>/``: ``config.yaml`` (resolved), ``tokenizer.json``,
+``checkpoints/last.ckpt``, ``metrics.csv``, ``results.json``, ``plots/`` and, with W&B on,
+``wandb/``. Reference rows (the untrained backbone and the bag-of-events baseline) are computed
+once per dataset, probe split and backbone, and cached under ``<run_root>/.cache/``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
+
+from maskstudy.callbacks.linear_probe import LinearProbeEvaluation, evaluate, scores, summarise
+from maskstudy.datamodules import baseline
+from maskstudy.datamodules.datamodules import (
+    ContrastiveDataModule, ProbeDataModule, UserDataModule,
+)
+from maskstudy.lightning_modules.module import ContrastiveMaskingModule
+
+from .config import ExperimentConfig, to_dict, to_yaml
+
+log = logging.getLogger(__name__)
+
+
+class ProbeSourceAdapter:
+    """The linear-probe callback's view of a ProbeDataModule (callbacks never import data)."""
+
+    def __init__(self, dm: ProbeDataModule, suite: str):
+        self.dm = dm
+        self.task_names = dm.task_names
+        self.labels = dm.probe.labels
+        self.domains = {t.name: t.domain(suite) for t in dm.probe.tasks}
+
+    def test_mask(self, task: str) -> np.ndarray:
+        return self.dm.probe.test_mask(task)
+
+    def dataloader(self):
+        return self.dm.probe_dataloader(all_ranks=True)
+
+
+def suite_of(tasks: list[str]) -> str:
+    return "qanchor" if tasks == ["qanchor"] else "ggsm"
+
+
+def make_run_dir(cfg: ExperimentConfig) -> Path:
+    root = Path(cfg.run_root) / cfg.name
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    run = root / stamp
+    k = 1
+    while run.exists():
+        run = root / f"{stamp}-{k}"
+        k += 1
+    try:
+        run.mkdir(parents=True)
+        probe = run / ".writable"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise OSError(f"run directory {run}: not writable ({e}); set run_root") from e
+    return run
+
+
+def wandb_mode(cfg: ExperimentConfig) -> str:
+    """WANDB_MODE wins; ``auto`` is online only when credentials are configured."""
+    env = os.environ.get("WANDB_MODE")
+    if env:
+        return {"dryrun": "offline", "run": "online"}.get(env, env)
+    if cfg.logging.mode != "auto":
+        return cfg.logging.mode
+    if os.environ.get("WANDB_API_KEY"):
+        return "online"
+    netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
+    if netrc.exists() and "api.wandb.ai" in netrc.read_text(errors="ignore"):
+        return "online"
+    return "offline"
+
+
+def make_loggers(cfg: ExperimentConfig, run_dir: Path) -> list:
+    # metrics.csv sits beside config.yaml; the CSV logger only ever rewrites its own file.
+    warnings.filterwarnings("ignore", message="Experiment logs directory .* exists and is not empty")
+    loggers: list = [CSVLogger(save_dir=str(run_dir), name="", version="")]
+    mode = wandb_mode(cfg)
+    if cfg.logging.wandb and mode != "disabled":
+        from lightning.pytorch.loggers import WandbLogger
+
+        loggers.append(WandbLogger(
+            name=f"{cfg.name}-{run_dir.name}", project=cfg.logging.project,
+            entity=cfg.logging.entity, group=cfg.logging.group, tags=list(cfg.logging.tags),
+            job_type=cfg.logging.job_type, save_dir=str(run_dir), mode=mode,
+            config=to_dict(cfg)))
+    return loggers
+
+
+def _cache_key(cfg: ExperimentConfig, kind: str) -> str:
+    files = sorted(Path(cfg.data.path).glob("users*.parquet")) if Path(cfg.data.path).is_dir() \
+        else [Path(cfg.data.path)]
+    stat = [(f.name, f.stat().st_size, int(f.stat().st_mtime)) for f in files]
+    d = cfg.data
+    parts = [kind, str(Path(d.path).resolve()), stat, d.probe_fraction, d.val_fraction,
+             d.split_seed, list(cfg.eval.tasks), cfg.eval.test_fraction, cfg.eval.c]
+    if kind == "untrained":
+        parts += [to_dict(cfg)["backbone"], cfg.encoder.pooling, d.max_tokens, d.probe_query,
+                  cfg.seed, cfg.mask.inference or "causal"]
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def reference_rows(cfg: ExperimentConfig, probe_dm: ProbeDataModule,
+                   source: ProbeSourceAdapter, vocab_size: int) -> dict[str, dict]:
+    """The untrained backbone (causal mask, the run's seed) and the bag-of-events baseline,
+    cached under ``<run_root>/.cache``."""
+    cache_dir = Path(cfg.run_root) / ".cache"
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    rows = {}
+    for kind in ("untrained", "bag_of_events"):
+        path = cache_dir / f"{kind}-{_cache_key(cfg, kind)}.json"
+        if path.exists():
+            rows[kind] = json.loads(path.read_text())
+            continue
+        start = time.perf_counter()
+        if kind == "untrained":
+            L.seed_everything(cfg.seed, verbose=False)
+            module_cfg = cfg.module_config()
+            module_cfg.mask.inference = cfg.mask.inference or "causal"
+            module = ContrastiveMaskingModule(module_cfg, vocab_size=vocab_size)
+            per_task = evaluate(module, source, cfg.eval.c).per_task
+        else:
+            x = baseline.features(probe_dm.probe.history_table())
+            per_task = {}
+            for k, task in enumerate(source.task_names):
+                y, test = source.labels[:, k], source.test_mask(task)
+                per_task[task] = scores(y[test], baseline.fit_predict(x, y, test))
+        rows[kind] = {"tasks": per_task, "metrics": summarise(per_task, source.domains),
+                      "seconds": time.perf_counter() - start}
+        path.write_text(json.dumps(rows[kind], indent=2) + "\n")
+    return rows
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    results: dict
+
+
+def build_datamodules(cfg: ExperimentConfig) -> tuple[ContrastiveDataModule, ProbeDataModule]:
+    train_dm = ContrastiveDataModule(cfg.data)
+    train_dm.setup()
+    probe_dm = ProbeDataModule(cfg.data, tasks=list(cfg.eval.tasks),
+                               test_fraction=cfg.eval.test_fraction, validate=False)
+    probe_dm.template = train_dm.template  # validated and tokenised once
+    probe_dm.setup()
+    return train_dm, probe_dm
+
+
+def fit(cfg: ExperimentConfig) -> RunResult:
+    """Trains one recipe, evaluates it, and writes the run directory."""
+    run_dir = make_run_dir(cfg)
+    # The saved config is fully resolved: it extends nothing.
+    (run_dir / "config.yaml").write_text(to_yaml(dataclasses.replace(cfg, extends=None)))
+    L.seed_everything(cfg.seed, verbose=False)
+    train_dm, probe_dm = build_datamodules(cfg)
+    shutil.copy(train_dm.tokenizer_path, run_dir / "tokenizer.json")
+    source = ProbeSourceAdapter(probe_dm, suite_of(list(cfg.eval.tasks)))
+    refs = (reference_rows(cfg, probe_dm, source, train_dm.vocab_size)
+            if cfg.eval.references else {})
+    L.seed_everything(cfg.seed, verbose=False)
+    module = ContrastiveMaskingModule(cfg.module_config(), vocab_size=train_dm.vocab_size)
+    probe_cb = LinearProbeEvaluation(
+        source, every_n_steps=cfg.eval.every_n_steps, c=cfg.eval.c, out_dir=run_dir,
+        extra_results={"name": cfg.name, "description": cfg.description, "mask": cfg.mask.name,
+                       "seed": cfg.seed, "references": refs})
+    checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0,
+                                 every_n_train_steps=cfg.trainer.val_check_interval)
+    t = cfg.trainer
+    trainer = L.Trainer(
+        max_steps=t.max_steps, val_check_interval=t.val_check_interval,
+        check_val_every_n_epoch=None, limit_val_batches=t.limit_val_batches,
+        accelerator=t.accelerator, devices=t.devices, strategy=t.strategy,
+        precision=t.precision, accumulate_grad_batches=t.accumulate_grad_batches,
+        deterministic=t.deterministic, log_every_n_steps=t.log_every_n_steps,
+        num_sanity_val_steps=t.num_sanity_val_steps, enable_progress_bar=t.enable_progress_bar,
+        logger=make_loggers(cfg, run_dir), callbacks=[probe_cb, checkpoint],
+        default_root_dir=str(run_dir), enable_model_summary=False)
+    start = time.perf_counter()
+    trainer.fit(module, datamodule=train_dm)
+    train_seconds = time.perf_counter() - start
+    for logger in trainer.loggers:
+        logger.finalize("success")
+    if trainer.global_rank != 0:
+        return RunResult(run_dir, {})
+    results = json.loads((run_dir / "results.json").read_text())
+    results["train_seconds"] = train_seconds
+    (run_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    _plots(run_dir, results)
+    _finish_wandb()
+    return RunResult(run_dir, results)
+
+
+def _finish_wandb() -> None:
+    try:
+        import wandb
+
+        if wandb.run is not None:
+            wandb.finish()
+    except ImportError:
+        pass
+
+
+def _plots(run_dir: Path, results: dict) -> None:
+    """plots/loss.png (train loss by step) and plots/auc.png (probe AUC per task)."""
+    import csv
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plots = run_dir / "plots"
+    plots.mkdir(exist_ok=True)
+    steps, losses = [], []
+    with open(run_dir / "metrics.csv") as f:
+        for row in csv.DictReader(f):
+            if row.get("train/loss"):
+                steps.append(int(row["step"]))
+                losses.append(float(row["train/loss"]))
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(steps, losses)
+    ax.set(xlabel="optimiser step", ylabel="train/loss", title=f"{results['name']}: training loss")
+    fig.tight_layout()
+    fig.savefig(plots / "loss.png", dpi=100)
+    plt.close(fig)
+    tasks = list(results["tasks"])
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    ax.bar(tasks, [results["tasks"][t]["auc"] for t in tasks])
+    ax.axhline(0.5, color="grey", lw=0.8)
+    ax.set(ylabel="test AUC", ylim=(0.4, 1.0), title=f"{results['name']}: linear probe")
+    ax.tick_params(axis="x", rotation=45)
+    fig.tight_layout()
+    fig.savefig(plots / "auc.png", dpi=100)
+    plt.close(fig)
+
+
+def load_run(checkpoint: str | Path) -> tuple[ExperimentConfig, ContrastiveMaskingModule, Path]:
+    """The module of a checkpoint and the config of its run directory."""
+    from .config import load_config
+
+    checkpoint = Path(checkpoint)
+    if not checkpoint.exists():
+        raise FileNotFoundError(f"checkpoint {checkpoint}: no such file")
+    run_dir = checkpoint.parent.parent
+    config_path = run_dir / "config.yaml"
+    if not config_path.exists():
+        raise FileNotFoundError(f"{config_path}: the checkpoint's run has no config.yaml")
+    cfg = load_config(config_path)
+    module = ContrastiveMaskingModule.load_from_checkpoint(checkpoint, map_location="cpu",
+                                                           weights_only=False)
+    if (run_dir / "tokenizer.json").exists():
+        cfg.data.tokenizer = str(run_dir / "tokenizer.json")
+    return cfg, module.eval(), run_dir
+
+
+def evaluate_checkpoint(checkpoint: str | Path, tasks: list[str] | None = None) -> dict:
+    cfg, module, run_dir = load_run(checkpoint)
+    if tasks:
+        cfg.eval.tasks = tasks
+    probe_dm = ProbeDataModule(cfg.data, tasks=list(cfg.eval.tasks),
+                               test_fraction=cfg.eval.test_fraction)
+    probe_dm.setup()
+    source = ProbeSourceAdapter(probe_dm, suite_of(list(cfg.eval.tasks)))
+    result = evaluate(module, source, cfg.eval.c)
+    return {"checkpoint": str(checkpoint), "metrics": result.metrics, "tasks": result.per_task}
+
+
+def embed_checkpoint(checkpoint: str | Path, out: str | Path, split: str = "all",
+                     data: str | None = None) -> int:
+    """Writes ``user_id`` and ``embedding`` (list<float>) for every user of ``split``."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    cfg, module, _ = load_run(checkpoint)
+    if data:
+        cfg.data.path = data
+    dm = UserDataModule(cfg.data)
+    dm.setup()
+    ids, embs = [], []
+    with torch.no_grad():
+        for batch in dm.users_dataloader(split):
+            embs.append(module.embed_users(batch).float().numpy())
+            ids += batch["user_ids"]
+    matrix = np.concatenate(embs) if embs else np.zeros((0, module.config.encoder.projector_out))
+    table = pa.table({"user_id": pa.array(ids, pa.string()),
+                      "embedding": pa.array(list(matrix), pa.list_(pa.float32()))})
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, out)
+    return len(ids)

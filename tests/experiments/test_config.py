@@ -1,0 +1,89 @@
+"""Recipes compose from base.yaml; every config mistake fails before training, naming its key."""
+
+from __future__ import annotations
+
+import pytest
+
+from maskstudy.experiments.config import EXPERIMENTS_DIR, ConfigError, load_config, to_yaml
+
+RECIPES = sorted(p for p in EXPERIMENTS_DIR.glob("*.yaml"))
+
+
+@pytest.fixture
+def data_ok(world):
+    return [f"data.path={world}"]
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.stem)
+def test_every_recipe_composes(recipe, data_ok):
+    cfg = load_config(recipe, data_ok)
+    assert cfg.name == recipe.stem
+    assert cfg.optim.total_steps == cfg.trainer.max_steps  # interpolated
+    if recipe.stem != "base":
+        assert load_config(recipe, data_ok).extends == "base.yaml"
+
+
+def test_recipes_hold_only_their_differences():
+    base_keys = {"data", "backbone", "encoder", "loss", "optim", "trainer", "eval", "logging"}
+    for recipe in RECIPES:
+        if recipe.stem == "base":
+            continue
+        text = recipe.read_text()
+        assert text.splitlines()[0].startswith("# Paper row:"), recipe
+        top = {line.split(":")[0] for line in text.splitlines()
+               if line and not line.startswith((" ", "#"))}
+        assert not (top & base_keys) - {"eval", "trainer"}, (recipe, top)
+
+
+def test_overrides_apply(data_ok):
+    cfg = load_config(EXPERIMENTS_DIR / "hybrid.yaml",
+                      data_ok + ["trainer.max_steps=50", "mask.name=causal", "eval.tasks=[qanchor]"])
+    assert cfg.trainer.max_steps == 50 and cfg.optim.total_steps == 50
+    assert cfg.mask.name == "causal" and cfg.eval.tasks == ["qanchor"]
+    assert "max_steps: 50" in to_yaml(cfg)
+
+
+@pytest.mark.parametrize("override,message", [
+    ("data.batchsize=3", "key 'data.batchsize'"),
+    ("trainer.max_steps=abc", "key 'trainer.max_steps'"),
+    ("mask.name=hybird", "key 'mask.name': unknown mask 'hybird'"),
+    ("mask.inference=bidi", "key 'mask.inference'"),
+    ("optim.warmup_steps=400", "key 'optim.warmup_steps': 400 >= optim.total_steps 300"),
+    ("data.anchor=false", "key 'encoder.pooling': user_token pooling needs the <USER> anchor"),
+    ("encoder.pooling=max", "key 'encoder.pooling': unknown pooling"),
+    ("mask.options.init=0.3", "key 'mask.options'"),
+    ("eval.tasks=[conert]", "key 'eval.tasks': unknown task 'conert'"),
+    ("loss.temperature=0", "key 'loss.temperature'"),
+    ("data.batch_size=1", "key 'data.batch_size'"),
+    ("logging.mode=sometimes", "key 'logging.mode'"),
+    ("backbone.heads=3", "key 'backbone.hidden_size'"),
+    ("data.path=/nonexistent/world", "key 'data.path': /nonexistent/world: no such file"),
+])
+def test_bad_values_name_the_key(override, message, data_ok):
+    overrides = data_ok + [override] if not override.startswith("data.path") else [override]
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("(", r"\(")):
+        load_config(EXPERIMENTS_DIR / "hybrid.yaml", overrides)
+
+
+def test_bad_files(tmp_path, data_ok):
+    (tmp_path / "a.yaml").write_text("extends: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("extends: a.yaml\n")
+    with pytest.raises(ConfigError, match="cycle"):
+        load_config(tmp_path / "a.yaml")
+    (tmp_path / "bad.yaml").write_text("name: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(tmp_path / "bad.yaml")
+    (tmp_path / "typo.yaml").write_text(f"extends: {EXPERIMENTS_DIR / 'base.yaml'}\nmodel:\n  x: 1\n")
+    with pytest.raises(ConfigError, match="key 'model'"):
+        load_config(tmp_path / "typo.yaml", data_ok)
+    with pytest.raises(ConfigError, match="no such config file"):
+        load_config(tmp_path / "missing.yaml")
+    with pytest.raises(ConfigError, match="expected key=value"):
+        load_config(EXPERIMENTS_DIR / "causal.yaml", ["trainer.max_steps"])
+
+
+def test_cli_fit_stops_before_training_on_a_bad_key(capsys, data_ok):
+    from maskstudy.experiments.cli import main
+    code = main(["fit", str(EXPERIMENTS_DIR / "causal.yaml"), *data_ok, "optim.lr=-1"])
+    assert code == 2
+    assert "key 'optim.lr': must be positive" in capsys.readouterr().err
