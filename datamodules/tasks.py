@@ -201,8 +201,3 @@ def compute_labels(table: pa.Table, tasks: list[Task]) -> np.ndarray:
         hit = _rule_counts(table, task.rule) >= task.rule.min_count
         out[:, k] = ~hit if task.rule.negate else hit
     return out
-
-
-def future_columns() -> list[str]:
-    return [future_column(m) for m in EVENT_MODALITIES]
-

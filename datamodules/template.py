@@ -29,7 +29,6 @@ from .schema import EVENT_MODALITIES, SEGMENTS
 from .tokenizer import SpecialIds, special_ids
 
 PAD_SEGMENT, HISTORY, QUERY, ANCHOR = 0, 1, 2, 3
-SEGMENT_NAMES = {PAD_SEGMENT: "padding", HISTORY: "history", QUERY: "query", ANCHOR: "anchor"}
 
 # Query-as-Anchor's per-modality caps (events), the paper's demo defaults.
 DEFAULT_CAPS = {"bill": 250, "minipro": 150, "spm": 150, "app": 100, "search": 10,

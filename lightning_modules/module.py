@@ -22,7 +22,7 @@ import torch
 from .backbone import BackboneConfig, build_backbone, hidden_size, num_layers
 from .encoder import ContrastiveEncoder
 from .loss import LossOutput, contrastive_loss
-from .masks import MASKS, AttentionMask, build_mask
+from .masks import AttentionMask, build_mask
 
 
 @dataclass
@@ -187,7 +187,3 @@ class ContrastiveMaskingModule(L.LightningModule):
         finally:
             self.train(was_training)
         return users
-
-
-def available_masks() -> list[str]:
-    return sorted(MASKS)

@@ -36,7 +36,7 @@ def test_a_good_table_has_no_problems():
 
 
 def test_missing_column_is_named(tmp_path):
-    path = write(tmp_path, table_of(good()).drop_columns(["future_app"]))
+    write(tmp_path, table_of(good()).drop_columns(["future_app"]))
     with pytest.raises(DataValidationError, match=r"users-00000.parquet, field 'future_app': missing column"):
         validate_dataset(tmp_path)
 

@@ -10,7 +10,7 @@ from transformers import AutoModel
 from maskstudy.lightning_modules.backbone import BackboneConfig, LoraConfig, build_backbone
 from maskstudy.lightning_modules.encoder import ContrastiveEncoder, last_index, pool
 from maskstudy.lightning_modules.masks import (
-    ANCHOR, HISTORY, QUERY, BidirectionalMask, CausalMask, HybridMask,
+    ANCHOR, HISTORY, BidirectionalMask, CausalMask, HybridMask,
 )
 from tests.lightning_modules.conftest import ARCHITECTURES, VOCAB, tiny_model
 
