@@ -56,6 +56,19 @@ class EvalConfig:
 
 
 @dataclass
+class ScheduleConfig:
+    """GG-SM pre-warmup and the ramp to full attention (both need mask.name: soft)."""
+
+    prewarmup: bool = False  # gradient-guided weights for the first warmup_steps steps
+    variant: str = "paper"  # paper: sigmoid(g); calibrated: 2 sigmoid(g / mean g) - 1
+    ema: float | None = None  # importance smoothing over warmup steps; null: last step only
+    source: str = "auto"  # where h_j is read: auto | final | last_layer_input
+    warmup_steps: int = 0  # T_warm, optimiser steps
+    ramp: str = "none"  # none | linear | cosine: frozen weights -> 1 from T_warm to T_total
+    total_steps: int = 0  # T_total
+
+
+@dataclass
 class LoggingConfig:
     wandb: bool = True
     project: str = "maskstudy"
@@ -82,6 +95,7 @@ class ExperimentConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
     def module_config(self) -> ModuleConfig:
@@ -186,6 +200,24 @@ def check(cfg: ExperimentConfig, where: str = "config") -> None:
         fail("data.batch_size", "contrastive training needs at least 2 pairs per batch")
     if cfg.trainer.val_check_interval <= 0:
         fail("trainer.val_check_interval", "must be a positive number of steps")
+    sched = cfg.schedule
+    if sched.prewarmup or sched.ramp != "none":
+        if cfg.mask.name != "soft" or cfg.mask.options.get("learnable"):
+            fail("schedule", "pre-warmup and ramps drive a soft mask: set mask.name: soft "
+                             "(not learnable)")
+    if sched.source not in ("auto", "final", "last_layer_input"):
+        fail("schedule.source", "expected auto, final or last_layer_input")
+    if sched.variant not in ("paper", "calibrated"):
+        fail("schedule.variant", "expected paper or calibrated")
+    if sched.ramp not in ("none", "linear", "cosine"):
+        fail("schedule.ramp", "expected none, linear or cosine")
+    if sched.prewarmup and sched.warmup_steps < 1:
+        fail("schedule.warmup_steps", "the pre-warmup needs at least one step")
+    if sched.ramp != "none" and not 0 <= sched.warmup_steps < sched.total_steps:
+        fail("schedule.warmup_steps", f"{sched.warmup_steps} >= schedule.total_steps "
+                                      f"{sched.total_steps}: the ramp must have room")
+    if sched.ema is not None and not 0 <= sched.ema < 1:
+        fail("schedule.ema", "expected a decay in [0, 1) or null")
     if cfg.logging.mode not in ("auto", "online", "offline", "disabled"):
         fail("logging.mode", "expected auto, online, offline or disabled")
     if cfg.backbone.attention not in ("sdpa", "eager"):

@@ -27,6 +27,9 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 
 from maskstudy.callbacks.linear_probe import LinearProbeEvaluation, evaluate, scores, summarise
+from maskstudy.callbacks.mask_schedule import (
+    GradientGuidedPrewarmup, LinearMaskScheduler, MaskMonitor,
+)
 from maskstudy.datamodules import baseline
 from maskstudy.datamodules.datamodules import (
     ContrastiveDataModule, ProbeDataModule, UserDataModule,
@@ -151,6 +154,19 @@ def reference_rows(cfg: ExperimentConfig, probe_dm: ProbeDataModule,
     return rows
 
 
+def schedule_callbacks(cfg: ExperimentConfig) -> list:
+    s = cfg.schedule
+    out: list = []
+    if s.prewarmup:
+        out.append(GradientGuidedPrewarmup(s.warmup_steps, variant=s.variant, ema=s.ema,
+                                           source=s.source))
+    if s.ramp != "none":
+        out.append(LinearMaskScheduler(s.warmup_steps, s.total_steps, shape=s.ramp))
+    if cfg.mask.name == "soft":
+        out.append(MaskMonitor())
+    return out
+
+
 @dataclass
 class RunResult:
     run_dir: Path
@@ -184,6 +200,7 @@ def fit(cfg: ExperimentConfig) -> RunResult:
         source, every_n_steps=cfg.eval.every_n_steps, c=cfg.eval.c, out_dir=run_dir,
         extra_results={"name": cfg.name, "description": cfg.description, "mask": cfg.mask.name,
                        "seed": cfg.seed, "references": refs})
+    callbacks = [probe_cb, *schedule_callbacks(cfg)]
     checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0,
                                  every_n_train_steps=cfg.trainer.val_check_interval)
     t = cfg.trainer
@@ -194,7 +211,7 @@ def fit(cfg: ExperimentConfig) -> RunResult:
         precision=t.precision, accumulate_grad_batches=t.accumulate_grad_batches,
         deterministic=t.deterministic, log_every_n_steps=t.log_every_n_steps,
         num_sanity_val_steps=t.num_sanity_val_steps, enable_progress_bar=t.enable_progress_bar,
-        logger=make_loggers(cfg, run_dir), callbacks=[probe_cb, checkpoint],
+        logger=make_loggers(cfg, run_dir), callbacks=[*callbacks, checkpoint],
         default_root_dir=str(run_dir), enable_model_summary=False)
     start = time.perf_counter()
     trainer.fit(module, datamodule=train_dm)

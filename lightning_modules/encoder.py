@@ -73,17 +73,25 @@ class ContrastiveEncoder(nn.Module):
         self.answer_mask = answer_mask
         self.projector = Projector(hidden_size, *projector_dims)
         self._fixed_answer_mask = {"causal": CausalMask(), "bidirectional": BidirectionalMask()}
+        # When set (GG-SM pre-warmup), the user tower also keeps the input of the last layer.
+        self.capture_last_layer_input = False
+        self.last_layer_input: torch.Tensor | None = None
 
     def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                      segment_ids: torch.Tensor, mask: AttentionMask) -> torch.Tensor:
-        """Final-layer hidden states (B, L, H) under ``mask``, its bias built once."""
+                      segment_ids: torch.Tensor, mask: AttentionMask,
+                      capture: bool = False) -> torch.Tensor:
+        """Final-layer hidden states (B, L, H) under ``mask``, its bias built once. With
+        ``capture``, the last layer's input is kept in ``last_layer_input``."""
         dtype = self.backbone.get_input_embeddings().weight.dtype
         bias = mask(segment_ids, attention_mask, dtype)
+        kwargs = {"output_hidden_states": True} if capture else {}
         if mask.per_layer:
             with layer_biases(bias):
-                out = self.backbone(input_ids=input_ids, attention_mask=bias[0])
+                out = self.backbone(input_ids=input_ids, attention_mask=bias[0], **kwargs)
         else:
-            out = self.backbone(input_ids=input_ids, attention_mask=bias)
+            out = self.backbone(input_ids=input_ids, attention_mask=bias, **kwargs)
+        if capture:
+            self.last_layer_input = out.hidden_states[-2]
         return out.last_hidden_state
 
     def embed(self, hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str,
@@ -94,7 +102,8 @@ class ContrastiveEncoder(nn.Module):
     def encode_users(self, input_ids, attention_mask, segment_ids,
                      mask: AttentionMask | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(embeddings (B, D), final hidden states (B, L, H)) of the user tower."""
-        hidden = self.hidden_states(input_ids, attention_mask, segment_ids, mask or self.mask)
+        hidden = self.hidden_states(input_ids, attention_mask, segment_ids, mask or self.mask,
+                                    capture=self.capture_last_layer_input and mask is None)
         return self.embed(hidden, attention_mask, self.pooling, segment_ids), hidden
 
     def answer_segments(self, attention_mask: torch.Tensor) -> torch.Tensor:

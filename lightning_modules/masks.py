@@ -126,20 +126,31 @@ class SoftFutureMask(AttentionMask):
             them); otherwise ``weight`` is a buffer that callbacks set with :meth:`set_weights`.
         scope: ``all`` opens every future key; ``history`` only future keys inside the history
             segment (queries and anchor stay causal), the hybrid form.
+        index: how a key finds its weight: ``absolute``, its position among the real tokens
+            (the paper); ``anchor``, its distance back from the sequence's last real token
+            (the anchor), so the newest events share weights whatever the length.
+
+    Schedules (callbacks) keep their state here too, so checkpoints carry it: ``frozen``
+    (the weights a ramp starts from; the initial weights until a pre-warmup freezes its own),
+    ``alpha`` (the ramp's progress), ``phase`` (0 warmup, 1 ramping, 2 open) and
+    ``importance`` (the pre-warmup's gradient importance per key position).
     """
 
     name = "soft"
 
     def __init__(self, positions: int | None = None, layers: int = 1, init: float = 0.5,
-                 learnable: bool = False, scope: str = "all"):
+                 learnable: bool = False, scope: str = "all", index: str = "absolute"):
         super().__init__()
         if scope not in ("all", "history"):
             raise ValueError(f"soft mask scope {scope!r}: expected 'all' or 'history'")
+        if index not in ("absolute", "anchor"):
+            raise ValueError(f"soft mask index {index!r}: expected 'absolute' or 'anchor'")
         if not 0.0 <= init <= 1.0:
             raise ValueError(f"soft mask init={init}: expected a weight in [0, 1]")
         if layers < 1:
             raise ValueError(f"soft mask layers={layers}: expected at least 1")
         self.scope = scope
+        self.index = index
         self.learnable = learnable
         self.per_layer = layers > 1
         shape = (layers, positions or 1)
@@ -148,6 +159,22 @@ class SoftFutureMask(AttentionMask):
             self.logits = nn.Parameter(torch.full(shape, math.log(w / (1 - w))))
         else:
             self.register_buffer("weight", torch.full(shape, float(init)))
+            self.register_buffer("frozen", torch.full(shape, float(init)))
+            self.register_buffer("alpha", torch.zeros(()))
+            self.register_buffer("phase", torch.zeros((), dtype=torch.long))
+            # gradient importance per key position (GG-SM pre-warmup)
+            self.register_buffer("importance", torch.zeros(shape[-1]))
+
+    @property
+    def positions(self) -> int:
+        return self.weights().shape[-1]
+
+    def key_index(self, attention_mask: torch.Tensor) -> torch.Tensor:
+        """(B, L) row of the weight table each key uses (clamped to the table)."""
+        pos = real_positions(attention_mask)
+        if self.index == "anchor":
+            pos = (attention_mask.long().sum(-1, keepdim=True) - 1 - pos).clamp_min(0)
+        return pos.clamp_max(self.positions - 1)
 
     def weights(self) -> torch.Tensor:
         """(layers, positions) current weights in [0, 1]."""
@@ -168,8 +195,7 @@ class SoftFutureMask(AttentionMask):
         blocked = blocked_value(dtype)
         w = self.weights()  # (layers, P)
         table = torch.where(w > 0, torch.log(w.clamp_min(1e-30)), blocked).to(dtype)
-        pos = real_positions(attention_mask).clamp_max(table.shape[-1] - 1)  # (B, L)
-        key_bias = table[:, pos][:, :, None, :]  # (layers, B, 1, L): bias of key j if opened
+        key_bias = table[:, self.key_index(attention_mask)][:, :, None, :]  # (layers, B, 1, L): bias of key j if opened
         keys = attention_mask.bool()[:, None, :]  # (B, 1, L)
         future = ~causal_allowed(attention_mask.shape[-1], attention_mask.device)
         opened = future & keys  # (B, L, L)
@@ -184,8 +210,8 @@ class SoftFutureMask(AttentionMask):
 
     def describe(self) -> dict:
         w = self.weights().detach()
-        return {"name": self.name, "scope": self.scope, "learnable": self.learnable,
-                "layers": w.shape[0], "positions": w.shape[1]}
+        return {"name": self.name, "scope": self.scope, "index": self.index,
+                "learnable": self.learnable, "layers": w.shape[0], "positions": w.shape[1]}
 
 
 MASKS: dict[str, Callable[..., AttentionMask]] = {

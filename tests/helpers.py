@@ -40,3 +40,15 @@ def user_row(uid: str = "u1", *, bill=(), minipro=(), spm=(), app=(), search=(),
 
 def table_of(*rows: dict, tabular_names=("a", "b")) -> pa.Table:
     return pa.Table.from_pylist(list(rows), schema=user_schema(tabular_names))
+
+
+def tiny(world, run_root, *extra):
+    """Overrides that make any recipe a few-second run on a tiny world."""
+    return [f"data.path={world}", f"run_root={run_root}", "data.max_tokens=96",
+            "data.batch_size=4", "data.eval_batch_size=64", "data.num_workers=0",
+            "data.answer_max_tokens=32", "backbone.hidden_size=32", "backbone.layers=2",
+            "backbone.intermediate_size=64", "encoder.projector_inner=32",
+            "encoder.projector_out=16", "trainer.max_steps=4", "trainer.val_check_interval=2",
+            "trainer.limit_val_batches=1", "trainer.log_every_n_steps=1",
+            "trainer.enable_progress_bar=false", "trainer.accelerator=cpu",
+            "optim.warmup_steps=1", "schedule.warmup_steps=2", *extra]

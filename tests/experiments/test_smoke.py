@@ -12,20 +12,10 @@ import pytest
 from maskstudy.experiments.cli import main
 from maskstudy.experiments.config import EXPERIMENTS_DIR, load_config
 from maskstudy.experiments.run import fit
+from tests.helpers import tiny
 from tests.wandb_records import history, records, wait_until_closed
 
 RECIPES = sorted(p for p in EXPERIMENTS_DIR.glob("*.yaml"))
-
-
-def tiny(world, run_root, *extra):
-    return [f"data.path={world}", f"run_root={run_root}", "data.max_tokens=96",
-            "data.batch_size=4", "data.eval_batch_size=64", "data.num_workers=0",
-            "data.answer_max_tokens=32", "backbone.hidden_size=32", "backbone.layers=2",
-            "backbone.intermediate_size=64", "encoder.projector_inner=32",
-            "encoder.projector_out=16", "trainer.max_steps=4", "trainer.val_check_interval=2",
-            "trainer.limit_val_batches=1", "trainer.log_every_n_steps=1",
-            "trainer.enable_progress_bar=false", "trainer.accelerator=cpu",
-            "optim.warmup_steps=1", *extra]
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.stem)

@@ -1,0 +1,209 @@
+"""GG-SM: the gradient-guided pre-warmup and the schedulers that open attention.
+
+Both act on a ``soft`` mask (``lightning_modules/masks.py``) whose state lives in module
+buffers (``weight``, ``frozen``, ``alpha``, ``phase``) plus the pre-warmup's ``importance``,
+so a checkpoint carries everything a resumed run needs. Steps are optimiser steps
+(``trainer.global_step``), so gradient accumulation is respected.
+
+Paper (GG-SM, PAPERS.md), for future keys j > i, T_warm and T_total in optimiser steps:
+
+    w_j(t) = sigmoid(g_j)                              t < T_warm
+    w_j(t) = (1 - alpha_t) sigmoid(g_j*) + alpha_t      T_warm <= t < T_total
+    alpha_t = (t - T_warm) / (T_total - T_warm)        (linear; cosine: (1 - cos(pi p)) / 2)
+    w_j(t) = 1                                          t >= T_total
+
+g_j is the importance of key position j: the norm of dL/dh_j, h_j the user tower's final
+hidden state of token j (``source: final``), averaged over the valid tokens of the batch at that position (``mean``), across
+micro-batches of one optimiser step and across DDP ranks (all-reduced, so every rank holds the
+same weights), optionally smoothed by an EMA. The weights used at step t come from the
+importance measured up to step t - 1; g* is the importance after the last warmup step
+(t = T_warm - 1), when the weights freeze. sigmoid of a norm is at least 0.5, so the paper's
+warmup never starts causal.
+
+Where h_j is read: with ``user_token`` or ``last`` pooling only the anchor's final state reaches
+the loss, so dL/dh_j is exactly zero for every other token and the paper's formula gives
+sigmoid(0) everywhere. ``source: auto`` therefore reads the final hidden states under ``mean``
+and ``weighted_mean`` pooling (the paper, and the authors' demo pooling) and the input of the
+last layer (the deepest states whose gradient reaches the anchor through attention) under
+``user_token`` and ``last`` pooling; ``final`` and ``last_layer_input`` force either.
+
+``variant: calibrated`` (a labelled deviation from the paper) uses w_j = 2 sigmoid(g_j / mean g)
+- 1 instead: 0 (causal) before any gradient, about 0.46 for a key of average importance, near 1
+for the most important keys.
+
+The scheduler-only baseline is the ramp alone on a uniform soft mask started at weight 0:
+w = alpha_t from a hard causal start (alpha 0 is a blocked key, never log 0).
+"""
+
+from __future__ import annotations
+
+import math
+
+import lightning as L
+import torch
+import torch.distributed as dist
+
+from maskstudy.lightning_modules.masks import SoftFutureMask
+
+WARMUP, RAMP, OPEN = 0, 1, 2
+
+
+def ramp_alpha(step: int, start: int, end: int, shape: str = "linear") -> float:
+    """alpha_t: 0 before ``start``, 1 from ``end``, linear or cosine in between."""
+    if step < start:
+        return 0.0
+    if step >= end:
+        return 1.0
+    p = (step - start) / (end - start)
+    return p if shape == "linear" else 0.5 * (1.0 - math.cos(math.pi * p))
+
+
+def importance_weights(importance: torch.Tensor, variant: str = "paper") -> torch.Tensor:
+    """Key weights from importance: sigmoid(g) (paper) or 2 sigmoid(g / mean g) - 1."""
+    if variant == "paper":
+        return torch.sigmoid(importance)
+    if variant == "calibrated":
+        seen = importance > 0
+        mean = importance[seen].mean() if seen.any() else importance.new_ones(())
+        return 2 * torch.sigmoid(importance / mean.clamp_min(1e-12)) - 1
+    raise ValueError(f"pre-warmup variant {variant!r}: expected 'paper' or 'calibrated'")
+
+
+def _soft_mask(pl_module) -> SoftFutureMask:
+    mask = pl_module.mask
+    if not isinstance(mask, SoftFutureMask) or mask.learnable:
+        raise TypeError(f"mask schedules need a callback-driven soft mask (mask.name: soft), "
+                        f"got {type(mask).__name__}")
+    return mask
+
+
+class GradientGuidedPrewarmup(L.Callback):
+    """Sets the soft mask's weights from gradient importance for the first ``warmup_steps``
+    optimiser steps, then freezes them (``mask.frozen``)."""
+
+    def __init__(self, warmup_steps: int, *, variant: str = "paper", ema: float | None = None,
+                 source: str = "auto"):
+        if source not in ("auto", "final", "last_layer_input"):
+            raise ValueError(f"importance source {source!r}: expected auto, final or "
+                             f"last_layer_input")
+        if warmup_steps < 1:
+            raise ValueError(f"warmup_steps={warmup_steps}: expected at least 1")
+        if ema is not None and not 0 <= ema < 1:
+            raise ValueError(f"ema={ema}: expected a decay in [0, 1)")
+        importance_weights(torch.zeros(1), variant)  # validates the variant
+        self.warmup_steps = warmup_steps
+        self.source = source
+        self.variant = variant
+        self.ema = ema
+        self._hidden: torch.Tensor | None = None
+        self._index: torch.Tensor | None = None
+        self._valid: torch.Tensor | None = None
+        self._sums: torch.Tensor | None = None
+        self._counts: torch.Tensor | None = None
+
+    def _reads_last_layer_input(self, pl_module) -> bool:
+        if self.source == "auto":
+            return pl_module.encoder.pooling in ("user_token", "last")
+        return self.source == "last_layer_input"
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        mask = _soft_mask(pl_module)
+        if trainer.global_step == 0:  # a fresh run starts from the variant's zero-gradient weights
+            mask.set_weights(importance_weights(mask.importance, self.variant))
+            mask.phase.fill_(WARMUP)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        warm = trainer.global_step < self.warmup_steps
+        # Capture costs nothing once the warmup is over.
+        pl_module.encoder.capture_last_layer_input = warm and self._reads_last_layer_input(pl_module)
+        if warm:
+            mask = _soft_mask(pl_module)
+            self._index = mask.key_index(batch["user_attention_mask"])
+            self._valid = batch["user_attention_mask"].bool()
+
+    def on_before_backward(self, trainer, pl_module, loss):
+        if trainer.global_step < self.warmup_steps:
+            hidden = (pl_module.encoder.last_layer_input if self._reads_last_layer_input(pl_module)
+                      else pl_module.last_user_hidden)
+            hidden.retain_grad()
+            self._hidden = hidden
+
+    def on_after_backward(self, trainer, pl_module):
+        if self._hidden is None or self._hidden.grad is None:
+            return
+        mask = _soft_mask(pl_module)
+        norms = self._hidden.grad.detach().float().norm(dim=-1)  # (B, L)
+        index = self._index[self._valid]
+        if self._sums is None:
+            self._sums = torch.zeros(mask.positions, device=norms.device)
+            self._counts = torch.zeros(mask.positions, device=norms.device)
+        self._sums.index_add_(0, index, norms[self._valid])
+        self._counts.index_add_(0, index, torch.ones_like(index, dtype=torch.float32))
+        self._hidden = None
+        pl_module.encoder.last_layer_input = None
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        step = trainer.global_step
+        if step >= self.warmup_steps or self._sums is None:
+            return
+        mask = _soft_mask(pl_module)
+        sums, counts = self._sums, self._counts
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(sums)
+            dist.all_reduce(counts)
+        seen = counts > 0
+        measured = torch.where(seen, sums / counts.clamp_min(1), mask.importance)
+        if self.ema is not None and step > 0:
+            measured = torch.where(seen, self.ema * mask.importance + (1 - self.ema) * measured,
+                                   mask.importance)
+        mask.importance.copy_(measured)
+        self._sums = self._counts = None
+        weights = importance_weights(mask.importance, self.variant)
+        mask.set_weights(weights)  # used from the next step on
+        if step == self.warmup_steps - 1:
+            mask.frozen.copy_(weights.expand_as(mask.frozen))
+            mask.phase.fill_(RAMP)
+        imp = mask.importance[seen]
+        pl_module.log_dict({"mask/importance_mean": imp.mean() if imp.numel() else 0.0,
+                            "mask/importance_max": imp.max() if imp.numel() else 0.0},
+                           on_step=True, batch_size=1)
+
+
+class LinearMaskScheduler(L.Callback):
+    """From ``start_step`` to ``end_step`` moves every future-key weight from ``mask.frozen`` to 1:
+    w = (1 - alpha_t) w_frozen + alpha_t; fully open from ``end_step``. ``shape``: linear or
+    cosine. On a uniform soft mask started at 0 this is the scheduler-only baseline."""
+
+    def __init__(self, start_step: int, end_step: int, *, shape: str = "linear"):
+        if not 0 <= start_step < end_step:
+            raise ValueError(f"ramp from step {start_step} to {end_step}: expected "
+                             f"0 <= start < end")
+        if shape not in ("linear", "cosine"):
+            raise ValueError(f"ramp shape {shape!r}: expected 'linear' or 'cosine'")
+        self.start_step, self.end_step, self.shape = start_step, end_step, shape
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        step = trainer.global_step
+        if step < self.start_step:
+            return
+        mask = _soft_mask(pl_module)
+        alpha = ramp_alpha(step, self.start_step, self.end_step, self.shape)
+        mask.alpha.fill_(alpha)
+        mask.phase.fill_(OPEN if alpha >= 1.0 else RAMP)
+        mask.set_weights((1 - alpha) * mask.frozen + alpha)
+
+
+class MaskMonitor(L.Callback):
+    """Logs ``mask/phase``, ``mask/alpha``, ``mask/future_weight_mean`` and
+    ``mask/future_weight_min`` (over the positions of the current batch) every step."""
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        mask = pl_module.mask
+        if not isinstance(mask, SoftFutureMask):
+            return
+        used = mask.key_index(batch["user_attention_mask"])[batch["user_attention_mask"].bool()]
+        w = mask.weights().detach()[:, used]
+        metrics = {"mask/future_weight_mean": w.mean(), "mask/future_weight_min": w.min()}
+        if not mask.learnable:
+            metrics |= {"mask/alpha": mask.alpha.float(), "mask/phase": mask.phase.float()}
+        pl_module.log_dict(metrics, on_step=True, batch_size=1)

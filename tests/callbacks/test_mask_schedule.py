@@ -1,0 +1,127 @@
+"""GG-SM pre-warmup and the ramps: the formulas, on real short runs."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+import torch
+
+from maskstudy.callbacks.mask_schedule import (
+    GradientGuidedPrewarmup, LinearMaskScheduler, importance_weights, ramp_alpha,
+)
+from maskstudy.experiments.config import EXPERIMENTS_DIR, load_config
+from maskstudy.experiments.run import fit
+from maskstudy.lightning_modules.module import ContrastiveMaskingModule
+from tests.helpers import tiny
+
+
+def test_ramp_alpha():
+    assert [ramp_alpha(t, 2, 6) for t in range(8)] == [0, 0, 0, 0.25, 0.5, 0.75, 1, 1]
+    assert ramp_alpha(4, 2, 6, "cosine") == pytest.approx(0.5)
+    assert ramp_alpha(3, 2, 6, "cosine") == pytest.approx((1 - 2 ** -0.5) / 2)
+
+
+def test_importance_weights():
+    g = torch.tensor([0.0, 1.0, 3.0])
+    torch.testing.assert_close(importance_weights(g, "paper"), torch.sigmoid(g))
+    assert (importance_weights(g, "paper") >= 0.5).all()  # the paper never starts causal
+    cal = importance_weights(g, "calibrated")
+    assert cal[0] == 0 and 0 < cal[1] < cal[2] < 1  # calibrated: unseen keys stay causal
+    assert (importance_weights(torch.zeros(4), "calibrated") == 0).all()
+    with pytest.raises(ValueError, match="variant"):
+        importance_weights(g, "sigmoid")
+
+
+def metrics(run_dir):
+    with open(run_dir / "metrics.csv") as f:
+        return [r for r in csv.DictReader(f)]
+
+
+def series(rows, key):
+    return {int(r["step"]): float(r[key]) for r in rows if r.get(key)}
+
+
+def run(world, tmp_path, recipe, *extra):
+    cfg = load_config(EXPERIMENTS_DIR / f"{recipe}.yaml",
+                      tiny(world, tmp_path, "trainer.max_steps=8", "eval.references=false",
+                           "logging.wandb=false", *extra))
+    result = fit(cfg)
+    module = ContrastiveMaskingModule.load_from_checkpoint(
+        result.run_dir / "checkpoints" / "last.ckpt", weights_only=False)
+    return metrics(result.run_dir), module.mask
+
+
+def test_ggsm_alpha_and_weights_follow_the_formula(world, tmp_path):
+    rows, mask = run(world, tmp_path, "ggsm", "schedule.warmup_steps=3")
+    alpha = series(rows, "mask/alpha")
+    assert [alpha[t] for t in range(8)] == pytest.approx([0, 0, 0, 0, 0.2, 0.4, 0.6, 0.8])
+    phase = series(rows, "mask/phase")
+    assert [phase[t] for t in range(8)] == [0, 0, 0, 1, 1, 1, 1, 1]
+    mean_w = series(rows, "mask/future_weight_mean")
+    assert mean_w[0] == pytest.approx(0.5)  # sigmoid(0): the paper's warmup starts at 0.5
+    assert all(0.5 <= mean_w[t] < 1 for t in range(3))
+    assert all(mean_w[t] < mean_w[t + 1] for t in range(3, 7))  # the ramp opens attention
+    # frozen = sigmoid(importance after the last warmup step); weights = (1 - a) frozen + a
+    torch.testing.assert_close(mask.frozen[0], torch.sigmoid(mask.importance))
+    assert (mask.importance[:50] > 0).all()  # measured where tokens were
+    torch.testing.assert_close(mask.weight, 0.2 * mask.frozen + 0.8)
+    assert series(rows, "mask/importance_mean")  # logged during warmup
+
+
+def test_warmup_counts_optimiser_steps(world, tmp_path):
+    rows, mask = run(world, tmp_path, "ggsm", "schedule.warmup_steps=2",
+                     "trainer.accumulate_grad_batches=2", "trainer.max_steps=4",
+                     "trainer.val_check_interval=4")
+    phase = series(rows, "mask/phase")
+    assert [phase[t] for t in range(4)] == [0, 0, 1, 1]
+    assert series(rows, "mask/alpha")[3] == pytest.approx(0.5)
+
+
+def test_scheduler_only_starts_hard_causal(world, tmp_path):
+    rows, mask = run(world, tmp_path, "scheduler", "schedule.warmup_steps=0")
+    alpha = series(rows, "mask/alpha")
+    assert [alpha[t] for t in range(8)] == pytest.approx([t / 8 for t in range(8)])
+    assert series(rows, "mask/future_weight_min")[0] == 0  # w = 0: a blocked key, not log 0
+    assert mask.weight.shape == (1, 1)
+
+
+def test_hybrid_soft_keeps_its_frozen_weights(world, tmp_path):
+    rows, mask = run(world, tmp_path, "hybrid_soft", "schedule.warmup_steps=3")
+    assert set(series(rows, "mask/alpha").values()) == {0.0}
+    torch.testing.assert_close(mask.weight, mask.frozen)
+    torch.testing.assert_close(mask.frozen[0], torch.sigmoid(mask.importance))
+
+
+def test_calibrated_starts_causal(world, tmp_path):
+    rows, mask = run(world, tmp_path, "ggsm_calibrated", "schedule.warmup_steps=3")
+    assert series(rows, "mask/future_weight_mean")[0] == 0
+    assert 0 < series(rows, "mask/future_weight_mean")[2] < 1
+
+
+def test_bad_schedules():
+    with pytest.raises(ValueError, match="at least 1"):
+        GradientGuidedPrewarmup(0)
+    with pytest.raises(ValueError, match="0 <= start < end"):
+        LinearMaskScheduler(5, 5)
+    with pytest.raises(ValueError, match="shape"):
+        LinearMaskScheduler(0, 5, shape="step")
+
+
+def test_schedule_config_errors(world):
+    with pytest.raises(ValueError, match="key 'schedule': pre-warmup and ramps drive a soft mask"):
+        load_config(EXPERIMENTS_DIR / "causal.yaml", [f"data.path={world}", "schedule.ramp=linear"])
+    with pytest.raises(ValueError, match="key 'schedule.warmup_steps'"):
+        load_config(EXPERIMENTS_DIR / "ggsm.yaml", [f"data.path={world}", "schedule.warmup_steps=400"])
+
+
+@pytest.mark.parametrize("pooling,source,zero", [("user_token", "final", True),
+                                                 ("user_token", "auto", False),
+                                                 ("mean", "final", False)])
+def test_where_importance_is_read(world, tmp_path, pooling, source, zero):
+    """Under user_token pooling the final states of other tokens never reach the loss."""
+    rows, mask = run(world, tmp_path, "hybrid_soft", "schedule.warmup_steps=3",
+                     "trainer.max_steps=3", "trainer.val_check_interval=3",
+                     f"encoder.pooling={pooling}", f"schedule.source={source}")
+    # position 0 is never the anchor, so its importance is exactly zero only in the dead case
+    assert (mask.importance[0] == 0) == zero
