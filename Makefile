@@ -29,6 +29,7 @@ test: setup
 bench: setup
 	$(BIN)/python -m benchmarks.data_throughput
 	$(BIN)/python -m benchmarks.mask_step_time
+	$(BIN)/python -m benchmarks.schedule_overhead
 
 clean:
 	rm -rf $(VENV) data runs wandb
