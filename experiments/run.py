@@ -34,7 +34,7 @@ from maskstudy.datamodules import baseline
 from maskstudy.datamodules.datamodules import (
     ContrastiveDataModule, ProbeDataModule, UserDataModule,
 )
-from maskstudy.lightning_modules.module import ContrastiveMaskingModule
+from maskstudy.lightning_modules.module import ContrastiveMaskingModule, MaskConfig
 
 from .config import ExperimentConfig, to_dict, to_yaml
 
@@ -118,8 +118,8 @@ def _cache_key(cfg: ExperimentConfig, kind: str) -> str:
     parts = [kind, str(Path(d.path).resolve()), stat, d.probe_fraction, d.val_fraction,
              d.split_seed, list(cfg.eval.tasks), cfg.eval.test_fraction, cfg.eval.c]
     if kind == "untrained":
-        parts += [to_dict(cfg)["backbone"], cfg.encoder.pooling, d.max_tokens, d.probe_query,
-                  cfg.seed, cfg.mask.inference or "causal"]
+        parts += [to_dict(cfg)["backbone"], to_dict(cfg)["encoder"], d.max_tokens,
+                  d.probe_query, d.anchor, cfg.seed]
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -139,7 +139,7 @@ def reference_rows(cfg: ExperimentConfig, probe_dm: ProbeDataModule,
         if kind == "untrained":
             L.seed_everything(cfg.seed, verbose=False)
             module_cfg = cfg.module_config()
-            module_cfg.mask.inference = cfg.mask.inference or "causal"
+            module_cfg.mask = MaskConfig(name="causal")  # the decoder as it comes, every recipe alike
             module = ContrastiveMaskingModule(module_cfg, vocab_size=vocab_size)
             per_task = evaluate(module, source, cfg.eval.c).per_task
         else:

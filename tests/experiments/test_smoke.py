@@ -77,3 +77,16 @@ def test_eval_and_embed_from_a_checkpoint(world, tmp_path, monkeypatch, capsys):
     assert table.num_rows == 600 and len(table.column("embedding")[0]) == 16
     assert main(["eval", str(tmp_path / "missing.ckpt")]) == 2
     assert "no such file" in capsys.readouterr().err
+
+
+def test_reference_rows_are_shared_across_recipes(world, tmp_path, monkeypatch):
+    """The untrained backbone row is the causal decoder whatever the recipe's mask, computed
+    once per dataset and cached."""
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    a = fit(load_config(EXPERIMENTS_DIR / "causal.yaml", tiny(world, tmp_path))).results
+    cache = sorted((tmp_path / ".cache").glob("*.json"))
+    assert [p.name.split("-")[0] for p in cache] == ["bag_of_events", "untrained"]
+    stamps = [p.stat().st_mtime_ns for p in cache]
+    b = fit(load_config(EXPERIMENTS_DIR / "ggsm.yaml", tiny(world, tmp_path))).results
+    assert a["references"] == b["references"]
+    assert [p.stat().st_mtime_ns for p in sorted((tmp_path / ".cache").glob("*.json"))] == stamps
