@@ -32,7 +32,9 @@ last layer (the deepest states whose gradient reaches the anchor through attenti
 for the most important keys.
 
 The scheduler-only baseline is the ramp alone on a uniform soft mask started at weight 0:
-w = alpha_t from a hard causal start (alpha 0 is a blocked key, never log 0).
+w = alpha_t from a hard causal start (alpha 0 is a blocked key, never log 0). The paper's text
+describes the other scheduler baseline, a growing window: ``WindowScheduler`` on a ``window``
+mask lets query i attend up to key i + D(t), D(t) = round(alpha_t * max_reach).
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ import lightning as L
 import torch
 import torch.distributed as dist
 
-from maskstudy.lightning_modules.masks import SoftFutureMask
+from maskstudy.lightning_modules.masks import SoftFutureMask, WindowMask
 
 WARMUP, RAMP, OPEN = 0, 1, 2
 
@@ -193,12 +195,38 @@ class LinearMaskScheduler(L.Callback):
         mask.set_weights((1 - alpha) * mask.frozen + alpha)
 
 
+class WindowScheduler(L.Callback):
+    """The growing-window baseline: query i may attend up to key i + D(t), with
+    D(t) = round(alpha_t * max_reach) growing linearly or cosinely from ``start_step`` to
+    ``end_step`` (``max_reach`` at least the longest sequence makes the end bidirectional)."""
+
+    def __init__(self, start_step: int, end_step: int, max_reach: int, *, shape: str = "linear"):
+        LinearMaskScheduler(start_step, end_step, shape=shape)  # same argument checks
+        if max_reach < 1:
+            raise ValueError(f"max_reach={max_reach}: expected at least 1")
+        self.start_step, self.end_step = start_step, end_step
+        self.max_reach, self.shape = max_reach, shape
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        mask = pl_module.mask
+        if not isinstance(mask, WindowMask):
+            raise TypeError(f"the window scheduler drives a window mask, got {type(mask).__name__}")
+        alpha = ramp_alpha(trainer.global_step, self.start_step, self.end_step, self.shape)
+        mask.alpha.fill_(alpha)
+        mask.phase.fill_(OPEN if alpha >= 1.0 else RAMP if alpha > 0 else WARMUP)
+        mask.reach.fill_(round(alpha * self.max_reach))
+
+
 class MaskMonitor(L.Callback):
     """Logs ``mask/phase``, ``mask/alpha``, ``mask/future_weight_mean`` and
     ``mask/future_weight_min`` (over the positions of the current batch) every step."""
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         mask = pl_module.mask
+        if isinstance(mask, WindowMask):
+            pl_module.log_dict({"mask/alpha": mask.alpha.float(), "mask/phase": mask.phase.float(),
+                                "mask/reach": mask.reach.float()}, on_step=True, batch_size=1)
+            return
         if not isinstance(mask, SoftFutureMask):
             return
         used = mask.key_index(batch["user_attention_mask"])[batch["user_attention_mask"].bool()]

@@ -57,7 +57,8 @@ class EvalConfig:
 
 @dataclass
 class ScheduleConfig:
-    """GG-SM pre-warmup and the ramp to full attention (both need mask.name: soft)."""
+    """GG-SM pre-warmup and the ramp to full attention (soft masks; the ramp also drives the
+    growing window of a ``window`` mask)."""
 
     prewarmup: bool = False  # gradient-guided weights for the first warmup_steps steps
     variant: str = "paper"  # paper: sigmoid(g); calibrated: 2 sigmoid(g / mean g) - 1
@@ -201,10 +202,13 @@ def check(cfg: ExperimentConfig, where: str = "config") -> None:
     if cfg.trainer.val_check_interval <= 0:
         fail("trainer.val_check_interval", "must be a positive number of steps")
     sched = cfg.schedule
-    if sched.prewarmup or sched.ramp != "none":
-        if cfg.mask.name != "soft" or cfg.mask.options.get("learnable"):
-            fail("schedule", "pre-warmup and ramps drive a soft mask: set mask.name: soft "
-                             "(not learnable)")
+    if sched.prewarmup and (cfg.mask.name != "soft" or cfg.mask.options.get("learnable")):
+        fail("schedule", "pre-warmup and ramps drive a soft mask: set mask.name: soft "
+                         "(not learnable)")
+    if sched.ramp != "none" and (cfg.mask.name not in ("soft", "window")
+                                 or cfg.mask.options.get("learnable")):
+        fail("schedule", "pre-warmup and ramps drive a soft mask: set mask.name: soft "
+                         "(not learnable), or window for the growing-window ramp")
     if sched.source not in ("auto", "final", "last_layer_input"):
         fail("schedule.source", "expected auto, final or last_layer_input")
     if sched.variant not in ("paper", "calibrated"):

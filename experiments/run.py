@@ -28,7 +28,7 @@ from lightning.pytorch.loggers import CSVLogger
 
 from maskstudy.callbacks.linear_probe import LinearProbeEvaluation, evaluate, scores, summarise
 from maskstudy.callbacks.mask_schedule import (
-    GradientGuidedPrewarmup, LinearMaskScheduler, MaskMonitor,
+    GradientGuidedPrewarmup, LinearMaskScheduler, MaskMonitor, WindowScheduler,
 )
 from maskstudy.datamodules import baseline
 from maskstudy.datamodules.datamodules import (
@@ -160,9 +160,12 @@ def schedule_callbacks(cfg: ExperimentConfig) -> list:
     if s.prewarmup:
         out.append(GradientGuidedPrewarmup(s.warmup_steps, variant=s.variant, ema=s.ema,
                                            source=s.source))
-    if s.ramp != "none":
+    if s.ramp != "none" and cfg.mask.name == "window":
+        out.append(WindowScheduler(s.warmup_steps, s.total_steps, cfg.data.max_tokens,
+                                   shape=s.ramp))
+    elif s.ramp != "none":
         out.append(LinearMaskScheduler(s.warmup_steps, s.total_steps, shape=s.ramp))
-    if cfg.mask.name == "soft":
+    if cfg.mask.name in ("soft", "window"):
         out.append(MaskMonitor())
     return out
 

@@ -15,6 +15,7 @@ positions and no host syncs. Strategies are registered by name and selected by c
     bidirectional   0 everywhere
     hybrid          bidirectional inside the user-history segment, causal for everything
                     after it (the query and the <USER> anchor), as the GG-SM paper defines it
+    window          causal plus the next ``reach`` keys (a growing-window scheduler sets it)
     soft            causal plus soft weights w on future keys (bias log w), shared or per
                     layer, learnable or set from outside (callbacks); w = 1 everywhere is
                     bidirectional, w -> 0 is causal. ``scope="history"`` opens only future keys
@@ -214,11 +215,37 @@ class SoftFutureMask(AttentionMask):
                 "learnable": self.learnable, "layers": w.shape[0], "positions": w.shape[1]}
 
 
+class WindowMask(AttentionMask):
+    """Causal plus a growing window: query i sees keys j <= i + reach (positions among the
+    real tokens). reach 0 is causal, reach >= the sequence length bidirectional. ``reach`` is a
+    buffer a scheduler sets (the GG-SM paper's text baseline: D(t) grows linearly or cosinely).
+    """
+
+    name = "window"
+
+    def __init__(self, reach: int = 0):
+        super().__init__()
+        if reach < 0:
+            raise ValueError(f"window reach={reach}: expected >= 0")
+        self.register_buffer("reach", torch.tensor(int(reach)))
+        self.register_buffer("alpha", torch.zeros(()))
+        self.register_buffer("phase", torch.zeros((), dtype=torch.long))
+
+    def forward(self, segment_ids, attention_mask, dtype=torch.float32):
+        pos = real_positions(attention_mask)
+        allowed = pos[:, None, :] <= pos[:, :, None] + self.reach  # (B, L, L)
+        return hard_bias(allowed, attention_mask, dtype)
+
+    def describe(self) -> dict:
+        return {"name": self.name, "reach": int(self.reach)}
+
+
 MASKS: dict[str, Callable[..., AttentionMask]] = {
     "causal": CausalMask,
     "bidirectional": BidirectionalMask,
     "hybrid": HybridMask,
     "soft": SoftFutureMask,
+    "window": WindowMask,
 }
 
 

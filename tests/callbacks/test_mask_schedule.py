@@ -125,3 +125,10 @@ def test_where_importance_is_read(world, tmp_path, pooling, source, zero):
                      f"encoder.pooling={pooling}", f"schedule.source={source}")
     # position 0 is never the anchor, so its importance is exactly zero only in the dead case
     assert (mask.importance[0] == 0) == zero
+
+
+def test_window_scheduler_grows_the_reach(world, tmp_path):
+    rows, mask = run(world, tmp_path, "scheduler_window", "schedule.warmup_steps=0")
+    reach = series(rows, "mask/reach")
+    assert [reach[t] for t in range(8)] == [round(t / 8 * 96) for t in range(8)]
+    assert int(mask.reach) == 84  # the checkpoint carries the reach of the last step

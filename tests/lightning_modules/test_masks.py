@@ -215,3 +215,23 @@ def test_bias_follows_the_query_dtype_under_autocast(backend):
         assert torch.isfinite(out).all()
         assert not torch.equal(out.float(), reference)  # computed in bf16 ...
         torch.testing.assert_close(out.float(), reference, atol=0.1, rtol=0.05)  # ... correctly
+
+
+def test_window_mask_opens_reach_keys_ahead(backend):
+    from maskstudy.lightning_modules.masks import WindowMask
+    model = tiny_model(backend)
+    ids, seg, att = batch()
+    assert changed_positions(model, WindowMask(reach=0), 6) == set(range(6, L_REAL))
+    # two layers of reach 2: the perturbation travels 2 keys back per layer
+    assert changed_positions(model, WindowMask(reach=2), 6) == set(range(2, L_REAL))
+    assert changed_positions(model, WindowMask(reach=1), 6) == set(range(4, L_REAL))
+    torch.testing.assert_close(hidden(model, WindowMask(reach=50), ids, seg, att),
+                               hidden(model, BidirectionalMask(), ids, seg, att))
+    torch.testing.assert_close(hidden(model, WindowMask(reach=0), ids, seg, att),
+                               hidden(model, CausalMask(), ids, seg, att))
+    # padding: the window counts real tokens, so left padding changes nothing
+    real = ids[0, :L_REAL]
+    x, s, m = batch(real, pad=3, left=True)
+    torch.testing.assert_close(hidden(model, WindowMask(reach=2), x, s, m)[3:],
+                               hidden(model, WindowMask(reach=2), *batch(real, pad=0)),
+                               atol=2e-5, rtol=1e-4)
