@@ -235,3 +235,54 @@ class MaskMonitor(L.Callback):
         if not mask.learnable:
             metrics |= {"mask/alpha": mask.alpha.float(), "mask/phase": mask.phase.float()}
         pl_module.log_dict(metrics, on_step=True, batch_size=1)
+
+
+class MaskHeatmap(L.Callback):
+    """Every ``every_n_steps`` optimiser steps (and at step 0) saves the attention weight
+    pattern exp(bias) of the batch's first user sequence, an L x L matrix in [0, 1] (1: full
+    attention, 0: blocked), as ``mask_step<t>.npy`` and ``.png`` in ``out_dir`` and logs the
+    image to W&B as ``mask/heatmap``."""
+
+    def __init__(self, out_dir, every_n_steps: int = 100):
+        from pathlib import Path
+
+        if every_n_steps < 1:
+            raise ValueError(f"every_n_steps={every_n_steps}: expected at least 1")
+        self.out_dir = Path(out_dir)
+        self.every_n_steps = every_n_steps
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        step = trainer.global_step
+        if step % self.every_n_steps or trainer.global_rank != 0:
+            return
+        import numpy as np
+
+        att = batch["user_attention_mask"][:1]
+        with torch.no_grad():
+            bias = pl_module.mask(batch["user_segment_ids"][:1], att)
+        if bias.dim() == 5:  # per layer: show the first layer
+            bias = bias[0]
+        n = int(att.sum())
+        weights = torch.exp(bias[0, 0, :n, :n].float()).cpu().numpy()
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        np.save(self.out_dir / f"mask_step{step}.npy", weights)
+        path = self.out_dir / f"mask_step{step}.png"
+        _save_heatmap(weights, path, f"{pl_module.mask.name} mask, step {step}")
+        for logger in trainer.loggers:
+            if hasattr(logger, "log_image"):  # WandbLogger
+                logger.log_image("mask/heatmap", [str(path)], step=step)
+
+
+def _save_heatmap(weights, path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.2, 4))
+    image = ax.imshow(weights, vmin=0, vmax=1, cmap="viridis", interpolation="nearest")
+    ax.set(xlabel="key j", ylabel="query i", title=title)
+    fig.colorbar(image, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)

@@ -79,6 +79,7 @@ class LoggingConfig:
     job_type: str = "train"
     mode: str = "auto"  # auto | online | offline | disabled; WANDB_MODE wins when set
     sample_tables: bool = False  # never send user behaviour text to W&B unless enabled
+    mask_heatmap_every: int = 100  # steps between mask heat maps (soft/window masks); 0: off
 
 
 @dataclass

@@ -28,7 +28,7 @@ from lightning.pytorch.loggers import CSVLogger
 
 from maskstudy.callbacks.linear_probe import LinearProbeEvaluation, evaluate, scores, summarise
 from maskstudy.callbacks.mask_schedule import (
-    GradientGuidedPrewarmup, LinearMaskScheduler, MaskMonitor, WindowScheduler,
+    GradientGuidedPrewarmup, LinearMaskScheduler, MaskHeatmap, MaskMonitor, WindowScheduler,
 )
 from maskstudy.datamodules import baseline
 from maskstudy.datamodules.datamodules import (
@@ -204,6 +204,8 @@ def fit(cfg: ExperimentConfig) -> RunResult:
         extra_results={"name": cfg.name, "description": cfg.description, "mask": cfg.mask.name,
                        "seed": cfg.seed, "references": refs})
     callbacks = [probe_cb, *schedule_callbacks(cfg)]
+    if cfg.mask.name in ("soft", "window") and cfg.logging.mask_heatmap_every > 0:
+        callbacks.append(MaskHeatmap(run_dir / "plots", cfg.logging.mask_heatmap_every))
     checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0,
                                  every_n_train_steps=cfg.trainer.val_check_interval)
     t = cfg.trainer

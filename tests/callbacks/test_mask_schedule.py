@@ -132,3 +132,18 @@ def test_window_scheduler_grows_the_reach(world, tmp_path):
     reach = series(rows, "mask/reach")
     assert [reach[t] for t in range(8)] == [round(t / 8 * 96) for t in range(8)]
     assert int(mask.reach) == 84  # the checkpoint carries the reach of the last step
+
+
+def test_mask_heatmaps_show_the_weights(world, tmp_path):
+    import numpy as np
+    cfg = load_config(EXPERIMENTS_DIR / "ggsm.yaml",
+                      tiny(world, tmp_path, "trainer.max_steps=8", "eval.references=false",
+                           "logging.wandb=false", "schedule.warmup_steps=3",
+                           "logging.mask_heatmap_every=4"))
+    plots = fit(cfg).run_dir / "plots"
+    assert sorted(p.name for p in plots.glob("mask_step*")) == [
+        "mask_step0.npy", "mask_step0.png", "mask_step4.npy", "mask_step4.png"]
+    w0, w4 = np.load(plots / "mask_step0.npy"), np.load(plots / "mask_step4.npy")
+    past = np.tril(np.ones_like(w0, dtype=bool))
+    assert (w0[past] == 1).all() and np.allclose(w0[~past], 0.5)  # sigmoid(0) at step 0
+    assert (w4[~past] > 0.5).all() and (w4[~past] < 1).all()  # ramping at step 4 (alpha 0.2)
