@@ -24,15 +24,14 @@ from pathlib import Path
 
 import lightning as L
 import numpy as np
-import pyarrow.parquet as pq
 import torch
 from torch.utils.data import DataLoader
 
 from .pairs import BEHAVIOUR_QUERY, TOPICS, user_pairs
 from .records import UserColumns
 from .schema import EVENT_MODALITIES, dataset_files, future_column, tabular_names, validate_dataset
-from .splits import PROBE, TRAIN, VAL
-from .stream import SplitSpec, UserStream, row_groups
+from .splits import PROBE, SPLIT_NAMES, TRAIN, VAL
+from .stream import SplitSpec, UserStream, split_tables
 from .probe import HISTORY_COLUMNS, ProbeSet
 from .tasks import resolve_tasks
 from .template import PAD_SEGMENT, TemplateConfig, UserTemplate, render_events, render_tabular
@@ -184,7 +183,7 @@ class UserDataModule(L.LightningDataModule):
     def users_dataloader(self, split: str = "all") -> DataLoader:
         """One pass over the users of a split (``all``, ``train``, ``val``, ``probe``) with the
         probe query, for exporting embeddings; batches carry ``user_ids``."""
-        codes = {"all": None, "train": TRAIN, "val": VAL, "probe": PROBE}
+        codes = {"all": None, **SPLIT_NAMES}
         if split not in codes:
             raise ValueError(f"split {split!r}: expected one of {list(codes)}")
         stream = UserStream(self.files, self.split(codes[split]), self._make_plain,
@@ -208,10 +207,8 @@ def build_tokenizer(dm: UserDataModule, out: Path, users: int | None = None) -> 
 
     def texts():
         seen = 0
-        for g in row_groups(dm.files):
-            table = pq.ParquetFile(g.file).read_row_group(g.index, columns=ALL_COLUMNS)
-            rows = np.flatnonzero(split.mask(table.column("user_id").to_pylist()))
-            users_ = UserColumns(table.take(rows))
+        for table in split_tables(dm.files, split, ALL_COLUMNS):
+            users_ = UserColumns(table)
             for i in range(len(users_)):
                 for m in EVENT_MODALITIES:
                     ev = users_.history[m]

@@ -11,11 +11,10 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from .schema import EVENT_MODALITIES, future_column
 from .splits import stratified_split
-from .stream import SplitSpec, row_groups
+from .stream import SplitSpec, split_tables
 from .tasks import Task, compute_labels
 
 HISTORY_COLUMNS = ["user_id", "ref_time", "tabular", *EVENT_MODALITIES]
@@ -39,9 +38,7 @@ class ProbeSet:
         return [t.name for t in self.tasks]
 
     def _tables(self, columns: list[str]):
-        for g in row_groups(self.files):
-            table = pq.ParquetFile(g.file).read_row_group(g.index, columns=columns)
-            yield table.take(np.flatnonzero(self.split.mask(table.column("user_id").to_pylist())))
+        return split_tables(self.files, self.split, columns)
 
     def load(self) -> "ProbeSet":
         if self.labels is not None:

@@ -56,6 +56,14 @@ def row_groups(files: list[Path]) -> list[RowGroup]:
     return out
 
 
+def split_tables(files: list[Path], split: SplitSpec, columns: list[str]) -> Iterator:
+    """Each row group of the dataset, read with ``columns`` and cut to the split's users, in
+    file order (one row group in memory at a time)."""
+    for g in row_groups(files):
+        table = pq.ParquetFile(g.file).read_row_group(g.index, columns=columns)
+        yield table.take(np.flatnonzero(split.mask(table.column("user_id").to_pylist())))
+
+
 def dist_info() -> tuple[int, int]:
     """(rank, world size) from torch.distributed, else the launcher's environment."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
@@ -84,6 +92,7 @@ class UserStream(IterableDataset):
                  make: Callable[[UserColumns, int, int], list], *, columns: list[str],
                  future: bool, cycle: bool, shuffle: bool, seed: int,
                  shuffle_buffer: int = 0, rank_sharded: bool = True):
+        self.files = files
         self.groups = row_groups(files)
         self.split = split
         self.make = make
@@ -152,8 +161,4 @@ class UserStream(IterableDataset):
 
     def count_users(self) -> int:
         """Users of the split in the whole dataset (reads only the id column)."""
-        n = 0
-        for g in self.groups:
-            ids = pq.ParquetFile(g.file).read_row_group(g.index, columns=["user_id"])
-            n += int(self.split.mask(ids.column("user_id").to_pylist()).sum())
-        return n
+        return sum(t.num_rows for t in split_tables(self.files, self.split, ["user_id"]))
