@@ -31,6 +31,7 @@ from maskstudy.callbacks.mask_schedule import (
     GradientGuidedPrewarmup, LinearMaskScheduler, MaskHeatmap, MaskMonitor, WindowScheduler,
 )
 from maskstudy.datamodules import baseline
+from maskstudy.datamodules.schema import dataset_files
 from maskstudy.datamodules.datamodules import (
     ContrastiveDataModule, ProbeDataModule, UserDataModule,
 )
@@ -111,14 +112,14 @@ def make_loggers(cfg: ExperimentConfig, run_dir: Path) -> list:
 
 
 def _cache_key(cfg: ExperimentConfig, kind: str) -> str:
-    files = sorted(Path(cfg.data.path).glob("users*.parquet")) if Path(cfg.data.path).is_dir() \
-        else [Path(cfg.data.path)]
-    stat = [(f.name, f.stat().st_size, int(f.stat().st_mtime)) for f in files]
+    stat = [(f.name, f.stat().st_size, int(f.stat().st_mtime))
+            for f in dataset_files(cfg.data.path)]
     d = cfg.data
     parts = [kind, str(Path(d.path).resolve()), stat, d.probe_fraction, d.val_fraction,
              d.split_seed, list(cfg.eval.tasks), cfg.eval.test_fraction, cfg.eval.c]
     if kind == "untrained":
-        parts += [to_dict(cfg)["backbone"], to_dict(cfg)["encoder"], d.max_tokens,
+        model = to_dict(cfg)
+        parts += [model["backbone"], model["encoder"], d.max_tokens,
                   d.probe_query, d.anchor, cfg.seed]
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
