@@ -45,7 +45,7 @@ import lightning as L
 import torch
 import torch.distributed as dist
 
-from maskstudy.lightning_modules.masks import SoftFutureMask, WindowMask
+from maskstudy.lightning_modules.masks import HISTORY, MlpOpeningMask, SoftFutureMask, WindowMask
 
 WARMUP, RAMP, OPEN = 0, 1, 2
 
@@ -219,10 +219,19 @@ class WindowScheduler(L.Callback):
 
 class MaskMonitor(L.Callback):
     """Logs ``mask/phase``, ``mask/alpha``, ``mask/future_weight_mean`` and
-    ``mask/future_weight_min`` (over the positions of the current batch) every step."""
+    ``mask/future_weight_min`` (over the positions of the current batch) every step; for a
+    window mask ``mask/reach``; for the mlp mask the mean and min of w_i over the batch's
+    history queries."""
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         mask = pl_module.mask
+        if isinstance(mask, MlpOpeningMask):
+            with torch.no_grad():
+                embeds = pl_module.encoder.backbone.get_input_embeddings()(batch["user_input_ids"])
+                w = torch.sigmoid(mask.logits(embeds))[batch["user_segment_ids"] == HISTORY]
+            pl_module.log_dict({"mask/future_weight_mean": w.mean(),
+                                "mask/future_weight_min": w.min()}, on_step=True, batch_size=1)
+            return
         if isinstance(mask, WindowMask):
             pl_module.log_dict({"mask/alpha": mask.alpha.float(), "mask/phase": mask.phase.float(),
                                 "mask/reach": mask.reach.float()}, on_step=True, batch_size=1)
@@ -257,13 +266,16 @@ class MaskHeatmap(L.Callback):
             return
         import numpy as np
 
-        att = batch["user_attention_mask"][:1]
+        encoder = pl_module.encoder
         with torch.no_grad():
-            bias = pl_module.mask(batch["user_segment_ids"][:1], att)
+            _, att, _, bias = encoder.inputs(
+                batch["user_input_ids"][:1], batch["user_attention_mask"][:1],
+                batch["user_segment_ids"][:1], encoder.mask,
+                global_token=encoder.global_query is not None)
         if bias.dim() == 5:  # per layer: show the first layer
             bias = bias[0]
-        n = int(att.sum())
-        weights = torch.exp(bias[0, 0, :n, :n].float()).cpu().numpy()
+        real = att[0].bool()
+        weights = torch.exp(bias[0, 0][real][:, real].float()).cpu().numpy()
         self.out_dir.mkdir(parents=True, exist_ok=True)
         np.save(self.out_dir / f"mask_step{step}.npy", weights)
         path = self.out_dir / f"mask_step{step}.png"

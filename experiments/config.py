@@ -26,6 +26,7 @@ from maskstudy.lightning_modules.module import (
     EncoderConfig, LossConfig, MaskConfig, ModuleConfig, OptimConfig,
 )
 
+FIXED_MASKS = ("causal", "bidirectional", "hybrid")  # masks without trained or scheduled state
 EXPERIMENTS_DIR = Path(__file__).resolve().parent
 BASE = EXPERIMENTS_DIR / "base.yaml"
 
@@ -79,7 +80,7 @@ class LoggingConfig:
     job_type: str = "train"
     mode: str = "auto"  # auto | online | offline | disabled; WANDB_MODE wins when set
     sample_tables: bool = False  # never send user behaviour text to W&B unless enabled
-    mask_heatmap_every: int = 100  # steps between mask heat maps (soft/window masks); 0: off
+    mask_heatmap_every: int = 100  # steps between mask heat maps (masks other than causal/bidirectional/hybrid); 0: off
 
 
 @dataclass
@@ -169,12 +170,16 @@ def check(cfg: ExperimentConfig, where: str = "config") -> None:
 
     if cfg.mask.name not in MASKS:
         fail("mask.name", f"unknown mask {cfg.mask.name!r}; expected one of {sorted(MASKS)}")
-    if cfg.mask.inference is not None and cfg.mask.inference not in MASKS:
-        fail("mask.inference", f"unknown mask {cfg.mask.inference!r}; expected one of "
-                               f"{sorted(MASKS)}")
+    if cfg.mask.inference is not None and cfg.mask.inference not in FIXED_MASKS:
+        fail("mask.inference", f"{cfg.mask.inference!r}: the inference mask has no trained "
+                               f"state, so it is one of {list(FIXED_MASKS)}")
     options = dict(cfg.mask.options)
     if options.get("layers") == "all":
         options["layers"] = cfg.backbone.layers
+    if cfg.mask.name == "mlp":
+        if "hidden_size" in options:
+            fail("mask.options.hidden_size", "set from the backbone; remove it")
+        options["hidden_size"] = cfg.backbone.hidden_size
     try:
         build_mask(cfg.mask.name, **options)
     except ValueError as e:
@@ -182,6 +187,9 @@ def check(cfg: ExperimentConfig, where: str = "config") -> None:
     if cfg.encoder.pooling not in POOLINGS:
         fail("encoder.pooling", f"unknown pooling {cfg.encoder.pooling!r}; expected one of "
                                 f"{list(POOLINGS)}")
+    if cfg.encoder.pooling == "global_token" and not MASKS[cfg.mask.name].global_token:
+        fail("encoder.pooling", f"global_token pooling reads the global-query token, which "
+                                f"only mask.name: global_query inserts (not {cfg.mask.name!r})")
     if cfg.encoder.pooling == "user_token" and not cfg.data.anchor:
         fail("encoder.pooling", "user_token pooling needs the <USER> anchor, but "
                                 "data.anchor is false")

@@ -37,7 +37,7 @@ from maskstudy.datamodules.datamodules import (
 )
 from maskstudy.lightning_modules.module import ContrastiveMaskingModule, MaskConfig
 
-from .config import ExperimentConfig, to_dict, to_yaml
+from .config import FIXED_MASKS, ExperimentConfig, to_dict, to_yaml
 
 log = logging.getLogger(__name__)
 
@@ -166,7 +166,7 @@ def schedule_callbacks(cfg: ExperimentConfig) -> list:
                                    shape=s.ramp))
     elif s.ramp != "none":
         out.append(LinearMaskScheduler(s.warmup_steps, s.total_steps, shape=s.ramp))
-    if cfg.mask.name in ("soft", "window"):
+    if cfg.mask.name in ("soft", "window", "mlp"):  # masks whose weights move
         out.append(MaskMonitor())
     return out
 
@@ -205,7 +205,7 @@ def fit(cfg: ExperimentConfig) -> RunResult:
         extra_results={"name": cfg.name, "description": cfg.description, "mask": cfg.mask.name,
                        "seed": cfg.seed, "references": refs})
     callbacks = [probe_cb, *schedule_callbacks(cfg)]
-    if cfg.mask.name in ("soft", "window") and cfg.logging.mask_heatmap_every > 0:
+    if cfg.mask.name not in FIXED_MASKS and cfg.logging.mask_heatmap_every > 0:
         callbacks.append(MaskHeatmap(run_dir / "plots", cfg.logging.mask_heatmap_every))
     checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0,
                                  every_n_train_steps=cfg.trainer.val_check_interval)

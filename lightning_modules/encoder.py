@@ -7,11 +7,16 @@ Both towers share the backbone and the projector (hidden -> 512 -> 128, GELU) an
 L2-normalised.
 
 Pooling (user tower; the answer tower reads its last real token wherever the user tower reads
-an anchor or last token):
+one token):
     user_token     hidden state at the <USER> anchor (the paper)
     last           hidden state at the last real token (= <USER> with the standard template)
     mean           mean over real tokens (the authors' demo code)
     weighted_mean  position-weighted mean over real tokens, weight proportional to position
+    global_token   hidden state at the global-query token (masks with ``global_token``)
+
+A mask with ``global_token`` (hybrid (c)) makes the encoder own one learnable vector that it
+inserts into every user sequence just before the first real token, with segment id ``GLOBAL``;
+hidden states, attention masks and segment ids of the user tower then have length L + 1.
 """
 
 from __future__ import annotations
@@ -21,9 +26,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from .attention import layer_biases
-from .masks import ANCHOR, HISTORY, AttentionMask, BidirectionalMask, CausalMask
+from .masks import ANCHOR, GLOBAL, HISTORY, AttentionMask, BidirectionalMask, CausalMask
 
-POOLINGS = ("user_token", "last", "mean", "weighted_mean")
+POOLINGS = ("user_token", "last", "mean", "weighted_mean", "global_token")
+SINGLE_TOKEN_POOLINGS = ("user_token", "last", "global_token")
 ANSWER_MASKS = ("same", "causal", "bidirectional")
 
 
@@ -36,12 +42,13 @@ def last_index(attention_mask: torch.Tensor) -> torch.Tensor:
 
 def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, how: str,
          segment_ids: torch.Tensor | None = None) -> torch.Tensor:
-    """(B, H) pooled hidden states. ``user_token`` needs segment ids with one anchor per row."""
+    """(B, H) pooled hidden states. ``user_token`` (``global_token``) needs segment ids with one
+    anchor (global token) per row."""
     batch = torch.arange(hidden.shape[0], device=hidden.device)
-    if how == "user_token":
+    if how in ("user_token", "global_token"):
         if segment_ids is None:
-            raise ValueError("user_token pooling needs segment_ids")
-        index = (segment_ids == ANCHOR).long().argmax(-1)
+            raise ValueError(f"{how} pooling needs segment_ids")
+        index = (segment_ids == (ANCHOR if how == "user_token" else GLOBAL)).long().argmax(-1)
         return hidden[batch, index]
     if how == "last":
         return hidden[batch, last_index(attention_mask)]
@@ -51,6 +58,24 @@ def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, how: str,
     elif how != "mean":
         raise ValueError(f"unknown pooling {how!r}: expected one of {POOLINGS}")
     return (hidden * mask[..., None]).sum(1) / mask.sum(1, keepdim=True).clamp_min(1e-9)
+
+
+def insert_global_token(embeds: torch.Tensor, attention_mask: torch.Tensor,
+                        segment_ids: torch.Tensor, token: torch.Tensor):
+    """Inserts ``token`` (H,) before each row's first real token (right or left padding):
+    (embeds (B, L+1, H), attention_mask (B, L+1), segment_ids (B, L+1)), the new position
+    with segment ``GLOBAL``."""
+    batch, length, width = embeds.shape
+    first = attention_mask.long().argmax(-1, keepdim=True)  # (B, 1)
+    old = torch.arange(length, device=embeds.device)[None]
+    dest = old + (old >= first).long()  # where each old position moves
+    is_global = torch.arange(length + 1, device=embeds.device)[None] == first  # (B, L+1)
+    moved = embeds.new_zeros(batch, length + 1, width).scatter(
+        1, dest[..., None].expand(-1, -1, width), embeds)
+    out = torch.where(is_global[..., None], token.to(embeds.dtype), moved)
+    att = attention_mask.new_zeros(batch, length + 1).scatter(1, dest, attention_mask)
+    seg = segment_ids.new_zeros(batch, length + 1).scatter(1, dest, segment_ids)
+    return out, att.masked_fill(is_global, 1), seg.masked_fill(is_global, GLOBAL)
 
 
 class Projector(nn.Sequential):
@@ -67,32 +92,59 @@ class ContrastiveEncoder(nn.Module):
             raise ValueError(f"unknown pooling {pooling!r}: expected one of {POOLINGS}")
         if answer_mask not in ANSWER_MASKS:
             raise ValueError(f"unknown answer_mask {answer_mask!r}: expected one of {ANSWER_MASKS}")
+        if pooling == "global_token" and not mask.global_token:
+            raise ValueError(f"global_token pooling needs a mask with a global token "
+                             f"(global_query), not {mask.name!r}")
         self.backbone = backbone
         self.mask = mask
         self.pooling = pooling
         self.answer_mask = answer_mask
         self.projector = Projector(hidden_size, *projector_dims)
         self._fixed_answer_mask = {"causal": CausalMask(), "bidirectional": BidirectionalMask()}
+        self.global_query = None
+        if mask.global_token:  # initialised like a token embedding
+            std = float(backbone.get_input_embeddings().weight.detach().std())
+            self.global_query = nn.Parameter(torch.randn(hidden_size) * std)
         # When set (GG-SM pre-warmup), the user tower also keeps the input of the last layer.
         self.capture_last_layer_input = False
         self.last_layer_input: torch.Tensor | None = None
 
-    def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                      segment_ids: torch.Tensor, mask: AttentionMask,
-                      capture: bool = False) -> torch.Tensor:
-        """Final-layer hidden states (B, L, H) under ``mask``, its bias built once. With
-        ``capture``, the last layer's input is kept in ``last_layer_input``."""
+    def inputs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+               segment_ids: torch.Tensor, mask: AttentionMask, global_token: bool = False):
+        """What the backbone receives: (model inputs, attention mask, segment ids, bias).
+
+        Model inputs are ``{"input_ids"}``, or ``{"inputs_embeds"}`` when the mask reads
+        embeddings or a global token is inserted (then mask and segments grow by one). The
+        bias is built once per forward."""
         dtype = self.backbone.get_input_embeddings().weight.dtype
-        bias = mask(segment_ids, attention_mask, dtype)
+        if not (global_token or mask.reads_embeddings):
+            return ({"input_ids": input_ids}, attention_mask, segment_ids,
+                    mask(segment_ids, attention_mask, dtype))
+        embeds = self.backbone.get_input_embeddings()(input_ids)
+        if global_token:
+            embeds, attention_mask, segment_ids = insert_global_token(
+                embeds, attention_mask, segment_ids, self.global_query)
+        extra = {"inputs_embeds": embeds} if mask.reads_embeddings else {}
+        bias = mask(segment_ids, attention_mask, dtype, **extra)
+        return {"inputs_embeds": embeds}, attention_mask, segment_ids, bias
+
+    def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                      segment_ids: torch.Tensor, mask: AttentionMask, capture: bool = False,
+                      global_token: bool = False):
+        """(final-layer hidden states (B, L', H), attention mask, segment ids) under ``mask``;
+        L' = L + 1 with ``global_token``. With ``capture``, the last layer's input is kept in
+        ``last_layer_input``."""
+        model_inputs, attention_mask, segment_ids, bias = self.inputs(
+            input_ids, attention_mask, segment_ids, mask, global_token)
         kwargs = {"output_hidden_states": True} if capture else {}
         if mask.per_layer:
             with layer_biases(bias):
-                out = self.backbone(input_ids=input_ids, attention_mask=bias[0], **kwargs)
+                out = self.backbone(**model_inputs, attention_mask=bias[0], **kwargs)
         else:
-            out = self.backbone(input_ids=input_ids, attention_mask=bias, **kwargs)
+            out = self.backbone(**model_inputs, attention_mask=bias, **kwargs)
         if capture:
             self.last_layer_input = out.hidden_states[-2]
-        return out.last_hidden_state
+        return out.last_hidden_state, attention_mask, segment_ids
 
     def embed(self, hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str,
               segment_ids: torch.Tensor | None = None) -> torch.Tensor:
@@ -101,9 +153,12 @@ class ContrastiveEncoder(nn.Module):
 
     def encode_users(self, input_ids, attention_mask, segment_ids,
                      mask: AttentionMask | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """(embeddings (B, D), final hidden states (B, L, H)) of the user tower."""
-        hidden = self.hidden_states(input_ids, attention_mask, segment_ids, mask or self.mask,
-                                    capture=self.capture_last_layer_input and mask is None)
+        """(embeddings (B, D), final hidden states (B, L, H); L + 1 with a global token) of
+        the user tower."""
+        hidden, attention_mask, segment_ids = self.hidden_states(
+            input_ids, attention_mask, segment_ids, mask or self.mask,
+            capture=self.capture_last_layer_input and mask is None,
+            global_token=self.global_query is not None)
         return self.embed(hidden, attention_mask, self.pooling, segment_ids), hidden
 
     def answer_segments(self, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -116,6 +171,6 @@ class ContrastiveEncoder(nn.Module):
     def encode_answers(self, input_ids, attention_mask) -> torch.Tensor:
         segment_ids = self.answer_segments(attention_mask)
         mask = self.mask if self.answer_mask == "same" else self._fixed_answer_mask[self.answer_mask]
-        hidden = self.hidden_states(input_ids, attention_mask, segment_ids, mask)
-        pooling = "last" if self.pooling in ("user_token", "last") else self.pooling
+        hidden, _, _ = self.hidden_states(input_ids, attention_mask, segment_ids, mask)
+        pooling = "last" if self.pooling in SINGLE_TOKEN_POOLINGS else self.pooling
         return self.embed(hidden, attention_mask, pooling)

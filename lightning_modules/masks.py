@@ -7,9 +7,9 @@ A mask is an additive float bias over (query i, key j), broadcast over heads:
     BLOCKED    never attend (the dtype's most negative value, not -inf, so a row whose keys
                are all blocked gives a uniform softmax instead of NaN)
 
-Padding keys are always blocked. Biases depend on positions and segments only, never on
-values, so each strategy builds its bias once per forward with tensor ops: no Python loops over
-positions and no host syncs. Strategies are registered by name and selected by configs:
+Padding keys are always blocked. Biases depend on positions and segments (and, for ``mlp``, on
+the token embeddings), so each strategy builds its bias once per forward with tensor ops: no
+Python loops over positions and no host syncs. Strategies are registered by name and selected by configs:
 
     causal          0 for j <= i, blocked for j > i
     bidirectional   0 everywhere
@@ -20,6 +20,10 @@ positions and no host syncs. Strategies are registered by name and selected by c
                     layer, learnable or set from outside (callbacks); w = 1 everywhere is
                     bidirectional, w -> 0 is causal. ``scope="history"`` opens only future keys
                     inside the history segment (the hybrid form).
+    mlp             hybrid (b): a small MLP reads token i's input embedding and predicts the
+                    weight of query i's future keys (trained end to end)
+    global_query    hybrid (c): causal, plus a learnable global token (inserted before the
+                    history by the encoder) that attends to the whole history
 
 Per-key soft weights are indexed by a key's position among the real tokens of its sequence
 (0 for the first non-padding token), so left and right padding see the same weights.
@@ -31,10 +35,12 @@ import math
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-# Segment ids, the contract with the datamodules' template.
-PAD_SEGMENT, HISTORY, QUERY, ANCHOR = 0, 1, 2, 3
+# Segment ids, the contract with the datamodules' template; GLOBAL marks the global-query token
+# the encoder inserts (never the template).
+PAD_SEGMENT, HISTORY, QUERY, ANCHOR, GLOBAL = 0, 1, 2, 3, 4
 
 
 def blocked_value(dtype: torch.dtype) -> float:
@@ -68,10 +74,17 @@ def hard_bias(allowed: torch.Tensor, attention_mask: torch.Tensor,
 
 class AttentionMask(nn.Module):
     """Base class. ``forward`` returns the bias: (B, 1, L, L), or (layers, B, 1, L, L) for
-    per-layer strategies (``per_layer = True``)."""
+    per-layer strategies (``per_layer = True``).
+
+    Masks with ``reads_embeddings`` also take ``inputs_embeds`` (B, L, H), the token
+    embeddings the backbone receives; masks with ``global_token`` ask the encoder to insert a
+    learnable global token (segment ``GLOBAL``) before the history.
+    """
 
     name = "base"
     per_layer = False
+    reads_embeddings = False
+    global_token = False
 
     def forward(self, segment_ids: torch.Tensor, attention_mask: torch.Tensor,
                 dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -114,6 +127,32 @@ class HybridMask(AttentionMask):
         return hard_bias(causal[None] | history_pairs(segment_ids), attention_mask, dtype)
 
 
+def open_future(opened_bias: torch.Tensor, segment_ids: torch.Tensor,
+                attention_mask: torch.Tensor, scope: str, dtype: torch.dtype) -> torch.Tensor:
+    """Causal bias whose future keys in ``scope`` carry ``opened_bias`` instead of blocked.
+
+    ``opened_bias`` broadcasts against (B, L, L) (query i, key j); leading dimensions (layers)
+    are kept. ``scope``: ``all`` future keys, or ``history`` (query and key both in the history
+    segment). Padding keys stay blocked.
+    """
+    device = attention_mask.device
+    keys = attention_mask.bool()[:, None, :]  # (B, 1, L)
+    future = ~causal_allowed(attention_mask.shape[-1], device)
+    opened = future & keys  # (B, L, L)
+    if scope == "history":
+        opened = opened & history_pairs(segment_ids)
+    # What is not opened is the past (0) or blocked: future keys out of scope, padding.
+    base = torch.where((future | ~keys) & ~opened,
+                       torch.tensor(blocked_value(dtype), dtype=dtype, device=device),
+                       torch.zeros((), dtype=dtype, device=device))
+    return torch.where(opened, opened_bias.to(dtype), base)
+
+
+def check_scope(scope: str, mask: str) -> None:
+    if scope not in ("all", "history"):
+        raise ValueError(f"{mask} mask scope {scope!r}: expected 'all' or 'history'")
+
+
 class SoftFutureMask(AttentionMask):
     """Causal plus soft weights w on future keys: bias = log w_j for j > i.
 
@@ -142,8 +181,7 @@ class SoftFutureMask(AttentionMask):
     def __init__(self, positions: int | None = None, layers: int = 1, init: float = 0.5,
                  learnable: bool = False, scope: str = "all", index: str = "absolute"):
         super().__init__()
-        if scope not in ("all", "history"):
-            raise ValueError(f"soft mask scope {scope!r}: expected 'all' or 'history'")
+        check_scope(scope, "soft")
         if index not in ("absolute", "anchor"):
             raise ValueError(f"soft mask index {index!r}: expected 'absolute' or 'anchor'")
         if not 0.0 <= init <= 1.0:
@@ -193,21 +231,11 @@ class SoftFutureMask(AttentionMask):
         self.weight.copy_(w.expand_as(self.weight))
 
     def forward(self, segment_ids, attention_mask, dtype=torch.float32):
-        blocked = blocked_value(dtype)
         w = self.weights()  # (layers, P)
-        table = torch.where(w > 0, torch.log(w.clamp_min(1e-30)), blocked).to(dtype)
+        table = torch.where(w > 0, torch.log(w.clamp_min(1e-30)), blocked_value(dtype)).to(dtype)
         key_bias = table[:, self.key_index(attention_mask)][:, :, None, :]  # (layers, B, 1, L): bias of key j if opened
-        keys = attention_mask.bool()[:, None, :]  # (B, 1, L)
-        future = ~causal_allowed(attention_mask.shape[-1], attention_mask.device)
-        opened = future & keys  # (B, L, L)
-        if self.scope == "history":
-            opened = opened & history_pairs(segment_ids)
-        # What is not opened is the past (0) or blocked: future keys out of scope, padding.
-        base = torch.where((future | ~keys) & ~opened,
-                           torch.tensor(blocked, dtype=dtype, device=attention_mask.device),
-                           torch.zeros((), dtype=dtype, device=attention_mask.device))
-        bias = torch.where(opened[None], key_bias, base[None])[:, :, None]  # (layers, B, 1, L, L)
-        return bias if self.per_layer else bias[0]
+        bias = open_future(key_bias, segment_ids, attention_mask, self.scope, dtype)[:, :, None]
+        return bias if self.per_layer else bias[0]  # (layers, B, 1, L, L) or (B, 1, L, L)
 
     def describe(self) -> dict:
         w = self.weights().detach()
@@ -240,12 +268,75 @@ class WindowMask(AttentionMask):
         return {"name": self.name, "reach": int(self.reach)}
 
 
+class MlpOpeningMask(AttentionMask):
+    """Hybrid (b), MLP-driven opening: causal, plus a weight w_i on every future key of query i,
+
+        w_i = sigmoid(MLP(h_i)),   bias_ij = log w_i   for j > i (in scope)
+
+    MLP: LayerNorm -> Linear(hidden, inner) -> GELU -> Linear(inner, 1), trained end to end with
+    the encoder. h_i is token i's input embedding (the layer-0 hidden state): the bias must exist
+    before the first layer runs, and one bias shared by all layers keeps the cost of one small
+    MLP per forward. The last layer starts at zero weights and bias logit(init), so every query
+    starts with weight ``init`` and the MLP learns which queries should look ahead. ``scope``:
+    ``history`` (default, the hybrid form: query and anchor stay causal) or ``all``.
+    """
+
+    name = "mlp"
+    reads_embeddings = True
+
+    def __init__(self, hidden_size: int, inner: int = 64, init: float = 0.5,
+                 scope: str = "history"):
+        super().__init__()
+        check_scope(scope, "mlp")
+        if not 0.0 < init < 1.0:
+            raise ValueError(f"mlp mask init={init}: expected a weight in (0, 1)")
+        if hidden_size < 1 or inner < 1:
+            raise ValueError(f"mlp mask hidden_size={hidden_size}, inner={inner}: expected >= 1")
+        self.scope = scope
+        self.net = nn.Sequential(nn.LayerNorm(hidden_size), nn.Linear(hidden_size, inner),
+                                 nn.GELU(), nn.Linear(inner, 1))
+        nn.init.zeros_(self.net[-1].weight)
+        nn.init.constant_(self.net[-1].bias, math.log(init / (1 - init)))
+
+    def logits(self, inputs_embeds: torch.Tensor) -> torch.Tensor:
+        """(B, L) MLP(h_i); w_i = sigmoid of it."""
+        return self.net(inputs_embeds.to(self.net[1].weight.dtype)).squeeze(-1)
+
+    def forward(self, segment_ids, attention_mask, dtype=torch.float32, inputs_embeds=None):
+        if inputs_embeds is None:
+            raise ValueError("the mlp mask reads the token embeddings: pass inputs_embeds")
+        # logsigmoid stays finite, so a closed query is strongly down-weighted, never NaN.
+        query_bias = F.logsigmoid(self.logits(inputs_embeds))[:, :, None]  # (B, L, 1): all future keys of query i
+        return open_future(query_bias, segment_ids, attention_mask, self.scope, dtype)[:, None]
+
+    def describe(self) -> dict:
+        return {"name": self.name, "scope": self.scope, "inner": self.net[1].out_features}
+
+
+class GlobalQueryMask(AttentionMask):
+    """Hybrid (c), global query: causal for every token, except the global-query token
+    (segment ``GLOBAL``), which attends to every history token, before and after it. The
+    encoder inserts that token (a learnable vector, like a CLS token) before the first real
+    token, so every later token sees it as part of its past; ``global_token`` pooling reads the
+    user embedding there. Without a global token in the sequence this is the causal mask."""
+
+    name = "global_query"
+    global_token = True
+
+    def forward(self, segment_ids, attention_mask, dtype=torch.float32):
+        causal = causal_allowed(attention_mask.shape[-1], attention_mask.device)
+        reaches = (segment_ids == GLOBAL)[:, :, None] & (segment_ids == HISTORY)[:, None, :]
+        return hard_bias(causal[None] | reaches, attention_mask, dtype)
+
+
 MASKS: dict[str, Callable[..., AttentionMask]] = {
     "causal": CausalMask,
     "bidirectional": BidirectionalMask,
     "hybrid": HybridMask,
     "soft": SoftFutureMask,
     "window": WindowMask,
+    "mlp": MlpOpeningMask,
+    "global_query": GlobalQueryMask,
 }
 
 

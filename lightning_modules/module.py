@@ -104,13 +104,17 @@ class ContrastiveMaskingModule(L.LightningModule):
             projector_dims=(config.encoder.projector_inner, config.encoder.projector_out),
             answer_mask=config.encoder.answer_mask)
         self.inference_mask = (None if config.mask.inference is None
-                               else build_mask(config.mask.inference))
+                               else self.build_mask(config.mask.inference, {}, backbone))
 
     @staticmethod
     def build_mask(name: str, options: dict, backbone) -> AttentionMask:
+        """The configured strategy; sizes that come from the backbone are filled in here
+        (soft ``layers: all``, the mlp mask's ``hidden_size``)."""
         options = dict(options)
         if name == "soft" and options.get("layers") == "all":
             options["layers"] = num_layers(backbone)
+        if name == "mlp":
+            options["hidden_size"] = hidden_size(backbone)
         return build_mask(name, **options)
 
     @property

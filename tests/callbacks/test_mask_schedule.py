@@ -147,3 +147,28 @@ def test_mask_heatmaps_show_the_weights(world, tmp_path):
     past = np.tril(np.ones_like(w0, dtype=bool))
     assert (w0[past] == 1).all() and np.allclose(w0[~past], 0.5)  # sigmoid(0) at step 0
     assert (w4[~past] > 0.5).all() and (w4[~past] < 1).all()  # ramping at step 4 (alpha 0.2)
+
+
+def test_mlp_mask_weights_are_monitored_and_drawn(world, tmp_path):
+    import numpy as np
+    rows, mask = run(world, tmp_path, "hybrid_mlp", "logging.mask_heatmap_every=4")
+    mean, low = series(rows, "mask/future_weight_mean"), series(rows, "mask/future_weight_min")
+    assert mean[0] == pytest.approx(0.5) and low[0] == pytest.approx(0.5)  # init 0.5
+    assert any(abs(mean[t] - 0.5) > 1e-4 for t in range(1, 8))  # the MLP learns
+    assert all(low[t] <= mean[t] for t in range(8))
+    w4 = np.load(next(tmp_path.rglob("mask_step4.npy")))
+    future = ~np.tril(np.ones_like(w4, dtype=bool))
+    opened = future & (w4 > 0)
+    assert opened.any() and (w4[opened] < 1).all()  # soft weights on future history keys
+    per_query = [np.unique(w4[i][opened[i]]) for i in range(len(w4)) if opened[i].any()]
+    assert all(len(v) == 1 for v in per_query)  # one weight w_i for all future keys of query i
+    assert np.ptp([v[0] for v in per_query]) > 0  # ... that differs between queries
+
+
+def test_global_query_heatmap_row(world, tmp_path):
+    import numpy as np
+    run(world, tmp_path, "hybrid_gq", "logging.mask_heatmap_every=4")
+    w = np.load(next(tmp_path.rglob("mask_step0.npy")))
+    future = ~np.tril(np.ones_like(w, dtype=bool))
+    assert w[0][future[0]].sum() > 0  # the global token (position 0) sees future keys ...
+    assert w[1:][future[1:]].sum() == 0  # ... and nothing else does

@@ -58,9 +58,15 @@ def test_overrides_apply(data_ok):
     ("logging.mode=sometimes", "key 'logging.mode'"),
     ("backbone.heads=3", "key 'backbone.hidden_size'"),
     ("data.path=/nonexistent/world", "key 'data.path': /nonexistent/world: no such file"),
+    ("encoder.pooling=global_token", "key 'encoder.pooling': global_token pooling reads"),
+    ("mask.inference=soft", "key 'mask.inference': 'soft': the inference mask has no trained"),
+    ("mask.name=mlp mask.options.init=0", "key 'mask.options': mlp mask init=0"),
+    ("mask.name=mlp mask.options.hidden_size=8", "key 'mask.options.hidden_size': set from"),
 ])
 def test_bad_values_name_the_key(override, message, data_ok):
-    overrides = data_ok + [override] if not override.startswith("data.path") else [override]
+    overrides = override.split()
+    if not override.startswith("data.path"):
+        overrides = data_ok + overrides
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("(", r"\(")):
         load_config(EXPERIMENTS_DIR / "hybrid.yaml", overrides)
 

@@ -55,8 +55,9 @@ def test_answer_tower_mask_policy():
     def first_token_moves(policy):
         enc = encoder(model, HybridMask(), answer_mask=policy, pooling="mean")
         seg = enc.answer_segments(att)
-        a = enc.hidden_states(ids, att, seg, enc.mask if policy == "same" else enc._fixed_answer_mask[policy])
-        b = enc.hidden_states(ids2, att, seg, enc.mask if policy == "same" else enc._fixed_answer_mask[policy])
+        mask = enc.mask if policy == "same" else enc._fixed_answer_mask[policy]
+        a, _, _ = enc.hidden_states(ids, att, seg, mask)
+        b, _, _ = enc.hidden_states(ids2, att, seg, mask)
         return not torch.allclose(a[0, 0], b[0, 0])
 
     assert not first_token_moves("causal")

@@ -49,7 +49,8 @@ def fit(model, batches, steps, tmp_path, **trainer):
 
 
 @pytest.mark.parametrize("mask,options", [("causal", {}), ("hybrid", {}),
-                                          ("soft", {"positions": 256, "init": 0.5})])
+                                          ("soft", {"positions": 256, "init": 0.5}),
+                                          ("mlp", {}), ("global_query", {})])
 def test_a_few_steps_lower_the_loss_on_real_batches(real_batches, tmp_path, mask, options):
     batches, vocab = real_batches
     torch.manual_seed(0)
