@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -144,6 +144,13 @@ class LinearProbeEvaluation(L.Callback):
             logger.log_metrics({**result.metrics, "eval/seconds": result.seconds},
                                step=trainer.global_step)
         return result
+
+    def state_dict(self) -> dict:
+        # Evaluations made before an interruption stay in results.json after a resume.
+        return {"history": [asdict(e) for e in self.history]}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.history = [Evaluation(**e) for e in state.get("history", [])]
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         step = trainer.global_step

@@ -245,14 +245,30 @@ class ContrastiveDataModule(UserDataModule):
                         "user_id": uid, "kind": pair.kind})
         return out
 
-    def stream(self, code: int) -> UserStream:
+    def stream(self, code: int, skip_batches: int = 0) -> UserStream:
         train = code == TRAIN
         return UserStream(self.files, self.split(code), self._make_pairs, columns=ALL_COLUMNS,
                           future=True, cycle=train, shuffle=train, seed=self.cfg.seed,
-                          shuffle_buffer=self.cfg.shuffle_buffer if train else 0)
+                          shuffle_buffer=self.cfg.shuffle_buffer if train else 0,
+                          batch_size=self.cfg.batch_size, skip_batches=skip_batches)
+
+    # The training stream's position travels in checkpoints (Lightning saves a datamodule's
+    # state_dict), so a resumed run sees exactly the batches an uninterrupted run would.
+    _resume_batches = 0
+
+    def state_dict(self) -> dict:
+        trainer = self.trainer
+        if trainer is None:
+            return {}
+        # Checkpoints are written after an optimiser step: every micro-batch so far was used.
+        return {"train_batches": trainer.global_step * trainer.accumulate_grad_batches}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._resume_batches = int(state.get("train_batches", 0))
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.stream(TRAIN), self.cfg.batch_size, self.collator.contrastive)
+        return self._loader(self.stream(TRAIN, self._resume_batches), self.cfg.batch_size,
+                            self.collator.contrastive)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.stream(VAL), self.cfg.batch_size, self.collator.contrastive)

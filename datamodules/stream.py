@@ -9,6 +9,12 @@ n-th row. Either way each user of the split reaches exactly one shard per pass.
 Training streams cycle forever (epoch after epoch, each reshuffled from ``seed`` and the
 epoch number, identically on every shard) and are sized by ``trainer.max_steps``; evaluation
 streams make one pass in file order.
+
+Resuming: a stream is a pure function of its seed and shard, so a resumed run continues exactly
+where it stopped by dropping the samples each shard had already delivered (``skip_batches``:
+batches the whole loader delivered; a DataLoader takes batch k from worker k mod workers, so
+the workers' shards are rotated to keep that order). Dropped samples are still generated, so
+skipping costs about as much as producing them.
 """
 
 from __future__ import annotations
@@ -91,7 +97,8 @@ class UserStream(IterableDataset):
     def __init__(self, files: list[Path], split: SplitSpec,
                  make: Callable[[UserColumns, int, int], list], *, columns: list[str],
                  future: bool, cycle: bool, shuffle: bool, seed: int,
-                 shuffle_buffer: int = 0, rank_sharded: bool = True):
+                 shuffle_buffer: int = 0, rank_sharded: bool = True,
+                 batch_size: int = 1, skip_batches: int = 0):
         self.files = files
         self.groups = row_groups(files)
         self.split = split
@@ -103,11 +110,20 @@ class UserStream(IterableDataset):
         self.seed = seed
         self.shuffle_buffer = shuffle_buffer
         self.rank_sharded = rank_sharded  # False: this rank reads every user (rank-0 evaluation)
+        self.batch_size = batch_size
+        self.skip_batches = skip_batches  # per rank, as counted by this rank's loader
+
+    def _worker(self) -> tuple[int, int]:
+        """(the shard's worker index, workers). A DataLoader takes batch k from worker
+        k mod workers, starting again at worker 0 when it is rebuilt; after ``skip_batches``
+        batches, worker 0 therefore plays the worker that batch ``skip_batches`` came from."""
+        info = get_worker_info()
+        workers, worker = (info.num_workers, info.id) if info else (1, 0)
+        return (worker + self.skip_batches) % workers, workers
 
     def _shard(self) -> tuple[int, int]:
         rank, world = dist_info() if self.rank_sharded else (0, 1)
-        info = get_worker_info()
-        workers, worker = (info.num_workers, info.id) if info else (1, 0)
+        worker, workers = self._worker()
         return rank * workers + worker, world * workers
 
     def _epoch(self, epoch: int, shard: int, shards: int) -> Iterator:
@@ -131,7 +147,19 @@ class UserStream(IterableDataset):
             for i in range(len(rows)):
                 yield from self.make(users, i, epoch)
 
+    def _skipped_samples(self) -> int:
+        """Samples this shard delivered in the first ``skip_batches`` batches of the loader."""
+        worker, workers = self._worker()
+        batches = (self.skip_batches - worker + workers - 1) // workers
+        return batches * self.batch_size
+
     def __iter__(self) -> Iterator:
+        samples = self._samples()
+        for _ in range(self._skipped_samples()):
+            next(samples, None)
+        yield from samples
+
+    def _samples(self) -> Iterator:
         shard, shards = self._shard()
         epoch = 0
         buf: list = []

@@ -63,10 +63,11 @@ def _config_error(fn):
     def wrapped(args: argparse.Namespace) -> int:
         from maskstudy.datamodules.schema import DataValidationError
         from maskstudy.experiments.config import ConfigError
+        from maskstudy.experiments.run import CheckpointError
 
         try:
             return fn(args)
-        except (ConfigError, DataValidationError, FileNotFoundError) as e:
+        except (CheckpointError, ConfigError, DataValidationError, FileNotFoundError) as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
     return wrapped
@@ -81,6 +82,22 @@ def _fit(args: argparse.Namespace) -> int:
     result = fit(cfg)
     m = result.results.get("metrics", {})
     print(f"run {result.run_dir}: eval/avg_auc {m.get('eval/avg_auc', float('nan')):.4f}, "
+          f"eval/avg_ks {m.get('eval/avg_ks', float('nan')):.4f}")
+    return 0
+
+
+@_config_error
+def _resume(args: argparse.Namespace) -> int:
+    from maskstudy.experiments.config import load_config
+    from maskstudy.experiments.run import fit
+
+    checkpoint = Path(args.checkpoint)
+    config = checkpoint.resolve().parent.parent / "config.yaml"
+    if not config.exists():
+        raise FileNotFoundError(f"{config}: the checkpoint's run has no config.yaml")
+    result = fit(load_config(config, args.overrides), resume=checkpoint)
+    m = result.results.get("metrics", {})
+    print(f"run {result.run_dir} (resumed): eval/avg_auc {m.get('eval/avg_auc', float('nan')):.4f}, "
           f"eval/avg_ks {m.get('eval/avg_ks', float('nan')):.4f}")
     return 0
 
@@ -180,6 +197,17 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("config", help="a recipe file, e.g. experiments/hybrid.yaml")
     fit.add_argument("overrides", nargs="*", help="key=value overrides")
     fit.set_defaults(func=_fit)
+
+    resume = commands.add_parser(
+        "resume", help="continue an interrupted run from a checkpoint",
+        description="Continue a run from one of its checkpoints, in its own directory and "
+                    "with its config.yaml: model, optimiser, LR schedule, mask state, data "
+                    "position and random state are restored, so the result equals an "
+                    "uninterrupted run. Overrides may change what does not alter the model, "
+                    "e.g. trainer.max_steps to train longer.")
+    resume.add_argument("checkpoint", help="e.g. runs/ggsm/<timestamp>/checkpoints/last.ckpt")
+    resume.add_argument("overrides", nargs="*", help="key=value overrides")
+    resume.set_defaults(func=_resume)
 
     ev = commands.add_parser(
         "eval", help="linear-probe evaluation of a checkpoint",

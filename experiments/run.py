@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.utilities import rank_zero_only
 
 from maskstudy.callbacks.linear_probe import LinearProbeEvaluation, evaluate, scores, summarise
 from maskstudy.callbacks.mask_schedule import (
@@ -95,19 +96,41 @@ def wandb_mode(cfg: ExperimentConfig) -> str:
     return "offline"
 
 
-def make_loggers(cfg: ExperimentConfig, run_dir: Path) -> list:
-    # metrics.csv sits beside config.yaml; the CSV logger only ever rewrites its own file.
+def _wandb_run_id(run_dir: Path) -> str | None:
+    """The id of the newest W&B run in a run directory (``wandb/[offline-]run-<time>-<id>``)."""
+    runs = sorted(p.name for p in (run_dir / "wandb").glob("*run-*-*") if p.is_dir())
+    return runs[-1].rsplit("-", 1)[1] if runs else None
+
+
+def make_loggers(cfg: ExperimentConfig, run_dir: Path, resume_step: int | None = None) -> list:
+    """CSV (always) and W&B loggers. ``resume_step``: the run continues from that step, so
+    metrics.csv keeps its earlier rows and the W&B run is continued."""
+    import csv
+
+    # metrics.csv sits beside config.yaml; the CSV logger only ever writes its own file.
     warnings.filterwarnings("ignore", message="Experiment logs directory .* exists and is not empty")
-    loggers: list = [CSVLogger(save_dir=str(run_dir), name="", version="")]
+    csv_logger = CSVLogger(save_dir=str(run_dir), name="", version="")
+    metrics = run_dir / "metrics.csv"
+    if resume_step is not None and metrics.exists() and rank_zero_only.rank == 0:
+        columns, rows = _metrics_before(metrics, resume_step)
+        csv_logger.experiment  # creating the writer deletes metrics.csv ...
+        # ... and it appends once the file and its columns are back.
+        with open(metrics, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows(rows)
+        csv_logger.experiment.metrics_keys = sorted(columns)
+    loggers: list = [csv_logger]
     mode = wandb_mode(cfg)
     if cfg.logging.wandb and mode != "disabled":
         from lightning.pytorch.loggers import WandbLogger
 
+        run_id = _wandb_run_id(run_dir) if resume_step is not None else None  # continue its W&B run
         loggers.append(WandbLogger(
             name=f"{cfg.name}-{run_dir.name}", project=cfg.logging.project,
             entity=cfg.logging.entity, group=cfg.logging.group, tags=list(cfg.logging.tags),
             job_type=cfg.logging.job_type, save_dir=str(run_dir), mode=mode,
-            config=to_dict(cfg)))
+            config=to_dict(cfg), **({"id": run_id, "resume": "allow"} if run_id else {})))
     return loggers
 
 
@@ -187,9 +210,64 @@ def build_datamodules(cfg: ExperimentConfig) -> tuple[ContrastiveDataModule, Pro
     return train_dm, probe_dm
 
 
-def fit(cfg: ExperimentConfig) -> RunResult:
-    """Trains one recipe, evaluates it, and writes the run directory."""
-    run_dir = make_run_dir(cfg)
+class CheckpointError(ValueError):
+    """A checkpoint that cannot serve the request (unreadable, or from another model)."""
+
+
+def checkpoint_state(checkpoint: Path) -> dict:
+    """A Lightning checkpoint's dict, loaded with ``weights_only=True`` (maskstudy checkpoints
+    hold tensors and plain containers only)."""
+    try:
+        return torch.load(checkpoint, map_location="cpu", weights_only=True)
+    except Exception as e:  # every load failure gets the same explanation
+        raise CheckpointError(f"checkpoint {checkpoint}: cannot be read as a maskstudy checkpoint "
+                         f"({type(e).__name__}: {e})") from e
+
+
+def check_resumable(cfg: ExperimentConfig, checkpoint: Path, state: dict) -> None:
+    """The checkpoint must come from the same model: backbone, mask and encoder."""
+    saved = state.get("hyper_parameters", {}).get("config")
+    if saved is None:
+        raise CheckpointError(f"checkpoint {checkpoint}: no maskstudy module config inside")
+    wanted = dataclasses.asdict(cfg.module_config())
+    for section in ("backbone", "mask", "encoder"):
+        for key, value in wanted[section].items():
+            if saved.get(section, {}).get(key) != value:
+                raise CheckpointError(
+                    f"checkpoint {checkpoint}: key '{section}.{key}' is "
+                    f"{saved.get(section, {}).get(key)!r} in the checkpoint but {value!r} in "
+                    f"the config: resume with the run's own config.yaml")
+
+
+def _metrics_before(path: Path, step: int) -> tuple[list[str], list[dict]]:
+    """Columns and rows of a metrics.csv logged before ``step``: what a run resumed from that
+    step keeps (the interrupted run's later steps are repeated by the resumed run)."""
+    import csv
+
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        return list(reader.fieldnames or []), [r for r in reader if int(r["step"]) < step]
+
+
+def fit(cfg: ExperimentConfig, *, resume: str | Path | None = None,
+        callbacks: list | None = None) -> RunResult:
+    """Trains one recipe, evaluates it, and writes the run directory.
+
+    ``resume``: a checkpoint of an earlier run of the same model; training continues from it
+    in that run's directory (model, optimiser, LR schedule, mask state, data-stream position
+    and RNG state restored), so the result equals an uninterrupted run. ``callbacks`` are
+    added to the recipe's own."""
+    ckpt_step = 0
+    if resume is not None:
+        resume = Path(resume)
+        if not resume.exists():
+            raise FileNotFoundError(f"checkpoint {resume}: no such file")
+        state = checkpoint_state(resume)
+        check_resumable(cfg, resume, state)
+        ckpt_step = int(state.get("global_step", 0))
+        run_dir = resume.resolve().parent.parent
+    else:
+        run_dir = make_run_dir(cfg)
     # The saved config is fully resolved: it extends nothing.
     (run_dir / "config.yaml").write_text(to_yaml(dataclasses.replace(cfg, extends=None)))
     L.seed_everything(cfg.seed, verbose=False)
@@ -204,7 +282,7 @@ def fit(cfg: ExperimentConfig) -> RunResult:
         source, every_n_steps=cfg.eval.every_n_steps, c=cfg.eval.c, out_dir=run_dir,
         extra_results={"name": cfg.name, "description": cfg.description, "mask": cfg.mask.name,
                        "seed": cfg.seed, "references": refs})
-    callbacks = [probe_cb, *schedule_callbacks(cfg)]
+    callbacks = [probe_cb, *schedule_callbacks(cfg), *(callbacks or [])]
     if cfg.mask.name not in FIXED_MASKS and cfg.logging.mask_heatmap_every > 0:
         callbacks.append(MaskHeatmap(run_dir / "plots", cfg.logging.mask_heatmap_every))
     checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0,
@@ -217,11 +295,14 @@ def fit(cfg: ExperimentConfig) -> RunResult:
         precision=t.precision, accumulate_grad_batches=t.accumulate_grad_batches,
         deterministic=t.deterministic, log_every_n_steps=t.log_every_n_steps,
         num_sanity_val_steps=t.num_sanity_val_steps, enable_progress_bar=t.enable_progress_bar,
-        logger=make_loggers(cfg, run_dir), callbacks=[*callbacks, checkpoint],
-        default_root_dir=str(run_dir), enable_model_summary=False)
+        logger=make_loggers(cfg, run_dir, resume_step=ckpt_step if resume else None),
+        callbacks=[*callbacks, checkpoint], default_root_dir=str(run_dir),
+        enable_model_summary=False)
     start = time.perf_counter()
-    trainer.fit(module, datamodule=train_dm)
+    trainer.fit(module, datamodule=train_dm, ckpt_path=resume)
     train_seconds = time.perf_counter() - start
+    # last.ckpt is the final model even when max_steps is not a multiple of the interval.
+    trainer.save_checkpoint(run_dir / "checkpoints" / "last.ckpt")
     for logger in trainer.loggers:
         logger.finalize("success")
     if trainer.global_rank != 0:

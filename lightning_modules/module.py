@@ -14,6 +14,7 @@ Logged every optimiser step: ``train/loss``, ``train/lr``, ``train/pos_sim``,
 from __future__ import annotations
 
 import math
+import random
 from dataclasses import asdict, dataclass, field
 
 import lightning as L
@@ -177,6 +178,18 @@ class ContrastiveMaskingModule(L.LightningModule):
                                                   cfg.min_lr_ratio))
         return {"optimizer": optimizer,
                 "lr_scheduler": {"scheduler": schedule, "interval": "step", "frequency": 1}}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # Random state travels too, so a resumed run draws what an uninterrupted one would
+        # (dropout, LoRA dropout). Ranks share one seed, so rank 0's state is every rank's.
+        checkpoint["maskstudy_rng"] = {"torch": torch.get_rng_state(),
+                                       "python": random.getstate()}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        state = checkpoint.get("maskstudy_rng")
+        if state is not None:
+            torch.set_rng_state(state["torch"])
+            random.setstate(state["python"])
 
     @torch.no_grad()
     def embed_users(self, batch: dict) -> torch.Tensor:

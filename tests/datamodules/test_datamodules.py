@@ -159,3 +159,27 @@ def test_validation_runs_before_anything_is_read(tmp_path):
 def test_unknown_option_is_rejected(world):
     with pytest.raises(TypeError, match="unknown data option 'batchsize'"):
         ContrastiveDataModule(path=str(world), batchsize=3)
+
+
+@pytest.mark.parametrize("workers", [0, 1, 3])
+def test_a_resumed_loader_continues_where_the_old_one_stopped(contrastive, workers):
+    """After ``skip_batches`` (a checkpoint's train_batches), the rebuilt loader yields the
+    batches the uninterrupted loader would have yielded next, whatever the worker count."""
+    from torch.utils.data import DataLoader
+
+    dm = contrastive
+
+    def users(skip, n):
+        loader = DataLoader(dm.stream(TRAIN, skip_batches=skip), batch_size=dm.cfg.batch_size,
+                            collate_fn=dm.collator.contrastive, num_workers=workers)
+        return [tuple(b["user_ids"]) for b in itertools.islice(loader, n)]
+
+    straight = users(0, 12)
+    for skip in (1, 5, 7):
+        assert users(skip, 12 - skip) == straight[skip:], skip
+    dm._resume_batches = 5  # what load_state_dict sets from a checkpoint
+    try:
+        loader = dm.train_dataloader()
+        assert loader.dataset.skip_batches == 5
+    finally:
+        dm._resume_batches = 0
