@@ -84,7 +84,7 @@ class GradientGuidedPrewarmup(L.Callback):
     optimiser steps, then freezes them (``mask.frozen``)."""
 
     def __init__(self, warmup_steps: int, *, variant: str = "paper", ema: float | None = None,
-                 source: str = "auto"):
+                 source: str = "auto", out_dir=None):
         if source not in ("auto", "final", "last_layer_input"):
             raise ValueError(f"importance source {source!r}: expected auto, final or "
                              f"last_layer_input")
@@ -94,6 +94,7 @@ class GradientGuidedPrewarmup(L.Callback):
             raise ValueError(f"ema={ema}: expected a decay in [0, 1)")
         importance_weights(torch.zeros(1), variant)  # validates the variant
         self.warmup_steps = warmup_steps
+        self.out_dir = out_dir  # importance.npy/.png at the freeze
         self.source = source
         self.variant = variant
         self.ema = ema
@@ -165,10 +166,50 @@ class GradientGuidedPrewarmup(L.Callback):
         if step == self.warmup_steps - 1:
             mask.frozen.copy_(weights.expand_as(mask.frozen))
             mask.phase.fill_(RAMP)
+            if self.out_dir is not None and trainer.global_rank == 0:
+                self._save_importance(mask, step)
         imp = mask.importance[seen]
         pl_module.log_dict({"mask/importance_mean": imp.mean() if imp.numel() else 0.0,
                             "mask/importance_max": imp.max() if imp.numel() else 0.0},
                            on_step=True, batch_size=1)
+        _log_histogram(trainer, "mask/grad_norm_hist", (sums / counts.clamp_min(1))[seen], step)
+
+    def _save_importance(self, mask: SoftFutureMask, step: int) -> None:
+        """importance.npy (per key position: importance, frozen weight) and importance.png."""
+        import numpy as np
+        from pathlib import Path
+
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        out = Path(self.out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        seen = int(torch.nonzero(mask.importance).max()) + 1 if mask.importance.any() else 1
+        imp = mask.importance[:seen].cpu().numpy()
+        frozen = mask.frozen[0, :seen].cpu().numpy()
+        np.save(out / "importance.npy", np.stack([imp, frozen]))
+        fig, ax = plt.subplots(figsize=(6, 3.2))
+        ax.plot(imp, lw=0.8, label="importance g_j")
+        ax.set(xlabel=f"key position j ({mask.index} index)", ylabel="gradient norm",
+               title=f"GG-SM importance at the freeze (step {step})")
+        twin = ax.twinx()
+        twin.plot(frozen, lw=0.8, color="C1", label="frozen weight w_j")
+        twin.set(ylabel="w_j", ylim=(0, 1.05))
+        fig.legend(loc="upper right", fontsize=8)
+        fig.tight_layout()
+        fig.savefig(out / "importance.png", dpi=90)
+        plt.close(fig)
+
+
+def _log_histogram(trainer, key: str, values: torch.Tensor, step: int) -> None:
+    """A W&B histogram (W&B loggers only; CSV has no histogram type)."""
+    for logger in trainer.loggers:
+        if type(logger).__name__ == "WandbLogger" and values.numel():
+            import wandb
+
+            logger.log_metrics({key: wandb.Histogram(values.float().cpu().numpy())}, step=step)
 
 
 class LinearMaskScheduler(L.Callback):
@@ -244,6 +285,28 @@ class MaskMonitor(L.Callback):
         if not mask.learnable:
             metrics |= {"mask/alpha": mask.alpha.float(), "mask/phase": mask.phase.float()}
         pl_module.log_dict(metrics, on_step=True, batch_size=1)
+
+
+class FutureAttentionMonitor(L.Callback):
+    """Every ``every_n_steps`` optimiser steps, runs the user tower on the batch's first
+    ``users`` sequences and logs ``mask/future_attention/layer<k>``: the attention mass a real
+    query token puts on later keys, averaged over heads and tokens (0 under a causal mask; how
+    much of the opened future a model actually reads)."""
+
+    def __init__(self, every_n_steps: int = 100, users: int = 4):
+        if every_n_steps < 1 or users < 1:
+            raise ValueError(f"every_n_steps={every_n_steps}, users={users}: expected >= 1")
+        self.every_n_steps, self.users = every_n_steps, users
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step % self.every_n_steps:
+            return
+        k = self.users
+        mass = pl_module.encoder.future_attention(batch["user_input_ids"][:k],
+                                                  batch["user_attention_mask"][:k],
+                                                  batch["user_segment_ids"][:k])
+        pl_module.log_dict({f"mask/future_attention/layer{i}": m for i, m in enumerate(mass)},
+                           on_step=True, batch_size=1)
 
 
 class MaskHeatmap(L.Callback):

@@ -80,6 +80,8 @@ class LoggingConfig:
     job_type: str = "train"
     mode: str = "auto"  # auto | online | offline | disabled; WANDB_MODE wins when set
     sample_tables: bool = False  # never send user behaviour text to W&B unless enabled
+    future_attention_every: int = 50  # steps between samples of attention on later keys; 0: off
+    future_attention_users: int = 4  # sequences of the batch in each sample
     mask_heatmap_every: int = 100  # steps between mask heat maps (masks other than causal/bidirectional/hybrid); 0: off
 
 
@@ -231,6 +233,9 @@ def check(cfg: ExperimentConfig, where: str = "config") -> None:
                                       f"{sched.total_steps}: the ramp must have room")
     if sched.ema is not None and not 0 <= sched.ema < 1:
         fail("schedule.ema", "expected a decay in [0, 1) or null")
+    if cfg.logging.future_attention_every < 0 or cfg.logging.future_attention_users < 1:
+        fail("logging.future_attention_every", "expected steps >= 0 (0: off) and "
+                                               "future_attention_users >= 1")
     if cfg.logging.mode not in ("auto", "online", "offline", "disabled"):
         fail("logging.mode", "expected auto, online, offline or disabled")
     if cfg.backbone.attention not in ("sdpa", "eager"):

@@ -29,7 +29,8 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from maskstudy.callbacks.linear_probe import LinearProbeEvaluation, evaluate, scores, summarise
 from maskstudy.callbacks.mask_schedule import (
-    GradientGuidedPrewarmup, LinearMaskScheduler, MaskHeatmap, MaskMonitor, WindowScheduler,
+    FutureAttentionMonitor, GradientGuidedPrewarmup, LinearMaskScheduler, MaskHeatmap,
+    MaskMonitor, WindowScheduler,
 )
 from maskstudy.datamodules import baseline
 from maskstudy.datamodules.schema import dataset_files
@@ -178,12 +179,13 @@ def reference_rows(cfg: ExperimentConfig, probe_dm: ProbeDataModule,
     return rows
 
 
-def schedule_callbacks(cfg: ExperimentConfig) -> list:
+def schedule_callbacks(cfg: ExperimentConfig, plots: Path | None = None) -> list:
+    """The recipe's mask schedule and mask monitors."""
     s = cfg.schedule
     out: list = []
     if s.prewarmup:
         out.append(GradientGuidedPrewarmup(s.warmup_steps, variant=s.variant, ema=s.ema,
-                                           source=s.source))
+                                           source=s.source, out_dir=plots))
     if s.ramp != "none" and cfg.mask.name == "window":
         out.append(WindowScheduler(s.warmup_steps, s.total_steps, cfg.data.max_tokens,
                                    shape=s.ramp))
@@ -191,6 +193,9 @@ def schedule_callbacks(cfg: ExperimentConfig) -> list:
         out.append(LinearMaskScheduler(s.warmup_steps, s.total_steps, shape=s.ramp))
     if cfg.mask.name in ("soft", "window", "mlp"):  # masks whose weights move
         out.append(MaskMonitor())
+    if cfg.logging.future_attention_every > 0:
+        out.append(FutureAttentionMonitor(cfg.logging.future_attention_every,
+                                          cfg.logging.future_attention_users))
     return out
 
 
@@ -282,7 +287,7 @@ def fit(cfg: ExperimentConfig, *, resume: str | Path | None = None,
         source, every_n_steps=cfg.eval.every_n_steps, c=cfg.eval.c, out_dir=run_dir,
         extra_results={"name": cfg.name, "description": cfg.description, "mask": cfg.mask.name,
                        "seed": cfg.seed, "references": refs})
-    callbacks = [probe_cb, *schedule_callbacks(cfg), *(callbacks or [])]
+    callbacks = [probe_cb, *schedule_callbacks(cfg, run_dir / "plots"), *(callbacks or [])]
     if cfg.mask.name not in FIXED_MASKS and cfg.logging.mask_heatmap_every > 0:
         callbacks.append(MaskHeatmap(run_dir / "plots", cfg.logging.mask_heatmap_every))
     checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0,

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .attention import layer_biases
+from .attention import layer_biases, record_future_attention
 from .masks import ANCHOR, GLOBAL, HISTORY, AttentionMask, BidirectionalMask, CausalMask
 
 POOLINGS = ("user_token", "last", "mean", "weighted_mean", "global_token")
@@ -145,6 +145,17 @@ class ContrastiveEncoder(nn.Module):
         if capture:
             self.last_layer_input = out.hidden_states[-2]
         return out.last_hidden_state, attention_mask, segment_ids
+
+    @torch.no_grad()
+    def future_attention(self, input_ids, attention_mask, segment_ids) -> torch.Tensor:
+        """(layers,) per layer of the user tower: the attention mass a real query token puts
+        on later keys, averaged over heads and real query tokens (0 under a causal mask)."""
+        with record_future_attention() as masses:
+            _, attention_mask, _ = self.hidden_states(
+                input_ids, attention_mask, segment_ids, self.mask,
+                global_token=self.global_query is not None)
+        real = attention_mask.bool()
+        return torch.stack([masses[k].mean(1)[real].mean() for k in sorted(masses)])
 
     def embed(self, hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str,
               segment_ids: torch.Tensor | None = None) -> torch.Tensor:

@@ -67,6 +67,16 @@ def test_ggsm_alpha_and_weights_follow_the_formula(world, tmp_path):
     assert (mask.importance[:50] > 0).all()  # measured where tokens were
     torch.testing.assert_close(mask.weight, 0.2 * mask.frozen + 0.8)
     assert series(rows, "mask/importance_mean")  # logged during warmup
+    # the opened future is read: attention mass on later keys at step 0 (weights 0.5)
+    for layer in (0, 1):
+        assert 0 < series(rows, f"mask/future_attention/layer{layer}")[0] < 1
+    # the importance at the freeze, as saved for reviewers
+    import numpy as np
+    saved = np.load(next(tmp_path.rglob("plots/importance.npy")))
+    n = saved.shape[1]
+    np.testing.assert_allclose(saved[0], mask.importance[:n].numpy())
+    np.testing.assert_allclose(saved[1], mask.frozen[0, :n].numpy())
+    assert (mask.importance[n:] == 0).all() and next(tmp_path.rglob("plots/importance.png"))
 
 
 def test_warmup_counts_optimiser_steps(world, tmp_path):
@@ -172,3 +182,23 @@ def test_global_query_heatmap_row(world, tmp_path):
     future = ~np.tril(np.ones_like(w, dtype=bool))
     assert w[0][future[0]].sum() > 0  # the global token (position 0) sees future keys ...
     assert w[1:][future[1:]].sum() == 0  # ... and nothing else does
+
+
+def test_ggsm_histograms_and_heatmaps_reach_wandb(world, tmp_path, monkeypatch):
+    from tests.wandb_records import history, wait_until_closed
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    cfg = load_config(EXPERIMENTS_DIR / "ggsm.yaml",
+                      tiny(world, tmp_path, "eval.references=false", "schedule.warmup_steps=3",
+                           "logging.mask_heatmap_every=2"))
+    (wandb_file,) = fit(cfg).run_dir.glob("wandb/offline-run-*/run-*.wandb")
+    wait_until_closed(wandb_file)
+    rows = history(wandb_file)
+    # W&B stores media as nested keys: <key>/_type, <key>/values, ...
+    hists = [r for r in rows if "mask/grad_norm_hist/_type" in r]
+    assert len(hists) == 3  # one per warmup step
+    assert all(h["mask/grad_norm_hist/_type"] == "histogram"
+               and sum(h["mask/grad_norm_hist/values"]) > 0 for h in hists)
+    images = [r for r in rows if r.get("mask/heatmap/_type") == "images/separated"]
+    assert len(images) == 2  # steps 0 and 2
+    assert {"mask/alpha", "mask/future_attention/layer0"} <= {k for r in rows for k in r}

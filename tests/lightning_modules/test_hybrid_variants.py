@@ -187,3 +187,36 @@ def test_answer_tower_has_no_global_token():
     causal.projector = enc.projector
     torch.testing.assert_close(answers, causal.encode_answers(ids, att))
     assert math.isclose(float(answers.norm(dim=-1).mean()), 1.0, rel_tol=1e-5)
+
+
+# --- sampled attention on later keys --------------------------------------------------
+
+
+def test_future_attention_mass_per_layer(backend):
+    model = tiny_model(backend)
+    ids, seg, att = batch(pad=2)
+
+    def mass(mask):
+        return encoder(model, mask).future_attention(ids, att, seg)
+
+    assert mass(CausalMask()).tolist() == [0.0, 0.0]  # two layers, nothing ahead
+    bidir = mass(build_mask("bidirectional"))
+    assert (bidir > 0.2).all()  # uniform-ish attention: on average about half is ahead
+    hybrid = mass(HybridMask())
+    assert (hybrid > 0).all() and (hybrid < bidir).all()  # query and anchor stay causal
+    gq = mass(GlobalQueryMask())
+    assert (gq > 0).all() and (gq < hybrid).all()  # only the global token looks ahead
+
+
+def test_future_attention_agrees_across_backends_and_changes_nothing():
+    ids, seg, att = batch()
+    eager, sdpa = encoder(tiny_model("eager"), HybridMask()), encoder(tiny_model("sdpa"), HybridMask())
+    torch.testing.assert_close(eager.future_attention(ids, att, seg),
+                               sdpa.future_attention(ids, att, seg))
+    from maskstudy.lightning_modules.attention import record_future_attention
+    with torch.no_grad():
+        plain = sdpa.encode_users(ids, att, seg)[0]
+        with record_future_attention() as masses:
+            recorded = sdpa.encode_users(ids, att, seg)[0]
+    assert sorted(masses) == [0, 1]
+    torch.testing.assert_close(plain, recorded)
