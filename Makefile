@@ -6,6 +6,8 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 WORLD := data/world
 WORLD_USERS ?= 6000
+# 5 recipes x 200 steps keep `make study` within 10 minutes on 2 CPU cores.
+STUDY_STEPS ?= 200
 
 .PHONY: setup study test bench clean
 
@@ -21,7 +23,8 @@ $(VENV)/.installed: pyproject.toml
 
 study: setup
 	$(BIN)/maskstudy data synth --users $(WORLD_USERS) --seed 0 --out $(WORLD)
-	$(BIN)/maskstudy study causal hybrid bidirectional data.path=$(WORLD)
+	$(BIN)/maskstudy study causal hybrid bidirectional scheduler ggsm data.path=$(WORLD) \
+		trainer.max_steps=$(STUDY_STEPS)
 
 test: setup
 	WANDB_MODE=disabled $(BIN)/python -m pytest -q

@@ -234,7 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "comparison: test AUC per task, domain and overall averages, with the "
                     "untrained-backbone and bag-of-events reference rows.")
     study.add_argument("items", nargs="*", metavar="RECIPE|key=value",
-                       help="recipe names or files (default: causal hybrid bidirectional), "
+                       help="recipe names or files (default: causal hybrid bidirectional scheduler ggsm), "
                             "then overrides applied to every recipe")
     study.add_argument("--out", default="runs", help="where the study table goes (default runs)")
     study.set_defaults(func=_study)

@@ -17,7 +17,7 @@ import numpy as np
 from .config import load_config
 from .run import fit
 
-DEFAULT_RECIPES = ("causal", "hybrid", "bidirectional")
+DEFAULT_RECIPES = ("causal", "hybrid", "bidirectional", "scheduler", "ggsm")
 REFERENCE_NAMES = {"untrained": "untrained backbone", "bag_of_events": "bag-of-events LR"}
 
 
