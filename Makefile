@@ -8,6 +8,9 @@ WORLD := data/world
 WORLD_USERS ?= 6000
 # 5 recipes x 200 steps keep `make study` within 10 minutes on 2 CPU cores.
 STUDY_STEPS ?= 200
+# Finished points are kept: a second `make study` only prints the report (delete the
+# directory to start over).
+STUDY_DIR ?= runs/sweeps/default
 
 .PHONY: setup study test bench clean
 
@@ -23,8 +26,9 @@ $(VENV)/.installed: pyproject.toml
 
 study: setup
 	$(BIN)/maskstudy data synth --users $(WORLD_USERS) --seed 0 --out $(WORLD)
-	$(BIN)/maskstudy study causal hybrid bidirectional scheduler ggsm data.path=$(WORLD) \
-		trainer.max_steps=$(STUDY_STEPS)
+	$(BIN)/maskstudy sweep experiments/sweeps/default.yaml --out $(STUDY_DIR) \
+		data.path=$(WORLD) trainer.max_steps=$(STUDY_STEPS)
+	$(BIN)/maskstudy report $(STUDY_DIR)
 
 test: setup
 	WANDB_MODE=disabled $(BIN)/python -m pytest -q

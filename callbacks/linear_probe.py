@@ -56,16 +56,24 @@ def scores(y: np.ndarray | None, score: np.ndarray | None) -> dict[str, float]:
     return {"auc": float(roc_auc_score(y, score)), "ks": ks_statistic(y, score)}
 
 
-def probe_task(x: np.ndarray, y: np.ndarray, test: np.ndarray, *, c: float = 1.0,
-               seed: int = 0) -> dict[str, float]:
-    """AUC and KS of a standardised logistic regression fitted on the train side."""
+def probe_scores(x: np.ndarray, y: np.ndarray, test: np.ndarray, *, c: float = 1.0,
+                 seed: int = 0) -> np.ndarray | None:
+    """Test-side scores of a standardised logistic regression fitted on the train side
+    (``None`` when either side lacks a class)."""
     train = ~test
     if len(np.unique(y[train])) < 2 or len(np.unique(y[test])) < 2:
-        return scores(None, None)
+        return None
     clf = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=2000,
                                                              random_state=seed))
     clf.fit(x[train], y[train])
-    return scores(y[test], clf.predict_proba(x[test])[:, 1])
+    return clf.predict_proba(x[test])[:, 1]
+
+
+def probe_task(x: np.ndarray, y: np.ndarray, test: np.ndarray, *, c: float = 1.0,
+               seed: int = 0) -> dict[str, float]:
+    """AUC and KS of a standardised logistic regression fitted on the train side."""
+    score = probe_scores(x, y, test, c=c, seed=seed)
+    return scores(y[test] if score is not None else None, score)
 
 
 def summarise(per_task: dict[str, dict[str, float]], domains: dict[str, str]) -> dict[str, float]:
@@ -84,9 +92,17 @@ def summarise(per_task: dict[str, dict[str, float]], domains: dict[str, str]) ->
     return out
 
 
-def probe_all(embeddings: np.ndarray, source: ProbeSource, c: float = 1.0) -> dict[str, dict]:
-    return {task: probe_task(embeddings, source.labels[:, k], source.test_mask(task), c=c)
-            for k, task in enumerate(source.task_names)}
+def probe_all(embeddings: np.ndarray, source: ProbeSource,
+              c: float = 1.0) -> tuple[dict[str, dict], np.ndarray]:
+    """(AUC and KS per task, test scores (users, tasks), NaN off each task's test side)."""
+    per_task, table = {}, np.full(source.labels.shape, np.nan, dtype=np.float32)
+    for k, task in enumerate(source.task_names):
+        y, test = source.labels[:, k], source.test_mask(task)
+        score = probe_scores(embeddings, y, test, c=c)
+        per_task[task] = scores(y[test] if score is not None else None, score)
+        if score is not None:
+            table[test, k] = score
+    return per_task, table
 
 
 @torch.no_grad()
@@ -117,9 +133,19 @@ class Evaluation:
 
 def evaluate(module, source: ProbeSource, c: float = 1.0, step: int = 0) -> Evaluation:
     start = time.perf_counter()
-    per_task = probe_all(embed_probe_users(module, source), source, c)
-    return Evaluation(step, per_task, summarise(per_task, source.domains),
-                      time.perf_counter() - start)
+    per_task, test_scores = probe_all(embed_probe_users(module, source), source, c)
+    result = Evaluation(step, per_task, summarise(per_task, source.domains),
+                        time.perf_counter() - start)
+    result.test_scores = test_scores  # not a field: kept out of checkpoints
+    return result
+
+
+def save_predictions(path: Path, source: ProbeSource, test_scores: np.ndarray) -> None:
+    """``predictions.npz``: task names, labels and test masks (users, tasks), and the probe's
+    test scores (NaN off the test side), so reports can bootstrap over test users."""
+    test = np.stack([source.test_mask(t) for t in source.task_names], axis=1)
+    np.savez_compressed(path, tasks=np.array(source.task_names), labels=source.labels,
+                        test=test, scores=test_scores)
 
 
 class LinearProbeEvaluation(L.Callback):
@@ -175,3 +201,4 @@ class LinearProbeEvaluation(L.Callback):
                        "history": [{"step": e.step, "avg_auc": e.metrics["eval/avg_auc"]}
                                    for e in self.history], **self.extra_results}
             (self.out_dir / "results.json").write_text(json.dumps(payload, indent=2) + "\n")
+            save_predictions(self.out_dir / "predictions.npz", self.source, result.test_scores)

@@ -64,10 +64,12 @@ def _config_error(fn):
         from maskstudy.datamodules.schema import DataValidationError
         from maskstudy.experiments.config import ConfigError
         from maskstudy.experiments.run import CheckpointError
+        from maskstudy.experiments.sweep import SweepError
 
         try:
             return fn(args)
-        except (CheckpointError, ConfigError, DataValidationError, FileNotFoundError) as e:
+        except (CheckpointError, ConfigError, DataValidationError, FileNotFoundError,
+                SweepError) as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
     return wrapped
@@ -78,12 +80,32 @@ def _fit(args: argparse.Namespace) -> int:
     from maskstudy.experiments.config import load_config
     from maskstudy.experiments.run import fit
 
-    cfg = load_config(args.config, args.overrides)
+    cfg = load_config(*recipe_and_overrides([args.config, *args.overrides]))
     result = fit(cfg)
     m = result.results.get("metrics", {})
     print(f"run {result.run_dir}: eval/avg_auc {m.get('eval/avg_auc', float('nan')):.4f}, "
           f"eval/avg_ks {m.get('eval/avg_ks', float('nan')):.4f}")
     return 0
+
+
+def recipe_and_overrides(items: list[str]) -> tuple[Path, list[str]]:
+    """``fit``'s arguments: a recipe file or ``recipe=NAME`` (as W&B sweep agents pass it),
+    then ``key=value`` overrides; ``--key=value`` (the ``${args}`` macro's form) works too."""
+    from maskstudy.experiments.config import EXPERIMENTS_DIR, ConfigError
+
+    items = [i[2:] if i.startswith("--") and "=" in i else i for i in items]
+    recipes = [i for i in items if "=" not in i]
+    named = [i.split("=", 1)[1] for i in items if i.startswith("recipe=")]
+    overrides = [i for i in items if "=" in i and not i.startswith("recipe=")]
+    if len(recipes) + len(named) != 1:
+        raise ConfigError(f"fit: expected one recipe (a file or recipe=NAME), got "
+                          f"{recipes + named or 'none'}")
+    if recipes:
+        return Path(recipes[0]), overrides
+    path = Path(named[0])
+    if path.suffix not in (".yaml", ".yml"):
+        path = EXPERIMENTS_DIR / f"{named[0]}.yaml"
+    return path, overrides
 
 
 @_config_error
@@ -130,6 +152,38 @@ def _study(args: argparse.Namespace) -> int:
     from maskstudy.experiments.study import run_study
 
     run_study(args.recipes, args.overrides, out_root=args.out)
+    return 0
+
+
+@_config_error
+def _sweep(args: argparse.Namespace) -> int:
+    from maskstudy.experiments.sweep import run_sweep
+
+    runs = run_sweep(args.file, args.out, workers=args.workers, dry_run=args.dry_run,
+                     count=args.count, overrides=args.overrides)
+    failed = [r for r in runs if r.status == "failed"]
+    if failed:
+        print(f"{len(failed)} point(s) failed; see their log.txt", file=sys.stderr)
+        return 1
+    return 0
+
+
+@_config_error
+def _report(args: argparse.Namespace) -> int:
+    from maskstudy.experiments.report import report
+
+    path = report(args.sweep_dir, args.out, rounds=args.rounds, wandb_table=args.wandb)
+    print(path.read_text())
+    print(f"written to {path.parent}")
+    return 0
+
+
+@_config_error
+def _dashboard(args: argparse.Namespace) -> int:
+    from maskstudy.experiments.dashboard import dashboard
+
+    print(dashboard(args.sweep_dir, entity=args.entity, project=args.project,
+                    dry_run=args.dry_run))
     return 0
 
 
@@ -194,7 +248,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train a recipe (experiments/*.yaml) and evaluate it with linear probes. "
                     "Overrides are OmegaConf dotlists, e.g. trainer.max_steps=50 "
                     "mask.name=hybrid. The run goes to <run_root>/<name>/<timestamp>/.")
-    fit.add_argument("config", help="a recipe file, e.g. experiments/hybrid.yaml")
+    fit.add_argument("config", metavar="RECIPE",
+                     help="a recipe file, e.g. experiments/hybrid.yaml, or recipe=NAME")
     fit.add_argument("overrides", nargs="*", help="key=value overrides")
     fit.set_defaults(func=_fit)
 
@@ -238,11 +293,54 @@ def build_parser() -> argparse.ArgumentParser:
                             "then overrides applied to every recipe")
     study.add_argument("--out", default="runs", help="where the study table goes (default runs)")
     study.set_defaults(func=_study)
+
+    sweep = commands.add_parser(
+        "sweep", help="run a W&B-format sweep file locally, resumably",
+        description="Expand a sweep file (experiments/sweeps/*.yaml, W&B format: method grid "
+                    "or random, parameters, command) and run each point as its own process, "
+                    "skipping points already finished, so an interrupted sweep resumes. The "
+                    "same file works with `wandb sweep` + `wandb agent`.")
+    sweep.add_argument("file", help="e.g. experiments/sweeps/table2.yaml")
+    sweep.add_argument("overrides", nargs="*", help="key=value added to every point")
+    sweep.add_argument("--out", help="sweep directory (default runs/sweeps/<file stem>)")
+    sweep.add_argument("--workers", type=int, default=1, help="points run at once (default 1)")
+    sweep.add_argument("--count", type=int, help="points of a random sweep (default run_cap)")
+    sweep.add_argument("--dry-run", action="store_true", help="list the points, run nothing")
+    sweep.set_defaults(func=_sweep)
+
+    rep = commands.add_parser(
+        "report", help="Table-2-style comparison of a sweep, with error bars and tests",
+        description="Read every finished run under SWEEP_DIR: per recipe the test AUC and KS "
+                    "per task and domain as mean +- std over seeds, paired comparisons with "
+                    "causal (seeds: t interval; test users: bootstrap interval and p), "
+                    "stability, figures. Writes report.md, report.csv, report.json, figures/.")
+    rep.add_argument("sweep_dir")
+    rep.add_argument("--out", help="report directory (default SWEEP_DIR/report)")
+    rep.add_argument("--rounds", type=int, default=2000, help="bootstrap resamples (default 2000)")
+    rep.add_argument("--wandb", action="store_true", help="also log the tables and figures to W&B")
+    rep.set_defaults(func=_report)
+
+    dash = commands.add_parser(
+        "dashboard", help="build the W&B workspace of a sweep",
+        description="Build a W&B workspace for a sweep (average AUC per recipe, per-task AUC, "
+                    "loss curves, mask alpha and future weight, heat maps), its runs grouped "
+                    "by recipe. Publishing needs W&B credentials; --dry-run prints the spec.")
+    dash.add_argument("sweep_dir")
+    dash.add_argument("--entity", default="maskstudy", help="W&B entity")
+    dash.add_argument("--project", default="maskstudy", help="W&B project (default maskstudy)")
+    dash.add_argument("--dry-run", action="store_true", help="print the workspace spec as JSON")
+    dash.set_defaults(func=_dashboard)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    # key=value overrides may follow options (``sweep FILE --out DIR a=1``)
+    if rest and hasattr(args, "overrides") and all("=" in r and not r.startswith("-") for r in rest):
+        args.overrides = [*args.overrides, *rest]
+    elif rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     if args.command == "study":
         from maskstudy.experiments.study import DEFAULT_RECIPES
 

@@ -197,11 +197,12 @@ def check(cfg: ExperimentConfig, where: str = "config") -> None:
                                 "data.anchor is false")
     if cfg.encoder.answer_mask not in ANSWER_MASKS:
         fail("encoder.answer_mask", f"expected one of {list(ANSWER_MASKS)}")
-    if cfg.trainer.max_steps <= 0:
-        fail("trainer.max_steps", "must be positive")
-    if cfg.optim.total_steps <= 0:
+    if cfg.trainer.max_steps < 0:
+        fail("trainer.max_steps", "expected >= 0 (0: evaluate the untrained model)")
+    trains = cfg.trainer.max_steps > 0
+    if trains and cfg.optim.total_steps <= 0:
         fail("optim.total_steps", "must be positive")
-    if cfg.optim.warmup_steps >= cfg.optim.total_steps:
+    if trains and cfg.optim.warmup_steps >= cfg.optim.total_steps:
         fail("optim.warmup_steps", f"{cfg.optim.warmup_steps} >= optim.total_steps "
                                    f"{cfg.optim.total_steps}: warmup must end before training")
     if cfg.optim.lr <= 0:

@@ -286,7 +286,7 @@ def fit(cfg: ExperimentConfig, *, resume: str | Path | None = None,
     probe_cb = LinearProbeEvaluation(
         source, every_n_steps=cfg.eval.every_n_steps, c=cfg.eval.c, out_dir=run_dir,
         extra_results={"name": cfg.name, "description": cfg.description, "mask": cfg.mask.name,
-                       "seed": cfg.seed, "references": refs})
+                       "seed": cfg.seed, "domains": source.domains, "references": refs})
     callbacks = [probe_cb, *schedule_callbacks(cfg, run_dir / "plots"), *(callbacks or [])]
     if cfg.mask.name not in FIXED_MASKS and cfg.logging.mask_heatmap_every > 0:
         callbacks.append(MaskHeatmap(run_dir / "plots", cfg.logging.mask_heatmap_every))
@@ -306,6 +306,8 @@ def fit(cfg: ExperimentConfig, *, resume: str | Path | None = None,
     start = time.perf_counter()
     trainer.fit(module, datamodule=train_dm, ckpt_path=resume)
     train_seconds = time.perf_counter() - start
+    if t.max_steps == 0:  # the untrained model: Lightning runs no training hooks at all
+        probe_cb.on_train_end(trainer, module)
     # last.ckpt is the final model even when max_steps is not a multiple of the interval.
     trainer.save_checkpoint(run_dir / "checkpoints" / "last.ckpt")
     for logger in trainer.loggers:

@@ -1,0 +1,435 @@
+"""``maskstudy report SWEEP_DIR``: the paper's Table 2 plus error bars and tests.
+
+Every finished run under the directory (any ``results.json``) is one (recipe, seed) cell. The
+report gives, per recipe, the test AUC and KS of every task (grouped by domain), the domain and
+overall averages, as mean +- standard deviation over seeds (best mean per column in bold), and
+for each recipe against ``causal`` two paired comparisons of the average AUC:
+
+    seeds         d_s = avgAUC(recipe, s) - avgAUC(causal, s) over the seeds both ran;
+                  mean d and a 95% t interval (needs 2 seeds)
+    test users    bootstrap: B resamples of each task's test users, the same resample for
+                  both recipes and every seed; per resample the mean over seeds of the
+                  difference of average AUCs; 95% percentile interval and the two-sided
+                  p = 2 min(P(d* <= 0), P(d* >= 0))
+
+A difference counts as larger than noise when the test-user interval excludes 0 and, with
+several seeds, the seed interval does too. Outputs: ``report.md``, ``report.csv`` (long form),
+``report.json``, figures in ``figures/`` (average AUC with error bars, training loss per
+recipe, mask evolution strips, stability), and optionally a W&B Table.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from scipy import stats
+
+# The paper's Table 2 order; other recipes follow alphabetically.
+ORDER = ("untrained", "causal", "hybrid", "hybrid_soft", "hybrid_mlp", "hybrid_gq",
+         "bidirectional", "scheduler", "scheduler_window", "ggsm", "ggsm_calibrated")
+BASELINE = "causal"
+
+
+@dataclass
+class Run:
+    name: str
+    seed: int
+    dir: Path
+    results: dict
+    predictions: dict | None = None  # tasks, labels, test, scores (predictions.npz)
+
+
+@dataclass
+class Recipe:
+    name: str
+    runs: dict[int, Run] = field(default_factory=dict)  # seed -> run
+
+
+def collect(sweep_dir: str | Path) -> dict[str, Recipe]:
+    """Finished runs under ``sweep_dir`` by recipe; the newest run wins a (recipe, seed) tie."""
+    sweep_dir = Path(sweep_dir)
+    if not sweep_dir.exists():
+        raise FileNotFoundError(f"sweep directory {sweep_dir}: no such directory")
+    recipes: dict[str, Recipe] = {}
+    for path in sorted(sweep_dir.rglob("results.json")):
+        try:
+            res = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: not valid JSON ({e})") from e
+        if "metrics" not in res or "tasks" not in res:
+            continue
+        for key in ("name", "seed"):
+            if key not in res:
+                raise ValueError(f"{path}: key '{key}' missing: not a maskstudy results file")
+        pred = None
+        if (path.parent / "predictions.npz").exists():
+            with np.load(path.parent / "predictions.npz") as z:
+                pred = {k: z[k] for k in z.files}
+        run = Run(res["name"], int(res["seed"]), path.parent, res, pred)
+        recipes.setdefault(run.name, Recipe(run.name)).runs[run.seed] = run
+    if not recipes:
+        raise FileNotFoundError(f"{sweep_dir}: no finished run (results.json) below it")
+    return dict(sorted(recipes.items(), key=lambda kv: _rank(kv[0])))
+
+
+REFERENCE_NAMES = {"untrained": "untrained backbone (reference)",
+                   "bag_of_events": "bag-of-events LR (reference)"}
+
+
+def references(recipes: dict[str, Recipe]) -> dict[str, Recipe]:
+    """The reference rows every run carries (``results.json`` ``references``), over the seeds
+    they were computed for; the untrained row only when no ``untrained`` recipe ran."""
+    out: dict[str, Recipe] = {}
+    for rec in recipes.values():
+        for seed, run in rec.runs.items():
+            for kind, ref in (run.results.get("references") or {}).items():
+                if kind not in REFERENCE_NAMES or (kind == "untrained" and "untrained" in recipes):
+                    continue
+                name = REFERENCE_NAMES[kind]
+                out.setdefault(name, Recipe(name)).runs.setdefault(
+                    seed, Run(name, seed, run.dir, {"tasks": ref["tasks"],
+                                                   "metrics": ref["metrics"]}))
+    return out
+
+
+def _rank(name: str) -> tuple[int, str]:
+    return (ORDER.index(name), "") if name in ORDER else (len(ORDER), name)
+
+
+def columns(recipes: dict[str, Recipe]) -> tuple[list[str], dict[str, str]]:
+    """Tasks in domain order, and each task's domain."""
+    first = next(iter(next(iter(recipes.values())).runs.values())).results
+    domains = first.get("domains") or {t: "tasks" for t in first["tasks"]}
+    tasks = sorted(first["tasks"], key=lambda t: (list(dict.fromkeys(domains.values()))
+                                                  .index(domains.get(t, "tasks")), 0))
+    return tasks, domains
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    v = np.asarray([x for x in values if not math.isnan(x)], dtype=float)
+    if v.size == 0:
+        return float("nan"), float("nan")
+    return float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else 0.0
+
+
+def summary(recipes: dict[str, Recipe], tasks: list[str], domains: dict[str, str]) -> dict:
+    """{recipe: {column: (mean, std)}} with columns ``<task>/auc``, ``<task>/ks``,
+    ``<domain>/avg_auc``, ``avg_auc``, ``avg_ks``."""
+    out = {}
+    for name, rec in recipes.items():
+        cols: dict[str, list[float]] = {}
+        for run in rec.runs.values():
+            m = run.results["metrics"]
+            for t in tasks:
+                cols.setdefault(f"{t}/auc", []).append(run.results["tasks"][t]["auc"])
+                cols.setdefault(f"{t}/ks", []).append(run.results["tasks"][t]["ks"])
+            for d in dict.fromkeys(domains[t] for t in tasks):
+                cols.setdefault(f"{d}/avg_auc", []).append(
+                    m.get(f"eval/{d}/avg_auc", float(np.nanmean(
+                        [run.results["tasks"][t]["auc"] for t in tasks if domains[t] == d]))))
+            cols.setdefault("avg_auc", []).append(m["eval/avg_auc"])
+            cols.setdefault("avg_ks", []).append(m["eval/avg_ks"])
+        out[name] = {k: mean_std(v) for k, v in cols.items()}
+    return out
+
+
+# --- significance -------------------------------------------------------------------------
+
+
+def seed_interval(diffs: list[float], level: float = 0.95) -> tuple[float, float, float]:
+    """(mean, low, high) of paired seed differences; a t interval (NaN with one seed)."""
+    d = np.asarray(diffs, dtype=float)
+    if d.size < 2:
+        return float(d.mean()) if d.size else float("nan"), float("nan"), float("nan")
+    half = stats.t.ppf(0.5 + level / 2, d.size - 1) * d.std(ddof=1) / math.sqrt(d.size)
+    return float(d.mean()), float(d.mean() - half), float(d.mean() + half)
+
+
+def resampled_auc(y: np.ndarray, score: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """AUC of each resample (rows of ``idx``) by the rank-sum formula, ties averaged:
+    AUC = (sum of positive ranks - P(P+1)/2) / (P N)."""
+    yb, sb = y[idx], score[idx]
+    ranks = stats.rankdata(sb, axis=1)
+    pos = yb.sum(1)
+    neg = yb.shape[1] - pos
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return ((ranks * yb).sum(1) - pos * (pos + 1) / 2) / (pos * neg)
+
+
+def bootstrap_difference(a: Recipe, b: Recipe, rounds: int = 2000,
+                         seed: int = 0) -> np.ndarray | None:
+    """Bootstrap distribution of mean_s [avgAUC(a, s) - avgAUC(b, s)] over test users, paired
+    (one resample per round, shared by both recipes and every seed). ``None`` without
+    predictions for the common seeds."""
+    seeds = sorted(set(a.runs) & set(b.runs))
+    if not seeds or any(r.runs[s].predictions is None for r in (a, b) for s in seeds):
+        return None
+    ref = a.runs[seeds[0]].predictions
+    rng = np.random.default_rng(seed)
+    diff = np.zeros(rounds)
+    n_tasks = 0
+    for k in range(len(ref["tasks"])):
+        users = np.flatnonzero(ref["test"][:, k])
+        y = ref["labels"][:, k].astype(float)
+        if users.size == 0 or len(np.unique(y[users])) < 2:
+            continue
+        idx = users[rng.integers(0, users.size, (rounds, users.size))]
+        per_seed = []
+        for s in seeds:
+            auc_a = resampled_auc(y, a.runs[s].predictions["scores"][:, k].astype(float), idx)
+            auc_b = resampled_auc(y, b.runs[s].predictions["scores"][:, k].astype(float), idx)
+            per_seed.append(auc_a - auc_b)
+        diff += np.nan_to_num(np.mean(per_seed, axis=0))
+        n_tasks += 1
+    return diff / max(n_tasks, 1)
+
+
+def compare(recipes: dict[str, Recipe], rounds: int = 2000) -> list[dict]:
+    """Each recipe against causal (see the module docstring)."""
+    if BASELINE not in recipes:
+        return []
+    base = recipes[BASELINE]
+    rows = []
+    for name, rec in recipes.items():
+        if name == BASELINE:
+            continue
+        seeds = sorted(set(rec.runs) & set(base.runs))
+        diffs = [rec.runs[s].results["metrics"]["eval/avg_auc"]
+                 - base.runs[s].results["metrics"]["eval/avg_auc"] for s in seeds]
+        mean, lo, hi = seed_interval(diffs)
+        row = {"recipe": name, "seeds": len(seeds), "diff": mean, "seed_low": lo,
+               "seed_high": hi, "boot_low": float("nan"), "boot_high": float("nan"),
+               "p": float("nan")}
+        boot = bootstrap_difference(rec, base, rounds)
+        if boot is not None:
+            row["boot_low"], row["boot_high"] = (float(np.percentile(boot, 2.5)),
+                                                 float(np.percentile(boot, 97.5)))
+            row["p"] = float(min(1.0, 2 * min((boot <= 0).mean(), (boot >= 0).mean())))
+        row["verdict"] = verdict(row)
+        rows.append(row)
+    return rows
+
+
+def verdict(row: dict) -> str:
+    def excludes_zero(lo, hi):
+        return not math.isnan(lo) and (lo > 0 or hi < 0)
+
+    boot = excludes_zero(row["boot_low"], row["boot_high"])
+    seeds = excludes_zero(row["seed_low"], row["seed_high"])
+    direction = "better" if row["diff"] > 0 else "worse"
+    if boot and (row["seeds"] < 2 or seeds):
+        return f"{direction} than causal beyond noise"
+    if boot or seeds:
+        return "mixed: one interval excludes 0"
+    return "within noise"
+
+
+# --- stability ------------------------------------------------------------------------------
+
+
+def training_series(run_dir: Path, key: str) -> dict[int, float]:
+    path = run_dir / "metrics.csv"
+    if not path.exists():
+        return {}
+    with open(path) as f:
+        return {int(r["step"]): float(r[key]) for r in csv.DictReader(f) if r.get(key)}
+
+
+def loss_spikes(losses: list[float], window: int = 20, z: float = 5.0) -> int:
+    """Steps whose loss exceeds the median of the previous ``window`` steps by more than
+    ``z`` robust standard deviations (1.4826 MAD)."""
+    count = 0
+    for i in range(window, len(losses)):
+        past = np.asarray(losses[i - window:i])
+        med = np.median(past)
+        mad = 1.4826 * np.median(np.abs(past - med)) + 1e-8
+        count += losses[i] > med + z * mad
+    return int(count)
+
+
+def stability(recipes: dict[str, Recipe]) -> dict[str, dict]:
+    """Per recipe, over its seeds: loss spikes (total), gradient-norm max and median."""
+    out = {}
+    for name, rec in recipes.items():
+        spikes, norms = 0, []
+        for run in rec.runs.values():
+            loss = training_series(run.dir, "train/loss")
+            spikes += loss_spikes([loss[k] for k in sorted(loss)])
+            norms += list(training_series(run.dir, "train/grad_norm").values())
+        out[name] = {"loss_spikes": spikes,
+                     "grad_norm_max": float(np.max(norms)) if norms else float("nan"),
+                     "grad_norm_median": float(np.median(norms)) if norms else float("nan")}
+    return out
+
+
+# --- output -----------------------------------------------------------------------------------
+
+
+def _cell(ms: tuple[float, float], best: bool) -> str:
+    mean, std = ms
+    text = "-" if math.isnan(mean) else f"{mean:.4f} ± {std:.4f}"
+    return f"**{text}**" if best else text
+
+
+def markdown(recipes, tasks, domains, table, comparisons, stab, sweep_dir) -> str:
+    doms = list(dict.fromkeys(domains[t] for t in tasks))
+    seeds = sorted({s for r in recipes.values() for s in r.runs})
+    trained = {n: r for n, r in recipes.items() if n not in REFERENCE_NAMES.values()}
+    lines = [f"# Report: {Path(sweep_dir).name}", "",
+             f"{sum(len(r.runs) for r in trained.values())} runs, {len(trained)} recipes, seeds "
+             f"{seeds}. Cells: mean ± std over seeds; best mean per column in bold. Reference "
+             f"rows come with every run (bag-of-events: the same value for every seed).", ""]
+    for metric in ("auc", "ks"):
+        cols = [f"{t}/{metric}" for t in tasks]
+        extra = ([f"{d}/avg_auc" for d in doms] + ["avg_auc", "avg_ks"]) if metric == "auc" else ["avg_ks"]
+        head = ["recipe", "seeds", *[f"{t} ({domains[t]})" for t in tasks],
+                *[c.replace("/avg_auc", " avg") for c in extra]]
+        lines += [f"## Test {metric.upper()} per task", "",
+                  "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        best = {c: np.nanmax([table[n][c][0] for n in table]) for c in cols + extra}
+        for name in table:
+            cells = [name, str(len(recipes[name].runs))]
+            cells += [_cell(table[name][c], table[name][c][0] == best[c]) for c in cols + extra]
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+    if comparisons:
+        lines += ["## Against causal (average AUC)", "",
+                  "| recipe | paired seeds | Δ avg AUC | seeds: 95% t interval | test users: "
+                  "95% bootstrap interval | p | verdict |", "|---|---|---|---|---|---|---|"]
+        for c in comparisons:
+            def iv(lo, hi):
+                return "-" if math.isnan(lo) else f"[{lo:+.4f}, {hi:+.4f}]"
+            p = "-" if math.isnan(c["p"]) else f"{c['p']:.3f}"
+            lines.append(f"| {c['recipe']} | {c['seeds']} | {c['diff']:+.4f} | "
+                         f"{iv(c['seed_low'], c['seed_high'])} | "
+                         f"{iv(c['boot_low'], c['boot_high'])} | {p} | {c['verdict']} |")
+        lines.append("")
+    lines += ["## Training stability", "", "| recipe | loss spikes | grad-norm max | "
+              "grad-norm median |", "|---|---|---|---|"]
+    for name, s in stab.items():
+        lines.append(f"| {name} | {s['loss_spikes']} | {s['grad_norm_max']:.3f} | "
+                     f"{s['grad_norm_median']:.3f} |")
+    lines += ["", "Loss spikes: steps whose loss exceeds the median of the previous 20 steps by "
+              "more than 5 robust standard deviations, summed over seeds.", "",
+              "Figures: `figures/avg_auc.png`, `figures/loss.png`, `figures/mask_strips.png`."]
+    return "\n".join(lines) + "\n"
+
+
+def write_csv(path: Path, recipes, table) -> None:
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["recipe", "seeds", "column", "mean", "std"])
+        for name, cols in table.items():
+            for col, (mean, std) in cols.items():
+                w.writerow([name, len(recipes[name].runs), col, mean, std])
+
+
+def figures(out: Path, recipes, table) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    names = list(table)
+    fig, ax = plt.subplots(figsize=(1.1 * len(names) + 2, 3.6))
+    means = [table[n]["avg_auc"][0] for n in names]
+    stds = [table[n]["avg_auc"][1] for n in names]
+    ax.bar(names, means, yerr=stds, capsize=4, color="C0")
+    lo = min(m - s for m, s in zip(means, stds) if not math.isnan(m))
+    ax.set(ylabel="average test AUC", ylim=(max(0.0, lo - 0.02), None),
+           title="average AUC per recipe (mean ± std over seeds)")
+    ax.tick_params(axis="x", rotation=30)
+    fig.tight_layout()
+    paths.append(out / "avg_auc.png")
+    fig.savefig(paths[-1], dpi=100)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, rec in recipes.items():
+        curves = [training_series(r.dir, "train/loss") for r in rec.runs.values()]
+        steps = sorted(set.intersection(*(set(c) for c in curves))) if curves and all(curves) else []
+        if steps:
+            ax.plot(steps, [np.mean([c[s] for c in curves]) for s in steps], label=name, lw=1)
+    ax.set(xlabel="optimiser step", ylabel="train/loss (mean over seeds)", title="training loss")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    paths.append(out / "loss.png")
+    fig.savefig(paths[-1], dpi=100)
+    plt.close(fig)
+
+    strips = []
+    for name, rec in recipes.items():
+        run = rec.runs[min(rec.runs)]
+        frames = sorted(run.dir.glob("plots/mask_step*.npy"),
+                        key=lambda p: int(p.stem.removeprefix("mask_step")))
+        if frames:
+            strips.append((name, frames))
+    if strips:
+        fig, axes = plt.subplots(len(strips), 1, figsize=(7, 1.6 * len(strips) + 0.6),
+                                 squeeze=False)
+        for ax, (name, frames) in zip(axes[:, 0], strips):
+            rows = []
+            for frame in frames:
+                w = np.load(frame)
+                # the mean weight key j receives from the queries before it (j >= 1)
+                rows.append(np.triu(w, 1).sum(0)[1:] / np.arange(1, len(w)))
+            width = min(len(r) for r in rows)
+            strip = np.stack([r[:width] for r in rows])
+            image = ax.imshow(strip, aspect="auto", vmin=0, vmax=1, cmap="viridis",
+                              interpolation="nearest")
+            ax.set(ylabel="step", title=f"{name}: future-key weight by key position",
+                   yticks=range(len(frames)),
+                   yticklabels=[f.stem.removeprefix("mask_step") for f in frames])
+        axes[-1, 0].set_xlabel("key position j")
+        fig.colorbar(image, ax=axes[:, 0].tolist(), fraction=0.03)
+        paths.append(out / "mask_strips.png")
+        fig.savefig(paths[-1], dpi=100)
+        plt.close(fig)
+    return paths
+
+
+def report(sweep_dir: str | Path, out: str | Path | None = None, *, rounds: int = 2000,
+           wandb_table: bool = False) -> Path:
+    """Writes the report of a sweep directory and returns the report.md path."""
+    recipes = collect(sweep_dir)
+    tasks, domains = columns(recipes)
+    refs = references(recipes)
+    table = summary({**refs, **recipes}, tasks, domains)
+    comparisons = compare(recipes, rounds)
+    stab = stability(recipes)
+    out = Path(out) if out else Path(sweep_dir) / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    text = markdown({**refs, **recipes}, tasks, domains, table, comparisons, stab, sweep_dir)
+    (out / "report.md").write_text(text)
+    write_csv(out / "report.csv", {**refs, **recipes}, table)
+    (out / "report.json").write_text(json.dumps(
+        {"table": {n: {c: list(v) for c, v in cols.items()} for n, cols in table.items()},
+         "comparisons": comparisons, "stability": stab}, indent=2) + "\n")
+    paths = figures(out / "figures", recipes, table)
+    if wandb_table:
+        _log_wandb(sweep_dir, table, comparisons, paths)
+    return out / "report.md"
+
+
+def _log_wandb(sweep_dir, table, comparisons, paths) -> None:
+    import wandb
+
+    run = wandb.init(project="maskstudy", job_type="report", name=f"report-{Path(sweep_dir).name}",
+                     group=Path(sweep_dir).name, dir=str(sweep_dir))
+    cols = sorted({c for t in table.values() for c in t})
+    rows = [[n, *[table[n].get(c, (float("nan"), 0))[0] for c in cols],
+             *[table[n].get(c, (0, float("nan")))[1] for c in cols]] for n in table]
+    run.log({"report/table": wandb.Table(columns=["recipe", *cols, *[f"{c} std" for c in cols]],
+                                         data=rows),
+             "report/vs_causal": wandb.Table(
+                 columns=list(comparisons[0]) if comparisons else ["recipe"],
+                 data=[list(c.values()) for c in comparisons]),
+             **{f"report/{p.stem}": wandb.Image(str(p)) for p in paths}})
+    run.finish()
