@@ -6,8 +6,8 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 WORLD := data/world
 WORLD_USERS ?= 6000
-# 5 recipes x 200 steps keep `make study` within 10 minutes on 2 CPU cores.
-STUDY_STEPS ?= 200
+# 5 recipes x 160 steps (one process each) keep `make study` within 10 minutes on 2 CPU cores.
+STUDY_STEPS ?= 160
 # Finished points are kept: a second `make study` only prints the report (delete the
 # directory to start over).
 STUDY_DIR ?= runs/sweeps/default
