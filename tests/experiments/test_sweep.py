@@ -280,3 +280,18 @@ def test_help(command, capsys):
         main([command, "--help"])
     out = capsys.readouterr().out
     assert f"usage: maskstudy {command}" in out
+
+
+def test_report_tables_reach_offline_wandb(tmp_path, monkeypatch):
+    from tests.wandb_records import history, wait_until_closed
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    for seed in (0, 1):
+        fabricate(tmp_path, "causal", seed, [0.6, 0.7, 0.8])
+        fabricate(tmp_path, "ggsm", seed, [0.7, 0.7, 0.8 + seed / 100])
+    report(tmp_path, rounds=50, wandb_table=True)
+    (wandb_file,) = tmp_path.glob("wandb/offline-run-*/run-*.wandb")
+    wait_until_closed(wandb_file)
+    keys = {k for row in history(wandb_file) for k in row}
+    assert "report/table/_type" in keys and "report/vs_causal/_type" in keys
+    assert "report/avg_auc/_type" in keys  # the figure as an image
