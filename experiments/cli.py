@@ -63,13 +63,14 @@ def _config_error(fn):
     def wrapped(args: argparse.Namespace) -> int:
         from maskstudy.datamodules.schema import DataValidationError
         from maskstudy.experiments.config import ConfigError
-        from maskstudy.experiments.run import CheckpointError
+        from maskstudy.experiments.run import CheckpointError, OutOfMemory
         from maskstudy.experiments.sweep import SweepError
+        from maskstudy.lightning_modules.module import NonFiniteError
 
         try:
             return fn(args)
         except (CheckpointError, ConfigError, DataValidationError, FileNotFoundError,
-                SweepError) as e:
+                NonFiniteError, OutOfMemory, SweepError) as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
     return wrapped

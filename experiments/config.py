@@ -207,6 +207,8 @@ def check(cfg: ExperimentConfig, where: str = "config") -> None:
                                    f"{cfg.optim.total_steps}: warmup must end before training")
     if cfg.optim.lr <= 0:
         fail("optim.lr", "must be positive")
+    if cfg.optim.nonfinite not in ("stop", "skip"):
+        fail("optim.nonfinite", "expected stop or skip")
     if cfg.loss.temperature <= 0:
         fail("loss.temperature", "must be positive")
     if cfg.data.batch_size < 2:

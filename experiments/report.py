@@ -12,8 +12,9 @@ for each recipe against ``causal`` two paired comparisons of the average AUC:
                   difference of average AUCs; 95% percentile interval and the two-sided
                   p = 2 min(P(d* <= 0), P(d* >= 0))
 
-A difference counts as larger than noise when the test-user interval excludes 0 and, with
-several seeds, the seed interval does too. Outputs: ``report.md``, ``report.csv`` (long form),
+A difference counts as larger than noise when both intervals exclude 0. With one seed only the
+test-user interval exists, and the verdict says that training noise (another seed can reorder
+recipes) was not measured. Outputs: ``report.md``, ``report.csv`` (long form),
 ``report.json``, figures in ``figures/`` (average AUC with error bars, training loss per
 recipe, mask evolution strips, stability), and optionally a W&B Table.
 """
@@ -222,7 +223,9 @@ def verdict(row: dict) -> str:
     boot = excludes_zero(row["boot_low"], row["boot_high"])
     seeds = excludes_zero(row["seed_low"], row["seed_high"])
     direction = "better" if row["diff"] > 0 else "worse"
-    if boot and (row["seeds"] < 2 or seeds):
+    if boot and row["seeds"] < 2:
+        return f"{direction} beyond test-user noise; one seed: training noise not measured"
+    if boot and seeds:
         return f"{direction} than causal beyond noise"
     if boot or seeds:
         return "mixed: one interval excludes 0"

@@ -64,6 +64,30 @@ def suite_of(tasks: list[str]) -> str:
     return "qanchor" if tasks == ["qanchor"] else "ggsm"
 
 
+def launched_world_size() -> int:
+    """Processes started by a launcher (torchrun, SLURM via Lightning's environment)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def _barrier() -> None:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+
+
+def shared_run_dir(cfg: ExperimentConfig) -> Path:
+    """The run directory, created once: with several launched processes, rank 0 creates it and
+    broadcasts its path (the process group is opened here, Lightning reuses it)."""
+    if launched_world_size() <= 1:
+        return make_run_dir(cfg)
+    dist = torch.distributed
+    if not dist.is_initialized():
+        backend = "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend)  # env:// from the launcher
+    path = [str(make_run_dir(cfg)) if dist.get_rank() == 0 else None]
+    dist.broadcast_object_list(path, src=0)
+    return Path(path[0])
+
+
 def make_run_dir(cfg: ExperimentConfig) -> Path:
     root = Path(cfg.run_root) / cfg.name
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -179,6 +203,29 @@ def reference_rows(cfg: ExperimentConfig, probe_dm: ProbeDataModule,
     return rows
 
 
+class SampleTable(L.Callback):
+    """``logging.sample_tables: true`` only: at the first step, a W&B Table ``data/samples`` of
+    the batch's first ``rows`` pairs as text (user sequence, answer). Off by default, because it
+    sends user behaviour to W&B."""
+
+    def __init__(self, tokenizer, rows: int = 8):
+        self.tokenizer, self.rows = tokenizer, rows
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step != 0 or trainer.global_rank != 0:
+            return
+
+        def text(ids, mask):
+            return self.tokenizer.decode(ids[mask.bool()].tolist(), skip_special_tokens=False)
+
+        data = [[text(batch["user_input_ids"][i], batch["user_attention_mask"][i]),
+                 text(batch["answer_input_ids"][i], batch["answer_attention_mask"][i])]
+                for i in range(min(self.rows, batch["user_input_ids"].shape[0]))]
+        for logger in trainer.loggers:
+            if hasattr(logger, "log_table"):
+                logger.log_table("data/samples", columns=["user", "answer"], data=data, step=0)
+
+
 def schedule_callbacks(cfg: ExperimentConfig, plots: Path | None = None) -> list:
     """The recipe's mask schedule and mask monitors."""
     s = cfg.schedule
@@ -215,6 +262,28 @@ def build_datamodules(cfg: ExperimentConfig) -> tuple[ContrastiveDataModule, Pro
     return train_dm, probe_dm
 
 
+class OutOfMemory(RuntimeError):
+    """Training ran out of (GPU or host) memory; the message lists what to change."""
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    text = str(error).lower()
+    return isinstance(error, torch.OutOfMemoryError) or "out of memory" in text or \
+        "can't allocate memory" in text
+
+
+def out_of_memory_message(cfg: ExperimentConfig, step: int, error: BaseException) -> str:
+    d, b = cfg.data, cfg.backbone
+    return (f"out of memory at optimiser step {step} (data.batch_size={d.batch_size}, "
+            f"data.max_tokens={d.max_tokens}, trainer.precision={cfg.trainer.precision}, "
+            f"backbone.gradient_checkpointing={b.gradient_checkpointing}, "
+            f"backbone.lora.enabled={b.lora.enabled}). Lower data.batch_size (with "
+            f"trainer.accumulate_grad_batches to keep the effective batch) or data.max_tokens, "
+            f"set backbone.gradient_checkpointing=true, trainer.precision=bf16-mixed on GPUs, "
+            f"or backbone.lora.enabled=true. ({type(error).__name__}: "
+            f"{str(error).splitlines()[0][:200]})")
+
+
 class CheckpointError(ValueError):
     """A checkpoint that cannot serve the request (unreadable, or from another model)."""
 
@@ -229,8 +298,8 @@ def checkpoint_state(checkpoint: Path) -> dict:
                          f"({type(e).__name__}: {e})") from e
 
 
-def check_resumable(cfg: ExperimentConfig, checkpoint: Path, state: dict) -> None:
-    """The checkpoint must come from the same model: backbone, mask and encoder."""
+def check_same_model(cfg: ExperimentConfig, checkpoint: Path, state: dict) -> None:
+    """The checkpoint must hold the model the config describes: backbone, mask, encoder."""
     saved = state.get("hyper_parameters", {}).get("config")
     if saved is None:
         raise CheckpointError(f"checkpoint {checkpoint}: no maskstudy module config inside")
@@ -241,7 +310,8 @@ def check_resumable(cfg: ExperimentConfig, checkpoint: Path, state: dict) -> Non
                 raise CheckpointError(
                     f"checkpoint {checkpoint}: key '{section}.{key}' is "
                     f"{saved.get(section, {}).get(key)!r} in the checkpoint but {value!r} in "
-                    f"the config: resume with the run's own config.yaml")
+                    f"the config: a checkpoint of another recipe or backbone (resume and "
+                    f"evaluate with the run's own config.yaml)")
 
 
 def _metrics_before(path: Path, step: int) -> tuple[list[str], list[dict]]:
@@ -268,19 +338,27 @@ def fit(cfg: ExperimentConfig, *, resume: str | Path | None = None,
         if not resume.exists():
             raise FileNotFoundError(f"checkpoint {resume}: no such file")
         state = checkpoint_state(resume)
-        check_resumable(cfg, resume, state)
+        check_same_model(cfg, resume, state)
         ckpt_step = int(state.get("global_step", 0))
         run_dir = resume.resolve().parent.parent
     else:
-        run_dir = make_run_dir(cfg)
-    # The saved config is fully resolved: it extends nothing.
-    (run_dir / "config.yaml").write_text(to_yaml(dataclasses.replace(cfg, extends=None)))
+        run_dir = shared_run_dir(cfg)
+    rank_zero = rank_zero_only.rank == 0
+    if rank_zero:  # the saved config is fully resolved: it extends nothing
+        (run_dir / "config.yaml").write_text(to_yaml(dataclasses.replace(cfg, extends=None)))
     L.seed_everything(cfg.seed, verbose=False)
     train_dm, probe_dm = build_datamodules(cfg)
-    shutil.copy(train_dm.tokenizer_path, run_dir / "tokenizer.json")
+    if rank_zero:
+        shutil.copy(train_dm.tokenizer_path, run_dir / "tokenizer.json")
     source = ProbeSourceAdapter(probe_dm, suite_of(list(cfg.eval.tasks)))
-    refs = (reference_rows(cfg, probe_dm, source, train_dm.vocab_size)
-            if cfg.eval.references else {})
+    refs = {}
+    if cfg.eval.references:
+        # rank 0 computes and caches them; the other ranks then read the cache
+        if rank_zero:
+            refs = reference_rows(cfg, probe_dm, source, train_dm.vocab_size)
+        _barrier()
+        if not rank_zero:
+            refs = reference_rows(cfg, probe_dm, source, train_dm.vocab_size)
     L.seed_everything(cfg.seed, verbose=False)
     module = ContrastiveMaskingModule(cfg.module_config(), vocab_size=train_dm.vocab_size)
     probe_cb = LinearProbeEvaluation(
@@ -288,6 +366,8 @@ def fit(cfg: ExperimentConfig, *, resume: str | Path | None = None,
         extra_results={"name": cfg.name, "description": cfg.description, "mask": cfg.mask.name,
                        "seed": cfg.seed, "domains": source.domains, "references": refs})
     callbacks = [probe_cb, *schedule_callbacks(cfg, run_dir / "plots"), *(callbacks or [])]
+    if cfg.logging.sample_tables:
+        callbacks.append(SampleTable(train_dm.template.tok))
     if cfg.mask.name not in FIXED_MASKS and cfg.logging.mask_heatmap_every > 0:
         callbacks.append(MaskHeatmap(run_dir / "plots", cfg.logging.mask_heatmap_every))
     checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0,
@@ -304,7 +384,12 @@ def fit(cfg: ExperimentConfig, *, resume: str | Path | None = None,
         callbacks=[*callbacks, checkpoint], default_root_dir=str(run_dir),
         enable_model_summary=False)
     start = time.perf_counter()
-    trainer.fit(module, datamodule=train_dm, ckpt_path=resume)
+    try:
+        trainer.fit(module, datamodule=train_dm, ckpt_path=resume)
+    except (torch.OutOfMemoryError, RuntimeError) as e:
+        if not is_out_of_memory(e):
+            raise
+        raise OutOfMemory(out_of_memory_message(cfg, trainer.global_step, e)) from e
     train_seconds = time.perf_counter() - start
     if t.max_steps == 0:  # the untrained model: Lightning runs no training hooks at all
         probe_cb.on_train_end(trainer, module)
@@ -378,8 +463,11 @@ def load_run(checkpoint: str | Path) -> tuple[ExperimentConfig, ContrastiveMaski
     if not config_path.exists():
         raise FileNotFoundError(f"{config_path}: the checkpoint's run has no config.yaml")
     cfg = load_config(config_path)
-    module = ContrastiveMaskingModule.load_from_checkpoint(checkpoint, map_location="cpu",
-                                                           weights_only=False)
+    state = checkpoint_state(checkpoint)  # weights_only=True
+    check_same_model(cfg, checkpoint, state)
+    hp = state["hyper_parameters"]
+    module = ContrastiveMaskingModule(hp["config"], vocab_size=hp["vocab_size"])
+    module.load_state_dict(state["state_dict"])
     if (run_dir / "tokenizer.json").exists():
         cfg.data.tokenizer = str(run_dir / "tokenizer.json")
     return cfg, module.eval(), run_dir

@@ -213,7 +213,7 @@ def plan(sweep: Sweep, out: Path) -> list[PointRun]:
     return runs
 
 
-def _execute(run: PointRun) -> PointRun:
+def _execute(run: PointRun, workers: int = 1) -> PointRun:
     run.dir.mkdir(parents=True, exist_ok=True)
     (run.dir / "point.json").write_text(json.dumps(
         {"id": run.id, "parameters": run.point, "command": run.command}, indent=2) + "\n")
@@ -221,19 +221,24 @@ def _execute(run: PointRun) -> PointRun:
     with open(run.dir / "log.txt", "a") as log:
         log.write(f"$ {shlex.join(run.command)}\n")
         log.flush()
-        code = subprocess.call(run.command, stdout=log, stderr=subprocess.STDOUT, env=_env())
+        code = subprocess.call(run.command, stdout=log, stderr=subprocess.STDOUT,
+                               env=_env(workers))
     run.seconds = time.perf_counter() - start
     run.status = "done" if code == 0 and finished_run(run.dir) else "failed"
     return run
 
 
-def _env() -> dict:
+def _env(workers: int = 1) -> dict:
     """The environment of a point: this interpreter's bin directory first on PATH, so the
-    ``maskstudy`` of the running installation is the one ``${program}`` finds."""
+    ``maskstudy`` of the running installation is the one ``${program}`` finds; with several
+    workers the CPU threads are shared out (unless OMP_NUM_THREADS is set), so parallel points
+    do not oversubscribe the cores."""
     import os
 
     env = dict(os.environ)
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    if workers > 1 and "OMP_NUM_THREADS" not in env:
+        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // workers))
     return env
 
 
@@ -272,7 +277,7 @@ def run_sweep(path: str | Path, out: str | Path | None = None, *, workers: int =
     out.mkdir(parents=True, exist_ok=True)
     _write_state(sweep, out, runs)
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        for r in pool.map(_execute, todo):
+        for r in pool.map(lambda r: _execute(r, workers), todo):
             echo(f"  {r.id}  {r.status} in {r.seconds:.0f}s ({r.dir / 'log.txt'})")
             _write_state(sweep, out, runs)
     return runs

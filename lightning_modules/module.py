@@ -7,8 +7,15 @@ options); callbacks may update a mask's state, which lives in module buffers and
 checkpoints.
 
 Logged every optimiser step: ``train/loss``, ``train/lr``, ``train/pos_sim``,
-``train/neg_sim``, ``train/fn_masked_frac``, ``train/grad_norm``; at validation ``val/loss``,
-``val/pos_sim``, ``val/neg_sim``, ``val/fn_masked_frac``.
+``train/neg_sim``, ``train/fn_masked_frac``, ``train/grad_norm``, ``train/skipped_steps``
+(cumulative); at
+validation ``val/loss``, ``val/pos_sim``, ``val/neg_sim``, ``val/fn_masked_frac``.
+
+A NaN or inf loss or gradient never reaches the weights (``optim.nonfinite``): ``stop`` raises
+:class:`NonFiniteError` naming the step and the tensor (the run ends, its last checkpoint is
+the last good one); ``skip`` drops the update (every DDP rank agrees) and counts it in
+``train/skipped_steps``: a non-finite loss drops its batch (the optimiser step is taken with
+the next batch), a non-finite gradient drops that optimiser step's update.
 """
 
 from __future__ import annotations
@@ -57,6 +64,7 @@ class OptimConfig:
     total_steps: int = 2000
     min_lr_ratio: float = 0.0
     grad_clip: float | None = 1.0
+    nonfinite: str = "stop"  # a NaN/inf loss or gradient: stop (raise) or skip the step
 
 
 @dataclass
@@ -66,6 +74,18 @@ class ModuleConfig:
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+
+
+class NonFiniteError(FloatingPointError):
+    """A NaN or inf loss or gradient with ``optim.nonfinite: stop``."""
+
+
+def all_ranks_finite(value: torch.Tensor) -> bool:
+    """Whether ``value`` is finite on every DDP rank (one host sync, one all-reduce)."""
+    ok = torch.isfinite(value).all().to(torch.int32)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.all_reduce(ok, op=torch.distributed.ReduceOp.MIN)
+    return bool(ok)
 
 
 def warmup_cosine(step: int, warmup: int, total: int, min_ratio: float) -> float:
@@ -145,8 +165,11 @@ class ContrastiveMaskingModule(L.LightningModule):
                       on_step=on_step, on_epoch=not on_step, batch_size=batch_size,
                       prog_bar=False, sync_dist=not on_step)
 
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor | None:
         out = self._loss(batch)
+        if not all_ranks_finite(out.loss.detach()):
+            self._nonfinite(f"train/loss is {out.loss.item()}")
+            return None  # Lightning skips backward and the optimiser step
         self._log("train", out, batch["user_input_ids"].shape[0])
         self.log("train/lr", self.optimizers().param_groups[0]["lr"], on_step=True,
                  batch_size=1)
@@ -156,12 +179,35 @@ class ContrastiveMaskingModule(L.LightningModule):
         out = self._loss(batch)
         self._log("val", out, batch["user_input_ids"].shape[0])
 
+    skipped_steps = 0
+
+    def _nonfinite(self, what: str) -> None:
+        step = self.trainer.global_step if self._trainer is not None else 0
+        if self.config.optim.nonfinite == "stop":
+            raise NonFiniteError(f"step {step}: {what}; stopping (optim.nonfinite: stop). "
+                                 f"The last checkpoint holds the last good state; lower "
+                                 f"optim.lr or set optim.nonfinite: skip")
+        self.skipped_steps += 1
+
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        # cumulative, every step, so dashboards show when skips happened
+        self.log("train/skipped_steps", float(self.skipped_steps), on_step=True, batch_size=1)
+
     def on_before_optimizer_step(self, optimizer) -> None:
         # Once per optimiser step, after gradient accumulation.
-        params = [p for p in self.parameters() if p.grad is not None]
-        clip = self.config.optim.grad_clip
-        max_norm = float("inf") if clip is None else clip
-        norm = torch.nn.utils.clip_grad_norm_(params, max_norm) if params else torch.zeros(())
+        named = [(n, p) for n, p in self.named_parameters() if p.grad is not None]
+        params = [p for _, p in named]
+        if not params:
+            return
+        norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+        if not all_ranks_finite(norm):
+            bad = next((n for n, p in named if not torch.isfinite(p.grad).all()), "another rank's")
+            self._nonfinite(f"the gradient of {bad} is not finite")
+            for p in params:  # AdamW leaves parameters without a gradient untouched
+                p.grad = None
+            return
+        if self.config.optim.grad_clip is not None:
+            torch.nn.utils.clip_grads_with_norm_(params, self.config.optim.grad_clip, norm)
         self.log("train/grad_norm", norm, on_step=True, batch_size=1)
 
     def configure_optimizers(self):
@@ -184,8 +230,10 @@ class ContrastiveMaskingModule(L.LightningModule):
         # (dropout, LoRA dropout). Ranks share one seed, so rank 0's state is every rank's.
         checkpoint["maskstudy_rng"] = {"torch": torch.get_rng_state(),
                                        "python": random.getstate()}
+        checkpoint["maskstudy_skipped_steps"] = self.skipped_steps
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.skipped_steps = int(checkpoint.get("maskstudy_skipped_steps", 0))
         state = checkpoint.get("maskstudy_rng")
         if state is not None:
             torch.set_rng_state(state["torch"])
