@@ -386,10 +386,11 @@ def fit(cfg: ExperimentConfig, *, resume: str | Path | None = None,
     start = time.perf_counter()
     try:
         trainer.fit(module, datamodule=train_dm, ckpt_path=resume)
-    except (torch.OutOfMemoryError, RuntimeError) as e:
-        if not is_out_of_memory(e):
-            raise
-        raise OutOfMemory(out_of_memory_message(cfg, trainer.global_step, e)) from e
+    except BaseException as e:
+        _finish_wandb(exit_code=1)  # the W&B run ends as failed, never left open
+        if is_out_of_memory(e):
+            raise OutOfMemory(out_of_memory_message(cfg, trainer.global_step, e)) from e
+        raise
     train_seconds = time.perf_counter() - start
     if t.max_steps == 0:  # the untrained model: Lightning runs no training hooks at all
         probe_cb.on_train_end(trainer, module)
@@ -407,12 +408,12 @@ def fit(cfg: ExperimentConfig, *, resume: str | Path | None = None,
     return RunResult(run_dir, results)
 
 
-def _finish_wandb() -> None:
+def _finish_wandb(exit_code: int = 0) -> None:
     try:
         import wandb
 
         if wandb.run is not None:
-            wandb.finish()
+            wandb.finish(exit_code=exit_code)
     except ImportError:
         pass
 
