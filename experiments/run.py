@@ -385,7 +385,8 @@ def fit(cfg: ExperimentConfig, *, resume: str | Path | None = None,
         enable_model_summary=False)
     start = time.perf_counter()
     try:
-        trainer.fit(module, datamodule=train_dm, ckpt_path=resume)
+        trainer.fit(module, datamodule=train_dm, ckpt_path=resume,
+                    weights_only=True if resume else None)
     except BaseException as e:
         _finish_wandb(exit_code=1)  # the W&B run ends as failed, never left open
         if is_out_of_memory(e):
