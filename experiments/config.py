@@ -34,6 +34,7 @@ BASE = EXPERIMENTS_DIR / "base.yaml"
 @dataclass
 class TrainerConfig:
     max_steps: int = 300
+    train: bool = True  # false: evaluate the model as initialised (the untrained row)
     val_check_interval: int = 100
     limit_val_batches: int = 4
     accelerator: str = "auto"
@@ -199,7 +200,7 @@ def check(cfg: ExperimentConfig, where: str = "config") -> None:
         fail("encoder.answer_mask", f"expected one of {list(ANSWER_MASKS)}")
     if cfg.trainer.max_steps < 0:
         fail("trainer.max_steps", "expected >= 0 (0: evaluate the untrained model)")
-    trains = cfg.trainer.max_steps > 0
+    trains = cfg.trainer.train and cfg.trainer.max_steps > 0
     if trains and cfg.optim.total_steps <= 0:
         fail("optim.total_steps", "must be positive")
     if trains and cfg.optim.warmup_steps >= cfg.optim.total_steps:

@@ -373,8 +373,9 @@ def fit(cfg: ExperimentConfig, *, resume: str | Path | None = None,
     checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0,
                                  every_n_train_steps=cfg.trainer.val_check_interval)
     t = cfg.trainer
+    max_steps = t.max_steps if t.train else 0
     trainer = L.Trainer(
-        max_steps=t.max_steps, val_check_interval=t.val_check_interval,
+        max_steps=max_steps, val_check_interval=t.val_check_interval,
         check_val_every_n_epoch=None, limit_val_batches=t.limit_val_batches,
         accelerator=t.accelerator, devices=t.devices, strategy=t.strategy,
         precision=t.precision, accumulate_grad_batches=t.accumulate_grad_batches,
@@ -393,7 +394,7 @@ def fit(cfg: ExperimentConfig, *, resume: str | Path | None = None,
             raise OutOfMemory(out_of_memory_message(cfg, trainer.global_step, e)) from e
         raise
     train_seconds = time.perf_counter() - start
-    if t.max_steps == 0:  # the untrained model: Lightning runs no training hooks at all
+    if max_steps == 0:  # the untrained model: Lightning runs no training hooks at all
         probe_cb.on_train_end(trainer, module)
     # last.ckpt is the final model even when max_steps is not a multiple of the interval.
     trainer.save_checkpoint(run_dir / "checkpoints" / "last.ckpt")
