@@ -375,8 +375,8 @@ def figures(out: Path, recipes, table) -> list[Path]:
         if frames:
             strips.append((name, frames))
     if strips:
-        fig, axes = plt.subplots(len(strips), 1, figsize=(7, 1.6 * len(strips) + 0.6),
-                                 squeeze=False)
+        fig, axes = plt.subplots(len(strips), 1, figsize=(7, 1.8 * len(strips) + 0.6),
+                                 squeeze=False, constrained_layout=True)
         for ax, (name, frames) in zip(axes[:, 0], strips):
             rows = []
             for frame in frames:
