@@ -25,6 +25,7 @@ import hashlib
 import itertools
 import json
 import math
+import os
 import shlex
 import subprocess
 import sys
@@ -233,8 +234,6 @@ def _env(workers: int = 1) -> dict:
     ``maskstudy`` of the running installation is the one ``${program}`` finds; with several
     workers the CPU threads are shared out (unless OMP_NUM_THREADS is set), so parallel points
     do not oversubscribe the cores."""
-    import os
-
     env = dict(os.environ)
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     if workers > 1 and "OMP_NUM_THREADS" not in env:
