@@ -69,13 +69,6 @@ def probe_scores(x: np.ndarray, y: np.ndarray, test: np.ndarray, *, c: float = 1
     return clf.predict_proba(x[test])[:, 1]
 
 
-def probe_task(x: np.ndarray, y: np.ndarray, test: np.ndarray, *, c: float = 1.0,
-               seed: int = 0) -> dict[str, float]:
-    """AUC and KS of a standardised logistic regression fitted on the train side."""
-    score = probe_scores(x, y, test, c=c, seed=seed)
-    return scores(y[test] if score is not None else None, score)
-
-
 def summarise(per_task: dict[str, dict[str, float]], domains: dict[str, str]) -> dict[str, float]:
     """Flat ``eval/...`` metrics: per task, per domain average AUC, overall averages."""
     out: dict[str, float] = {}

@@ -82,17 +82,20 @@ def _fit(args: argparse.Namespace) -> int:
     from maskstudy.experiments.run import fit
 
     cfg = load_config(*recipe_and_overrides([args.config, *args.overrides]))
-    result = fit(cfg)
-    m = result.results.get("metrics", {})
-    print(f"run {result.run_dir}: eval/avg_auc {m.get('eval/avg_auc', float('nan')):.4f}, "
-          f"eval/avg_ks {m.get('eval/avg_ks', float('nan')):.4f}")
+    _print_run(fit(cfg))
     return 0
+
+
+def _print_run(result, note: str = "") -> None:
+    m = result.results.get("metrics", {})
+    print(f"run {result.run_dir}{note}: eval/avg_auc {m.get('eval/avg_auc', float('nan')):.4f}, "
+          f"eval/avg_ks {m.get('eval/avg_ks', float('nan')):.4f}")
 
 
 def recipe_and_overrides(items: list[str]) -> tuple[Path, list[str]]:
     """``fit``'s arguments: a recipe file or ``recipe=NAME`` (as W&B sweep agents pass it),
     then ``key=value`` overrides; ``--key=value`` (the ``${args}`` macro's form) works too."""
-    from maskstudy.experiments.config import EXPERIMENTS_DIR, ConfigError
+    from maskstudy.experiments.config import ConfigError, recipe_path
 
     items = [i[2:] if i.startswith("--") and "=" in i else i for i in items]
     recipes = [i for i in items if "=" not in i]
@@ -103,25 +106,17 @@ def recipe_and_overrides(items: list[str]) -> tuple[Path, list[str]]:
                           f"{recipes + named or 'none'}")
     if recipes:
         return Path(recipes[0]), overrides
-    path = Path(named[0])
-    if path.suffix not in (".yaml", ".yml"):
-        path = EXPERIMENTS_DIR / f"{named[0]}.yaml"
-    return path, overrides
+    return recipe_path(named[0]), overrides
 
 
 @_config_error
 def _resume(args: argparse.Namespace) -> int:
     from maskstudy.experiments.config import load_config
-    from maskstudy.experiments.run import fit
+    from maskstudy.experiments.run import fit, run_config_path
 
-    checkpoint = Path(args.checkpoint)
-    config = checkpoint.resolve().parent.parent / "config.yaml"
-    if not config.exists():
-        raise FileNotFoundError(f"{config}: the checkpoint's run has no config.yaml")
-    result = fit(load_config(config, args.overrides), resume=checkpoint)
-    m = result.results.get("metrics", {})
-    print(f"run {result.run_dir} (resumed): eval/avg_auc {m.get('eval/avg_auc', float('nan')):.4f}, "
-          f"eval/avg_ks {m.get('eval/avg_ks', float('nan')):.4f}")
+    result = fit(load_config(run_config_path(args.checkpoint), args.overrides),
+                 resume=args.checkpoint)
+    _print_run(result, " (resumed)")
     return 0
 
 

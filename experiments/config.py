@@ -166,6 +166,12 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Experim
     return config
 
 
+def recipe_path(recipe: str) -> Path:
+    """A recipe file as given, or a recipe name (``ggsm``) as ``experiments/<name>.yaml``."""
+    path = Path(recipe)
+    return path if path.suffix in (".yaml", ".yml") else EXPERIMENTS_DIR / f"{recipe}.yaml"
+
+
 def check(cfg: ExperimentConfig, where: str = "config") -> None:
     """Values the schema's types cannot catch; each error names its key."""
     def fail(key: str, msg: str) -> None:

@@ -106,8 +106,8 @@ def columns(recipes: dict[str, Recipe]) -> tuple[list[str], dict[str, str]]:
     """Tasks in domain order, and each task's domain."""
     first = next(iter(next(iter(recipes.values())).runs.values())).results
     domains = first.get("domains") or {t: "tasks" for t in first["tasks"]}
-    tasks = sorted(first["tasks"], key=lambda t: (list(dict.fromkeys(domains.values()))
-                                                  .index(domains.get(t, "tasks")), 0))
+    order = list(dict.fromkeys(domains.values()))
+    tasks = sorted(first["tasks"], key=lambda t: order.index(domains.get(t, "tasks")))  # stable
     return tasks, domains
 
 

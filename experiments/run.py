@@ -340,7 +340,7 @@ def fit(cfg: ExperimentConfig, *, resume: str | Path | None = None,
         state = checkpoint_state(resume)
         check_same_model(cfg, resume, state)
         ckpt_step = int(state.get("global_step", 0))
-        run_dir = resume.resolve().parent.parent
+        run_dir = run_config_path(resume).parent
     else:
         run_dir = shared_run_dir(cfg)
     rank_zero = rank_zero_only.rank == 0
@@ -454,6 +454,14 @@ def _plots(run_dir: Path, results: dict) -> None:
     plt.close(fig)
 
 
+def run_config_path(checkpoint: str | Path) -> Path:
+    """``config.yaml`` of the run a checkpoint belongs to (``<run>/checkpoints/x.ckpt``)."""
+    config_path = Path(checkpoint).resolve().parent.parent / "config.yaml"
+    if not config_path.exists():
+        raise FileNotFoundError(f"{config_path}: the checkpoint's run has no config.yaml")
+    return config_path
+
+
 def load_run(checkpoint: str | Path) -> tuple[ExperimentConfig, ContrastiveMaskingModule, Path]:
     """The module of a checkpoint and the config of its run directory."""
     from .config import load_config
@@ -461,10 +469,8 @@ def load_run(checkpoint: str | Path) -> tuple[ExperimentConfig, ContrastiveMaski
     checkpoint = Path(checkpoint)
     if not checkpoint.exists():
         raise FileNotFoundError(f"checkpoint {checkpoint}: no such file")
-    run_dir = checkpoint.parent.parent
-    config_path = run_dir / "config.yaml"
-    if not config_path.exists():
-        raise FileNotFoundError(f"{config_path}: the checkpoint's run has no config.yaml")
+    config_path = run_config_path(checkpoint)
+    run_dir = config_path.parent
     cfg = load_config(config_path)
     state = checkpoint_state(checkpoint)  # weights_only=True
     check_same_model(cfg, checkpoint, state)

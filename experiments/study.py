@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import load_config
+from .config import load_config, recipe_path
 from .run import fit
 
 DEFAULT_RECIPES = ("causal", "hybrid", "bidirectional", "scheduler", "ggsm")
@@ -53,11 +53,8 @@ def markdown_table(results: list[dict]) -> str:
 def run_study(recipes: list[str], overrides: list[str], out_root: str = "runs") -> Path:
     start = time.perf_counter()
     configs = []
-    for recipe in recipes:
-        path = Path(recipe)
-        if not path.suffix:
-            path = Path(__file__).resolve().parent / f"{recipe}.yaml"
-        configs.append(load_config(path, overrides))  # every config checked before any training
+    for recipe in recipes:  # every config checked before any training
+        configs.append(load_config(recipe_path(recipe), overrides))
     results = []
     for cfg in configs:
         print(f"== {cfg.name}: {cfg.description}", flush=True)
