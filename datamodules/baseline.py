@@ -1,10 +1,11 @@
 """The bag-of-events reference: logistic regression on history event counts.
 
 Features, from the history columns only: for every event field that names a thing (category,
-merchant, mini-program, page, app, query), ``log1p`` of how often each value occurs;
-per modality ``log1p`` of the event count, of the active days, of the events in the last 14
-days and of the days since the last event; ``log1p`` of the bill amount sum; and the tabular
-vector. The same features and splits serve the world summary and the
+merchant, mini-program, page, app, query, movie title, each genre of a movie), ``log1p`` of
+how often each value occurs; per modality ``log1p`` of the event count, of the active days, of
+the events in the last 14 days and of the days since the last event; ``log1p`` of the bill
+amount sum and largest bill; the mean movie rating; and the tabular vector. On MovieLens this
+is the bag-of-items baseline. The same features and splits serve the world summary and the
 study's reference row, so a trained encoder is compared against exactly this number.
 """
 
@@ -18,11 +19,13 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 from sklearn.preprocessing import StandardScaler
 
-from .schema import DAY, EVENT_FIELDS, EVENT_MODALITIES, ts_seconds
+from .schema import DAY, EVENT_FIELDS, table_modalities, ts_seconds
 
 # Fields whose values are names worth counting; spm ids are counted by page (a.b prefix).
 NAME_FIELDS = {"bill": ("category", "merchant"), "minipro": ("name", "category"),
-               "spm": ("spm",), "app": ("app", "category"), "search": ("query",)}
+               "spm": ("spm",), "app": ("app", "category"), "search": ("query",),
+               "rating": ("title", "genres")}
+LIST_FIELDS = {("rating", "genres")}  # "|"-separated: each item counts on its own
 
 
 def _spm_page(values: pa.Array) -> pa.Array:
@@ -36,7 +39,7 @@ def bag_of_events(table: pa.Table) -> tuple[sp.csr_matrix, np.ndarray]:
     offset = 0
     dense = []
     ref_day = ts_seconds(table.column("ref_time")) // DAY
-    for m in EVENT_MODALITIES:
+    for m in table_modalities(table):
         col = table.column(m).combine_chunks()
         counts = np.asarray(pc.list_value_length(col)).astype(float)
         dense.append(np.log1p(counts))
@@ -56,17 +59,26 @@ def bag_of_events(table: pa.Table) -> tuple[sp.csr_matrix, np.ndarray]:
             largest = np.zeros(n)
             np.maximum.at(largest, parents, amount)
             dense.append(np.log1p(largest))
+        if m == "rating":
+            stars = flat.field("rating").to_numpy(zero_copy_only=False)
+            dense.append(np.bincount(parents, weights=stars, minlength=n)
+                         / np.maximum(counts, 1))
         for f in NAME_FIELDS[m]:
             if f not in EVENT_FIELDS[m] or len(flat) == 0:
                 continue
             values = flat.field(f)
+            owners = parents
             if m == "spm":
                 values = _spm_page(values)
+            if (m, f) in LIST_FIELDS:
+                items = pc.split_pattern(values, "|")
+                owners = parents[np.asarray(pc.list_parent_indices(items))]
+                values = pc.list_flatten(items)
             enc = pc.dictionary_encode(values).combine_chunks() if isinstance(
                 values, pa.ChunkedArray) else pc.dictionary_encode(values)
             codes = enc.indices.to_numpy(zero_copy_only=False).astype(np.int64)
             k = len(enc.dictionary)
-            key = parents.astype(np.int64) * k + codes
+            key = owners.astype(np.int64) * k + codes
             uniq, cnt = np.unique(key, return_counts=True)
             rows.append(uniq // k)
             cols.append(offset + uniq % k)

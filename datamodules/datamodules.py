@@ -27,19 +27,19 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from .pairs import BEHAVIOUR_QUERY, TOPICS, user_pairs
+from .pairs import BEHAVIOUR_QUERY, topics_for, user_pairs
 from .records import UserColumns
-from .schema import EVENT_MODALITIES, dataset_files, future_column, tabular_names, validate_dataset
+from .schema import (
+    dataset_files, dataset_modalities, segments, tabular_names, validate_dataset,
+)
 from .splits import PROBE, SPLIT_NAMES, TRAIN, VAL
 from .stream import SplitSpec, UserStream, split_tables
-from .probe import HISTORY_COLUMNS, ProbeSet
+from .probe import ProbeSet, all_columns, history_columns
 from .tasks import resolve_tasks
 from .template import PAD_SEGMENT, TemplateConfig, UserTemplate, render_events, render_tabular
 from .tokenizer import load_tokenizer, save_tokenizer, train_tokenizer
 
 log = logging.getLogger(__name__)
-
-ALL_COLUMNS = HISTORY_COLUMNS + [future_column(m) for m in EVENT_MODALITIES]
 
 
 def pad_sequences(seqs: list[list[int]], value: int, *, left: bool = False,
@@ -141,6 +141,7 @@ class UserDataModule(L.LightningDataModule):
         cfg.caps = dict(cfg.caps)
         self.cfg = cfg
         self.files = dataset_files(cfg.path)
+        self.modalities = dataset_modalities(cfg.path)
         self.template: UserTemplate | None = None
         self._validated = False
 
@@ -161,11 +162,12 @@ class UserDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.template is None:
             self.prepare_data()
-            tok = load_tokenizer(self.tokenizer_path)
+            tok = load_tokenizer(self.tokenizer_path, segments(self.modalities))
             self.template = UserTemplate(
                 tok, tabular_names(self.cfg.path),
                 TemplateConfig(max_tokens=self.cfg.max_tokens, caps=dict(self.cfg.caps),
-                               anchor=self.cfg.anchor))
+                               anchor=self.cfg.anchor),
+                self.modalities)
 
     @property
     def collator(self) -> Collator:
@@ -187,8 +189,8 @@ class UserDataModule(L.LightningDataModule):
         if split not in codes:
             raise ValueError(f"split {split!r}: expected one of {list(codes)}")
         stream = UserStream(self.files, self.split(codes[split]), self._make_plain,
-                            columns=HISTORY_COLUMNS, future=False, cycle=False, shuffle=False,
-                            seed=self.cfg.seed)
+                            columns=history_columns(self.modalities), future=False,
+                            cycle=False, shuffle=False, seed=self.cfg.seed)
         return self._loader(stream, self.cfg.eval_batch_size, self.collator.plain)
 
     def _loader(self, stream: UserStream, batch_size: int, collate) -> DataLoader:
@@ -207,22 +209,22 @@ def build_tokenizer(dm: UserDataModule, out: Path, users: int | None = None) -> 
 
     def texts():
         seen = 0
-        for table in split_tables(dm.files, split, ALL_COLUMNS):
+        for table in split_tables(dm.files, split, all_columns(dm.modalities)):
             users_ = UserColumns(table)
             for i in range(len(users_)):
-                for m in EVENT_MODALITIES:
-                    ev = users_.history[m]
+                for m, ev in users_.history.items():
                     lo, hi = ev.span(i)
                     yield " ".join(render_events(m, ev, max(lo, hi - cfg.caps.get(m, 10**9)), hi))
                 yield " ".join(render_tabular(names, users_.tabular[i]))
                 rng = np.random.default_rng(_sample_seed(cfg.seed, 0, users_.user_ids[i]))
-                for p in user_pairs(users_, i, rng, topics_per_user=len(TOPICS)):
+                for p in user_pairs(users_, i, rng,
+                                    topics_per_user=len(topics_for(dm.modalities))):
                     yield f"Instruction: {p.query} {p.answer}"
                 seen += 1
                 if seen >= limit:
                     return
 
-    tok = train_tokenizer(texts(), cfg.vocab_size)
+    tok = train_tokenizer(texts(), cfg.vocab_size, segments(dm.modalities))
     log.info("trained a %d-token tokenizer on %s", tok.get_vocab_size(), cfg.path)
     return save_tokenizer(tok, out)
 
@@ -247,7 +249,8 @@ class ContrastiveDataModule(UserDataModule):
 
     def stream(self, code: int, skip_batches: int = 0) -> UserStream:
         train = code == TRAIN
-        return UserStream(self.files, self.split(code), self._make_pairs, columns=ALL_COLUMNS,
+        return UserStream(self.files, self.split(code), self._make_pairs,
+                          columns=all_columns(self.modalities),
                           future=True, cycle=train, shuffle=train, seed=self.cfg.seed,
                           shuffle_buffer=self.cfg.shuffle_buffer if train else 0,
                           batch_size=self.cfg.batch_size, skip_batches=skip_batches)
@@ -301,8 +304,9 @@ class ProbeDataModule(UserDataModule):
         """One pass over the probe users in file order, sharded across dataloader workers and,
         unless ``all_ranks`` (evaluation on one rank), across DDP ranks."""
         stream = UserStream(self.files, self.split(PROBE), self._make_user,
-                            columns=HISTORY_COLUMNS, future=False, cycle=False, shuffle=False,
-                            seed=self.cfg.seed, rank_sharded=not all_ranks)
+                            columns=history_columns(self.modalities), future=False,
+                            cycle=False, shuffle=False, seed=self.cfg.seed,
+                            rank_sharded=not all_ranks)
         return self._loader(stream, self.cfg.eval_batch_size, self.collator.probe)
 
     def predict_dataloader(self) -> DataLoader:

@@ -10,33 +10,39 @@
     history and how it moves in the future window.
 
 Every action type is keyed by ``(modality, kind)``: the category for bills, mini-programs
-and apps, the page (``a.b`` prefix) for SPM ids, and the query text for searches. Answers are
-plain text; the template appends ``<eos>``.
+and apps, the page (``a.b`` prefix) for SPM ids, the query text for searches, and each genre
+of a rated movie (a movie of three genres counts once under each). Answers are plain text; the
+template appends ``<eos>``.
 """
 
 from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 
 from .records import EventColumns, UserColumns
-from .schema import DAY, EVENT_MODALITIES
+from .schema import DAY
 
 BEHAVIOUR_QUERY = "What will this user most likely do next period?"
 
 KIND_FIELD = {"bill": "category", "minipro": "category", "app": "category", "spm": "spm",
-              "search": "query"}
+              "search": "query", "rating": "genres"}
 NOUN = {"bill": "payments", "minipro": "mini-program visits", "spm": "page views",
-        "app": "app sessions", "search": "searches"}
+        "app": "app sessions", "search": "searches", "rating": "ratings"}
 
 
-def event_kinds(modality: str, ev: EventColumns, lo: int, hi: int) -> list[str]:
+def event_kinds(modality: str, ev: EventColumns, lo: int, hi: int) -> list[tuple[str, ...]]:
+    """The action types of events ``lo:hi``, one tuple per event (several for a movie's
+    genres)."""
     kinds = ev.fields[KIND_FIELD[modality]].strings(lo, hi)
     if modality == "spm":
-        kinds = [".".join(k.split(".")[:2]) for k in kinds]
-    return kinds
+        return [(".".join(k.split(".")[:2]),) for k in kinds]
+    if modality == "rating":
+        return [tuple(k.split("|")) for k in kinds]
+    return [(k,) for k in kinds]
 
 
 def _time_bin(ts: np.ndarray) -> str:
@@ -54,12 +60,17 @@ def aggregate(users: UserColumns, i: int, future: bool) -> dict[tuple[str, str],
     """Timestamps of user ``i``'s events per action type, in one window."""
     cols = users.future if future else users.history
     out: dict[tuple[str, str], list[int]] = {}
-    for m in EVENT_MODALITIES:
-        ev = cols[m]
+    for m, ev in cols.items():
         lo, hi = ev.span(i)
-        for kind, t in zip(event_kinds(m, ev, lo, hi), ev.ts[lo:hi]):
-            out.setdefault((m, kind), []).append(int(t))
+        for kinds, t in zip(event_kinds(m, ev, lo, hi), ev.ts[lo:hi]):
+            for kind in kinds:
+                out.setdefault((m, kind), []).append(int(t))
     return {k: np.asarray(v) for k, v in out.items()}
+
+
+def event_count(users: UserColumns, i: int, future: bool) -> int:
+    cols = users.future if future else users.history
+    return sum(ev.span(i)[1] - ev.span(i)[0] for ev in cols.values())
 
 
 def _phrase(key: tuple[str, str], ts: np.ndarray) -> str:
@@ -71,9 +82,10 @@ def _phrase(key: tuple[str, str], ts: np.ndarray) -> str:
 
 
 def behaviour_answer(agg: dict[tuple[str, str], np.ndarray], rng: np.random.Generator,
-                     k: int = 6) -> str:
+                     k: int = 6, total: int | None = None) -> str:
     """Summary of the future window (``agg`` from :func:`aggregate`): ``k`` action types
-    sampled in proportion to their frequency, listed most frequent first."""
+    sampled in proportion to their frequency, listed most frequent first. ``total``: the
+    number of events (default: the sum over action types, right when each event has one)."""
     if not agg:
         return "Next period: no activity."
     keys = list(agg)
@@ -81,7 +93,7 @@ def behaviour_answer(agg: dict[tuple[str, str], np.ndarray], rng: np.random.Gene
     take = min(k, len(keys))
     chosen = rng.choice(len(keys), size=take, replace=False, p=counts / counts.sum())
     chosen = sorted(chosen, key=lambda j: -counts[j])
-    total = int(counts.sum())
+    total = int(counts.sum()) if total is None else total
     return f"Next period: {total} events; " + "; ".join(_phrase(keys[j], agg[keys[j]])
                                                         for j in chosen) + "."
 
@@ -169,6 +181,34 @@ TOPICS = (
 )
 
 
+# MovieLens: one topic per family of genres.
+MOVIE_TOPICS = tuple(
+    Topic(name, queries, {"rating": genres}) for name, queries, genres in (
+        ("action", ("Does this user like action films?", "Is this user into adventure movies?"),
+         ("Action", "Adventure")),
+        ("comedy", ("Does this user watch comedies?",), ("Comedy",)),
+        ("drama", ("Does this user like dramas?", "Is this user a serious-film viewer?"),
+         ("Drama",)),
+        ("romance", ("Does this user watch romantic films?",), ("Romance",)),
+        ("suspense", ("Does this user like thrillers?", "Is this user into horror films?"),
+         ("Thriller", "Horror")),
+        ("crime", ("Does this user watch crime and mystery films?",),
+         ("Crime", "Mystery", "Film-Noir")),
+        ("science_fiction", ("Is this user a science-fiction fan?",), ("Sci-Fi", "Fantasy")),
+        ("family", ("Does this user watch children's films?", "Is this user into animation?"),
+         ("Children's", "Animation", "Musical")),
+        ("history", ("Does this user watch war films and westerns?",), ("War", "Western")),
+        ("documentary", ("Does this user watch documentaries?",), ("Documentary",)),
+    ))
+
+
+@lru_cache(maxsize=None)
+def topics_for(modalities: tuple[str, ...]) -> tuple[Topic, ...]:
+    """The topics a dataset's modalities can answer: the payment-app pool, the movie pool or
+    any of their topics that name one of the modalities."""
+    return tuple(t for t in TOPICS + MOVIE_TOPICS if set(t.kinds) & set(modalities))
+
+
 def _level(n: int) -> str:
     return "none" if n == 0 else "low" if n < 5 else "moderate" if n < 20 else "high"
 
@@ -184,22 +224,24 @@ def _trend(history: int, future: int) -> str:
     return f"holds steady next period ({future} events)"
 
 
-_TOPICS_OF: dict[tuple[str, str], tuple[int, ...]] = {}
+_TOPICS_OF: dict[tuple[int, tuple[str, str]], tuple[int, ...]] = {}
 
 
-def topics_of(key: tuple[str, str]) -> tuple[int, ...]:
-    """Indices of the topics an action type belongs to (memoised: kinds repeat)."""
-    found = _TOPICS_OF.get(key)
+def topics_of(key: tuple[str, str], topics: tuple[Topic, ...] = TOPICS) -> tuple[int, ...]:
+    """Indices of the topics an action type belongs to (memoised per pool: kinds repeat)."""
+    memo = (id(topics), key)
+    found = _TOPICS_OF.get(memo)
     if found is None:
-        found = _TOPICS_OF[key] = tuple(t for t, topic in enumerate(TOPICS) if topic.matches(key))
+        found = _TOPICS_OF[memo] = tuple(t for t, topic in enumerate(topics) if topic.matches(key))
     return found
 
 
-def relevant_topics(hist: dict[tuple[str, str], np.ndarray]) -> np.ndarray:
+def relevant_topics(hist: dict[tuple[str, str], np.ndarray],
+                    topics: tuple[Topic, ...] = TOPICS) -> np.ndarray:
     """History event count per topic."""
-    score = np.zeros(len(TOPICS))
+    score = np.zeros(len(topics))
     for key, ts in hist.items():
-        for t in topics_of(key):
+        for t in topics_of(key, topics):
             score[t] += len(ts)
     return score
 
@@ -233,13 +275,16 @@ def user_pairs(users: UserColumns, i: int, rng: np.random.Generator, *,
     so nothing about them may depend on the future, not even through a shared generator."""
     query_rng, answer_rng = rng.spawn(2)
     fut = aggregate(users, i, future=True)
-    pairs = [Pair("behaviour", behaviour_query, behaviour_answer(fut, answer_rng, answer_events))]
+    pairs = [Pair("behaviour", behaviour_query,
+                  behaviour_answer(fut, answer_rng, answer_events,
+                                   total=event_count(users, i, future=True)))]
     if topics_per_user <= 0:
         return pairs
+    topics = topics_for(users.modalities)
     hist = aggregate(users, i, future=False)
-    score = relevant_topics(hist) + query_rng.random(len(TOPICS))  # random tie-breaks
+    score = relevant_topics(hist, topics) + query_rng.random(len(topics))  # random tie-breaks
     for t in np.argsort(-score)[:topics_per_user]:
-        topic = TOPICS[t]
+        topic = topics[t]
         query = topic.queries[query_rng.integers(len(topic.queries))]
         pairs.append(Pair(f"topic:{topic.name}", query, topic_answer(topic, hist, fut)))
     return pairs

@@ -12,13 +12,34 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from .schema import EVENT_MODALITIES, future_column
+import pyarrow.parquet as pq
+
+from .schema import EVENT_MODALITIES, future_column, schema_modalities
 from .splits import stratified_split
 from .stream import SplitSpec, split_tables
-from .tasks import Task, compute_labels
+from .tasks import Task, compute_labels, label_columns
 
-HISTORY_COLUMNS = ["user_id", "ref_time", "tabular", *EVENT_MODALITIES]
-LABEL_COLUMNS = ["user_id", "ref_time", *(future_column(m) for m in EVENT_MODALITIES)]
+
+def history_columns(modalities: tuple[str, ...] = EVENT_MODALITIES) -> list[str]:
+    """What the user tower may read: ids, reference time, tabular features, history events."""
+    return ["user_id", "ref_time", "tabular", *modalities]
+
+
+def all_columns(modalities: tuple[str, ...] = EVENT_MODALITIES) -> list[str]:
+    """History plus future events (training pairs; attributes are for labels only)."""
+    return history_columns(modalities) + [future_column(m) for m in modalities]
+
+
+def check_task_columns(tasks: list[Task], file: Path) -> None:
+    """Every column the tasks' labels read exists in the dataset (its first file)."""
+    schema = pq.ParquetFile(file).schema_arrow
+    modalities = schema_modalities(schema, str(file))
+    for task in tasks:
+        for column in task.rule.columns(modalities):
+            if column not in schema.names:
+                raise ValueError(f"task {task.name!r} reads column {column!r}, which {file} "
+                                 f"does not have (modalities: {list(modalities)}); choose "
+                                 f"tasks of this dataset")
 
 
 class ProbeSet:
@@ -27,6 +48,7 @@ class ProbeSet:
         self.files = files
         self.split = split
         self.tasks = tasks
+        self.modalities = schema_modalities(pq.ParquetFile(files[0]).schema_arrow, str(files[0]))
         self.test_fraction = test_fraction
         self.seed = seed
         self.user_ids: list[str] = []
@@ -43,8 +65,10 @@ class ProbeSet:
     def load(self) -> "ProbeSet":
         if self.labels is not None:
             return self
+        check_task_columns(self.tasks, self.files[0])
+        columns = label_columns(self.tasks, self.modalities)
         ids, labels = [], []
-        for table in self._tables(LABEL_COLUMNS):
+        for table in self._tables(["user_id", "ref_time", *columns]):
             ids += table.column("user_id").to_pylist()
             labels.append(compute_labels(table, self.tasks))
         if not ids:
@@ -66,4 +90,4 @@ class ProbeSet:
 
     def history_table(self) -> pa.Table:
         """The probe users' history columns, in label order (for the bag-of-events row)."""
-        return pa.concat_tables(list(self._tables(HISTORY_COLUMNS)))
+        return pa.concat_tables(list(self._tables(history_columns(self.modalities))))

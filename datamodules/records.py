@@ -13,7 +13,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .schema import EVENT_FIELDS, EVENT_MODALITIES, future_column, ts_seconds
+from .schema import EVENT_FIELDS, future_column, table_modalities, ts_seconds
 
 
 @dataclass
@@ -62,7 +62,8 @@ def _event_columns(col: pa.ChunkedArray | pa.Array, modality: str) -> EventColum
 
 
 class UserColumns:
-    """History (and optionally future) events, tabular features and ids of a user table."""
+    """History (and optionally future) events, tabular features and ids of a user table; the
+    modalities are those whose history columns the table holds."""
 
     def __init__(self, table: pa.Table, *, future: bool = True):
         self.n = table.num_rows
@@ -71,9 +72,10 @@ class UserColumns:
         tab = table.column("tabular").combine_chunks()
         width = len(tab[0]) if self.n else 0
         self.tabular = pc.list_flatten(tab).to_numpy(zero_copy_only=False).reshape(self.n, width)
-        self.history = {m: _event_columns(table.column(m), m) for m in EVENT_MODALITIES}
+        self.modalities = table_modalities(table)
+        self.history = {m: _event_columns(table.column(m), m) for m in self.modalities}
         self.future = ({m: _event_columns(table.column(future_column(m)), m)
-                        for m in EVENT_MODALITIES} if future else None)
+                        for m in self.modalities} if future else None)
 
     def __len__(self) -> int:
         return self.n

@@ -11,10 +11,14 @@ Columns (see README "Data schema" for the field-by-field table):
   ``[ref_time - 90 days, ref_time)``, the future window ``[ref_time, ref_time + 30 days)``.
 - ``tabular``: list<double>, one fixed-length feature vector per user; feature names live in
   the Parquet key-value metadata under ``maskstudy.tabular_names`` (JSON list).
-- ``bill``, ``minipro``, ``spm``, ``app``, ``search``: list<struct<ts, ...fields>>, the history
-  events of each modality in ascending time order.
-- ``future_bill`` ... ``future_search``: the same for the future window. They feed labels and
-  contrastive answers only, never the user-tower input.
+- one list<struct<ts, ...fields>> column per event modality, the history events in ascending
+  time order: ``bill``, ``minipro``, ``spm``, ``app``, ``search`` for the payment-app world of
+  the papers (the default), or the modalities the file declares in its key-value metadata under
+  ``maskstudy.modalities`` (JSON list; e.g. ``["rating"]`` for MovieLens).
+- ``future_<modality>``: the same for the future window. They feed labels and contrastive
+  answers only, never the user-tower input.
+- optional ``attr_<name>`` columns (string or number, one value per user): attributes such as
+  age or gender that label tasks may read. Like the future columns they never reach the model.
 """
 
 from __future__ import annotations
@@ -33,8 +37,9 @@ HISTORY_DAYS = 90
 FUTURE_DAYS = 30
 DAY = 86_400
 
+# The payment-app world's modalities (the papers' data): what a file without a declaration has.
 EVENT_MODALITIES = ("bill", "minipro", "spm", "app", "search")
-# The template's six segments: the five event modalities and the tabular feature vector.
+# The template's segments for those: the event modalities and the tabular feature vector.
 SEGMENTS = EVENT_MODALITIES + ("tabular",)
 
 TS_TYPE = pa.timestamp("ms", tz="UTC")  # what Parquet stores; any unit is accepted on read
@@ -46,9 +51,55 @@ EVENT_FIELDS: dict[str, dict[str, pa.DataType]] = {
     "spm": {"spm": pa.string()},
     "app": {"app": pa.string(), "category": pa.string(), "minutes": pa.float64()},
     "search": {"query": pa.string()},
+    # A rated movie: "Toy Story (1995)", genres joined by "|", the rating (MovieLens: 1-5).
+    "rating": {"title": pa.string(), "genres": pa.string(), "rating": pa.float64()},
 }
 
 TABULAR_NAMES_KEY = b"maskstudy.tabular_names"
+MODALITIES_KEY = b"maskstudy.modalities"
+ATTRIBUTE_PREFIX = "attr_"
+
+
+def segments(modalities: Iterable[str]) -> tuple[str, ...]:
+    """The template's segments for a dataset's modalities: each modality, then tabular."""
+    return tuple(modalities) + ("tabular",)
+
+
+def schema_modalities(schema: pa.Schema, file: str = "") -> tuple[str, ...]:
+    """The event modalities a file declares (registry order), or the default five."""
+    meta = schema.metadata or {}
+    if MODALITIES_KEY not in meta:
+        return EVENT_MODALITIES
+    where = f"{file}, metadata '{MODALITIES_KEY.decode()}'"
+    try:
+        declared = json.loads(meta[MODALITIES_KEY])
+    except ValueError as e:
+        raise DataValidationError(f"{where}: not valid JSON ({e})") from e
+    if not isinstance(declared, list) or not declared or not all(
+            isinstance(m, str) for m in declared):
+        raise DataValidationError(f"{where}: expected a non-empty JSON list of modality names, "
+                                  f"got {declared!r}")
+    unknown = [m for m in declared if m not in EVENT_FIELDS]
+    if unknown:
+        raise DataValidationError(f"{where}: unknown modality {unknown[0]!r}; expected names "
+                                  f"among {list(EVENT_FIELDS)}")
+    return tuple(m for m in EVENT_FIELDS if m in declared)
+
+
+def dataset_modalities(path: str | Path) -> tuple[str, ...]:
+    """The event modalities of a dataset (its first file's declaration)."""
+    return schema_modalities(pq.ParquetFile(dataset_files(path)[0]).schema_arrow,
+                             str(dataset_files(path)[0]))
+
+
+def table_modalities(table: pa.Table, *, future: bool = False) -> tuple[str, ...]:
+    """The modalities whose history (or future) columns a table holds, in registry order."""
+    names = set(table.column_names)
+    return tuple(m for m in EVENT_FIELDS if (future_column(m) if future else m) in names)
+
+
+def attribute_columns(schema: pa.Schema) -> list[str]:
+    return [n for n in schema.names if n.startswith(ATTRIBUTE_PREFIX)]
 
 
 def future_column(modality: str) -> str:
@@ -61,21 +112,29 @@ def event_struct(modality: str) -> pa.StructType:
     return pa.struct(fields)
 
 
-def user_schema(tabular_names: Iterable[str] | None = None) -> pa.Schema:
-    """The canonical Arrow schema of a user file."""
+def user_schema(tabular_names: Iterable[str] | None = None,
+                modalities: Iterable[str] = EVENT_MODALITIES,
+                attributes: dict[str, pa.DataType] | None = None) -> pa.Schema:
+    """The canonical Arrow schema of a user file; modalities other than the default five are
+    declared in the metadata, ``attributes`` become ``attr_<name>`` columns."""
+    modalities = tuple(modalities)
     fields = [
         pa.field("user_id", pa.string(), nullable=False),
         pa.field("ref_time", TS_TYPE, nullable=False),
         pa.field("tabular", pa.list_(pa.float64()), nullable=False),
     ]
-    for m in EVENT_MODALITIES:
+    for m in modalities:
         fields.append(pa.field(m, pa.list_(event_struct(m)), nullable=False))
-    for m in EVENT_MODALITIES:
+    for m in modalities:
         fields.append(pa.field(future_column(m), pa.list_(event_struct(m)), nullable=False))
-    metadata = None
+    for name, typ in (attributes or {}).items():
+        fields.append(pa.field(ATTRIBUTE_PREFIX + name, typ, nullable=False))
+    metadata = {}
     if tabular_names is not None:
-        metadata = {TABULAR_NAMES_KEY: json.dumps(list(tabular_names)).encode()}
-    return pa.schema(fields, metadata=metadata)
+        metadata[TABULAR_NAMES_KEY] = json.dumps(list(tabular_names)).encode()
+    if modalities != EVENT_MODALITIES:
+        metadata[MODALITIES_KEY] = json.dumps(list(modalities)).encode()
+    return pa.schema(fields, metadata=metadata or None)
 
 
 class DataValidationError(ValueError):
@@ -126,7 +185,12 @@ def _is_list(t: pa.DataType) -> bool:
 def _check_types(schema: pa.Schema, file: str) -> list[Problem]:
     """Column presence and types. Returns problems; types must be right before values are read."""
     problems: list[Problem] = []
-    want = user_schema()
+    want = user_schema(modalities=schema_modalities(schema, file))
+    for name in attribute_columns(schema):
+        actual = schema.field(name).type
+        if not (_is_string(actual) or _is_float(actual)):
+            problems.append(Problem(file, name, f"expected a string or number attribute, "
+                                                f"got {actual}"))
     for f in want:
         if f.name not in schema.names:
             problems.append(Problem(file, f.name, "missing column"))
@@ -189,6 +253,7 @@ def validate_table(
     problems = _check_types(table.schema, file)
     if problems:
         return problems  # values cannot be read meaningfully with the wrong types
+    modalities = schema_modalities(table.schema, file)
 
     ids = table.column("user_id").combine_chunks()
     id_list = ids.to_pylist()
@@ -202,8 +267,8 @@ def validate_table(
                                     int(r), uid(int(r))))
 
     # Nulls anywhere a value is required.
-    for name in ("user_id", "ref_time", "tabular", *EVENT_MODALITIES,
-                 *map(future_column, EVENT_MODALITIES)):
+    for name in ("user_id", "ref_time", "tabular", *modalities,
+                 *map(future_column, modalities), *attribute_columns(table.schema)):
         col = table.column(name).combine_chunks()
         if col.null_count:
             add(_first_rows(np.asarray(col.is_null()), limit), name, "null value")
@@ -243,8 +308,14 @@ def validate_table(
         parents = np.asarray(pc.list_parent_indices(tab))
         add(np.unique(parents[bad])[:limit], "tabular", "NaN or inf feature value")
 
+    for name in attribute_columns(table.schema):
+        col = table.column(name).combine_chunks()
+        if _is_float(col.type) and not _is_string(col.type):
+            nonfinite = ~np.isfinite(col.to_numpy(zero_copy_only=False).astype(np.float64))
+            add(_first_rows(nonfinite, limit), name, "NaN or inf attribute value")
+
     total_events = np.zeros(n, dtype=np.int64)
-    for modality in EVENT_MODALITIES:
+    for modality in modalities:
         for name, lo_days, hi_days in (
             (modality, -HISTORY_DAYS, 0),
             (future_column(modality), 0, FUTURE_DAYS),
@@ -333,6 +404,7 @@ def validate_dataset(path: str | Path, *, batch_rows: int = 65_536) -> int:
     problems: list[Problem] = []
     n_users = 0
     tab_len: int | None = None
+    modalities: tuple[str, ...] | None = None
     for file in dataset_files(path):
         try:
             pf = pq.ParquetFile(file)
@@ -342,9 +414,18 @@ def validate_dataset(path: str | Path, *, batch_rows: int = 65_536) -> int:
         if type_problems:
             problems += type_problems
             continue
+        declared = schema_modalities(pf.schema_arrow, str(file))
+        if modalities is None:
+            modalities = declared
+        elif declared != modalities:
+            problems.append(Problem(str(file), MODALITIES_KEY.decode(),
+                                    f"declares modalities {list(declared)}, earlier files "
+                                    f"{list(modalities)}"))
+            continue
         row0 = 0
         for batch in pf.iter_batches(batch_size=batch_rows):
-            table = pa.Table.from_batches([batch])
+            table = pa.Table.from_batches([batch]).replace_schema_metadata(
+                pf.schema_arrow.metadata)
             found = validate_table(table, str(file), seen_ids=seen)
             for p in found:  # row numbers relative to the file, not the batch
                 problems.append(Problem(p.file, p.field, p.message,

@@ -38,8 +38,10 @@ def world_summary(path: str | Path, *, tasks: str | list[str] = "all",
             "positives": int(y.sum()),
             "bag_of_events_auc": baseline.probe_auc(x, y, test),
         }
-    meta_file = Path(path) / "world.json"
-    meta = json.loads(meta_file.read_text()) if meta_file.exists() else {}
+    meta = {}
+    for name in ("world.json", "dataset.json"):  # synthetic world, converted public data
+        if (Path(path) / name).exists():
+            meta = json.loads((Path(path) / name).read_text())
     return {"path": str(path), "probe_users": len(probe.user_ids), "world": meta, "tasks": rows}
 
 

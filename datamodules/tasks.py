@@ -1,24 +1,31 @@
-"""The benchmark task registry: the GG-SM paper's 9 tasks and the Query-as-Anchor paper's 10.
+"""The benchmark task registry: the GG-SM paper's 9 tasks, the Query-as-Anchor paper's 10 and
+the MovieLens suite.
 
-Every task is a binary label read from the user's FUTURE window by one documented rule, as
-the papers define it: "at least one target event in the prediction window" (MAU loss: no
-activity at all in the window). A rule names a modality, a field predicate, a slice of the
-30-day window and whether the label is negated; it never reads history columns, so history
+Every task is a binary label read by one documented rule. An :class:`EventRule` reads the
+user's FUTURE window, as the papers define their tasks: "at least one target event in the
+prediction window" (MAU loss: no activity at all in the window). It names a modality, a field
+predicate, a slice of the 30-day window and whether the label is negated. An
+:class:`AttributeRule` reads one ``attr_<name>`` column (age, gender, occupation). Neither
+reads a history column, and attribute and future columns never reach the model, so history
 tokens cannot leak a label. Concert and log-in belong to both papers and are one task each.
 Rules are plain data: a study on its own data can register tasks of its own.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .schema import DAY, EVENT_FIELDS, EVENT_MODALITIES, FUTURE_DAYS, future_column, ts_seconds
+from .schema import (
+    ATTRIBUTE_PREFIX, DAY, EVENT_FIELDS, FUTURE_DAYS, future_column, table_modalities, ts_seconds,
+)
 
 ANY = "any"
+EVENT_OPS = ("in", "ge", "le", "startswith", "endswith", "has")
 
 
 @dataclass(frozen=True)
@@ -28,7 +35,7 @@ class EventRule:
 
     modality: str
     field: str | None = None
-    op: str = "in"  # in | ge | startswith | endswith
+    op: str = "in"  # in | ge | le | startswith | endswith | has (a "|"-separated list has value)
     value: tuple[str, ...] | float | str | None = None
     day_from: int = 0
     day_to: int = FUTURE_DAYS
@@ -36,13 +43,13 @@ class EventRule:
     negate: bool = False  # label = NOT (count >= min_count)
 
     def __post_init__(self) -> None:
-        if self.modality != ANY and self.modality not in EVENT_MODALITIES:
+        if self.modality != ANY and self.modality not in EVENT_FIELDS:
             raise ValueError(f"rule modality {self.modality!r}: expected one of "
-                             f"{(ANY,) + EVENT_MODALITIES}")
+                             f"{(ANY, *EVENT_FIELDS)}")
         if self.field is not None and self.field not in EVENT_FIELDS.get(self.modality, {}):
             raise ValueError(f"rule field {self.field!r}: not a field of {self.modality} events")
-        if self.op not in ("in", "ge", "startswith", "endswith"):
-            raise ValueError(f"rule op {self.op!r}: expected in | ge | startswith | endswith")
+        if self.op not in EVENT_OPS:
+            raise ValueError(f"rule op {self.op!r}: expected one of {' | '.join(EVENT_OPS)}")
         if not 0 <= self.day_from < self.day_to <= FUTURE_DAYS:
             raise ValueError(f"rule days [{self.day_from}, {self.day_to}): expected a slice of "
                              f"[0, {FUTURE_DAYS})")
@@ -53,18 +60,53 @@ class EventRule:
             value = (", ".join(self.value) if isinstance(self.value, tuple) else self.value)
             what += {"in": f" with {self.field} in {{{value}}}",
                      "ge": f" with {self.field} >= {value}",
+                     "le": f" with {self.field} <= {value}",
+                     "has": f" with {self.field} including {value}",
                      "startswith": f" with {self.field} starting with '{value}'",
                      "endswith": f" with {self.field} ending in '{value}'"}[self.op]
         days = ("the future window" if (self.day_from, self.day_to) == (0, FUTURE_DAYS)
                 else f"future days {self.day_from}-{self.day_to - 1}")
         count = "at least one" if self.min_count == 1 else f"at least {self.min_count}"
-        text = f"{count} {what} in {days}"
+        counted = what if self.min_count == 1 else what.replace(" event", " events", 1)
+        text = f"{count} {counted} in {days}"
         if self.negate and self.min_count == 1:
             return f"no {what.removeprefix('any ')} in {days}"
         return f"not ({text})" if self.negate else text
 
+    def columns(self, modalities: tuple[str, ...]) -> list[str]:
+        """The columns the rule reads, for a dataset with ``modalities``."""
+        return [future_column(m) for m in (modalities if self.modality == ANY
+                                           else (self.modality,))]
 
-GGSM, QANCHOR = "ggsm", "qanchor"
+
+@dataclass(frozen=True)
+class AttributeRule:
+    """A user attribute (column ``attr_<attribute>``): ``in`` a set of values, or a number
+    ``lt`` / ``ge`` a threshold."""
+
+    attribute: str
+    op: str
+    value: tuple[str, ...] | float
+
+    def __post_init__(self) -> None:
+        if self.op not in ("in", "lt", "ge"):
+            raise ValueError(f"attribute rule op {self.op!r}: expected in | lt | ge")
+
+    @property
+    def column(self) -> str:
+        return ATTRIBUTE_PREFIX + self.attribute
+
+    def describe(self) -> str:
+        if self.op == "in":
+            return f"{self.attribute} in {{{', '.join(self.value)}}}"
+        return f"{self.attribute} {'<' if self.op == 'lt' else '>='} {self.value:g}"
+
+    def columns(self, modalities: tuple[str, ...]) -> list[str]:
+        return [self.column]
+
+
+GGSM, QANCHOR, MOVIELENS = "ggsm", "qanchor", "movielens"
+PAPERS = (GGSM, QANCHOR)
 
 
 @dataclass(frozen=True)
@@ -72,7 +114,7 @@ class Task:
     name: str
     title: str
     domains: dict[str, str]  # suite -> the domain the paper files the task under
-    rule: EventRule
+    rule: EventRule | AttributeRule
     notes: str = ""
 
     @property
@@ -130,22 +172,53 @@ TASKS: dict[str, Task] = {t.name: t for t in (
     Task("value", "Cost-performance sensitivity", {QANCHOR: "marketing_sensitivity"},
          EventRule("minipro", "category", "in", ("deals",)),
          "a visit to a group-buy or price-comparison mini-program"),
+    # MovieLens-100k: who the user is (attributes), what they watch next and how much.
+    Task("female", "Gender: female", {MOVIELENS: "demographics"},
+         AttributeRule("gender", "in", ("F",))),
+    Task("under_25", "Age under 25", {MOVIELENS: "demographics"}, AttributeRule("age", "lt", 25)),
+    Task("over_45", "Age 45 or over", {MOVIELENS: "demographics"}, AttributeRule("age", "ge", 45)),
+    Task("student", "Occupation: student", {MOVIELENS: "demographics"},
+         AttributeRule("occupation", "in", ("student",))),
+    Task("technical", "Technical occupation", {MOVIELENS: "demographics"},
+         AttributeRule("occupation", "in", ("engineer", "programmer", "technician", "scientist"))),
+    Task("horror", "Rates a horror film", {MOVIELENS: "taste"},
+         EventRule("rating", "genres", "has", "Horror")),
+    Task("children", "Rates a children's film", {MOVIELENS: "taste"},
+         EventRule("rating", "genres", "has", "Children's")),
+    Task("animation", "Rates an animated film", {MOVIELENS: "taste"},
+         EventRule("rating", "genres", "has", "Animation")),
+    Task("western", "Rates a western", {MOVIELENS: "taste"},
+         EventRule("rating", "genres", "has", "Western")),
+    Task("film_noir", "Rates a film noir", {MOVIELENS: "taste"},
+         EventRule("rating", "genres", "has", "Film-Noir")),
+    Task("documentary", "Rates a documentary", {MOVIELENS: "taste"},
+         EventRule("rating", "genres", "has", "Documentary")),
+    Task("harsh", "Gives a 1-star rating", {MOVIELENS: "taste"},
+         EventRule("rating", "rating", "le", 1.0)),
+    Task("returning", "Returns after a week", {MOVIELENS: "activity"},
+         EventRule("rating", day_from=7),
+         "a rating in future days 7-29: the user comes back after the first week"),
+    Task("heavy", "Heavy rater", {MOVIELENS: "activity"},
+         EventRule("rating", min_count=25),
+         "25 or more ratings in the future window; since the split puts a fixed share of each "
+         "user's ratings in the future, history length nearly decides it"),
 )}
 
 # The GG-SM paper's login task and Query-as-Anchor's are one task; likewise concert.
 DOMAINS = {
     GGSM: ("user_prediction", "behaviour_preference", "marketing_sensitivity"),
     QANCHOR: ("engagement", "risk", "marketing_sensitivity"),
+    MOVIELENS: ("demographics", "taste", "activity"),
 }
 
 
 def task_names(suite: str | None = None) -> list[str]:
-    """Task names of one paper's suite (``ggsm``: 9, ``qanchor``: 10) or all 17 distinct
-    (the papers' 19 slots, concert and login shared)."""
+    """Task names of one suite (``ggsm``: 9, ``qanchor``: 10, ``movielens``: 14), or ``all``:
+    the papers' 17 distinct tasks (their 19 slots, concert and login shared)."""
     if suite in (None, "all"):
-        return list(TASKS)
+        return [name for name, t in TASKS.items() if set(t.papers) & set(PAPERS)]
     if suite not in DOMAINS:
-        raise ValueError(f"unknown task suite {suite!r}: expected ggsm, qanchor or all")
+        raise ValueError(f"unknown task suite {suite!r}: expected one of {[*DOMAINS, 'all']}")
     return [name for name, t in TASKS.items() if suite in t.papers]
 
 
@@ -161,14 +234,15 @@ def resolve_tasks(names: list[str] | str) -> list[Task]:
             out.append(TASKS[name])
         else:
             raise ValueError(f"unknown task {name!r}: expected one of {sorted(TASKS)} "
-                             f"or a suite (ggsm, qanchor, all)")
+                             f"or a suite ({', '.join([*DOMAINS, 'all'])})")
     return list({t.name: t for t in out}.values())
 
 
 def _rule_counts(table: pa.Table, rule: EventRule) -> np.ndarray:
     n = table.num_rows
     ref = ts_seconds(table.column("ref_time"))
-    modalities = EVENT_MODALITIES if rule.modality == ANY else (rule.modality,)
+    modalities = (table_modalities(table, future=True) if rule.modality == ANY
+                  else (rule.modality,))
     counts = np.zeros(n, dtype=np.int64)
     for m in modalities:
         col = table.column(future_column(m)).combine_chunks()
@@ -185,6 +259,10 @@ def _rule_counts(table: pa.Table, rule: EventRule) -> np.ndarray:
                 hit = pc.is_in(values, value_set=pa.array(list(rule.value), values.type))
             elif rule.op == "ge":
                 hit = pc.greater_equal(values, rule.value)
+            elif rule.op == "le":
+                hit = pc.less_equal(values, rule.value)
+            elif rule.op == "has":
+                hit = pc.match_substring_regex(values, f"(^|\\|){re.escape(rule.value)}(\\||$)")
             elif rule.op == "startswith":
                 hit = pc.starts_with(values, rule.value)
             else:
@@ -194,10 +272,29 @@ def _rule_counts(table: pa.Table, rule: EventRule) -> np.ndarray:
     return counts
 
 
+def _attribute_hits(table: pa.Table, rule: AttributeRule) -> np.ndarray:
+    values = table.column(rule.column)
+    if rule.op == "in":
+        hit = pc.is_in(values, value_set=pa.array(list(rule.value), pa.string()))
+    elif rule.op == "lt":
+        hit = pc.less(values, rule.value)
+    else:
+        hit = pc.greater_equal(values, rule.value)
+    return np.asarray(hit)
+
+
+def label_columns(tasks: list[Task], modalities: tuple[str, ...]) -> list[str]:
+    """The future and attribute columns the tasks' labels read."""
+    return list(dict.fromkeys(c for t in tasks for c in t.rule.columns(modalities)))
+
+
 def compute_labels(table: pa.Table, tasks: list[Task]) -> np.ndarray:
-    """Labels (users, tasks) as int8 from the future columns of a user table."""
+    """Labels (users, tasks) as int8 from the future and attribute columns of a user table."""
     out = np.empty((table.num_rows, len(tasks)), dtype=np.int8)
     for k, task in enumerate(tasks):
+        if isinstance(task.rule, AttributeRule):
+            out[:, k] = _attribute_hits(table, task.rule)
+            continue
         hit = _rule_counts(table, task.rule) >= task.rule.min_count
         out[:, k] = ~hit if task.rule.negate else hit
     return out

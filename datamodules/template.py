@@ -3,6 +3,9 @@
     <bill> ... </bill> <minipro> ... </minipro> <spm> ... </spm> <app> ... </app>
     <search> ... </search> <tabular> ... </tabular> Instruction: {query} <USER>
 
+(a dataset with other modalities has their segments instead, e.g. ``<rating> ... </rating>
+<tabular> ... </tabular>`` for MovieLens).
+
 Each event renders as one short phrase that starts with its date (``05-31 19h takeout
 Ele.me 32``), in time order inside its segment. An event's ids are the concatenated ids of its
 fields, each encoded once and memoised (dates, merchants and amounts repeat endlessly); for
@@ -25,7 +28,7 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from .records import EventColumns, UserColumns
-from .schema import EVENT_MODALITIES, SEGMENTS
+from .schema import EVENT_FIELDS, EVENT_MODALITIES, SEGMENTS, segments
 from .tokenizer import SpecialIds, special_ids
 
 PAD_SEGMENT, HISTORY, QUERY, ANCHOR = 0, 1, 2, 3
@@ -33,6 +36,7 @@ PAD_SEGMENT, HISTORY, QUERY, ANCHOR = 0, 1, 2, 3
 # Query-as-Anchor's per-modality caps (events), the paper's demo defaults.
 DEFAULT_CAPS = {"bill": 250, "minipro": 150, "spm": 150, "app": 100, "search": 10,
                 "tabular": 50}
+KNOWN_SEGMENTS = segments(EVENT_FIELDS)
 
 
 @dataclass(frozen=True)
@@ -42,11 +46,11 @@ class TemplateConfig:
     anchor: bool = True  # end with <USER>; without it the sequence ends with the query
 
     def __post_init__(self) -> None:
-        unknown = set(self.caps) - set(SEGMENTS)
+        unknown = set(self.caps) - set(KNOWN_SEGMENTS)
         if unknown:
             raise ValueError(f"template caps: unknown segment(s) {sorted(unknown)}; "
-                             f"expected keys among {list(SEGMENTS)}")
-        if self.max_tokens < 2 * len(SEGMENTS) + 8:
+                             f"expected keys among {list(KNOWN_SEGMENTS)}")
+        if self.max_tokens < 2 * len(SEGMENTS) + 8:  # the default world's segments
             raise ValueError(f"template max_tokens={self.max_tokens}: too small for the "
                              f"{2 * len(SEGMENTS)} boundary tags plus query and anchor")
 
@@ -83,6 +87,10 @@ def event_pieces(modality: str, ev: EventColumns, lo: int, hi: int) -> list[tupl
     if modality == "app":
         return [(w, a, f"{m:.0f}min") for w, a, m in zip(
             when, f["app"].strings(lo, hi), f["minutes"].values[lo:hi])]
+    if modality == "rating":
+        return [(w, t, g, f"rated {r:g}") for w, t, g, r in zip(
+            when, f["title"].strings(lo, hi), f["genres"].strings(lo, hi),
+            f["rating"].values[lo:hi])]
     return list(zip(when, f["query"].strings(lo, hi)))
 
 
@@ -124,10 +132,13 @@ class UserTemplate:
     """Turns users of a :class:`UserColumns` into token ids and segment ids."""
 
     def __init__(self, tokenizer: Tokenizer, tabular_names: list[str],
-                 config: TemplateConfig | None = None):
+                 config: TemplateConfig | None = None,
+                 modalities: tuple[str, ...] = EVENT_MODALITIES):
         self.tok = tokenizer
         self.cfg = config or TemplateConfig()
-        self.ids: SpecialIds = special_ids(tokenizer)
+        self.modalities = tuple(modalities)
+        self.segments = segments(self.modalities)
+        self.ids: SpecialIds = special_ids(tokenizer, self.segments)
         self.tabular_names = list(tabular_names)
         self._query_cache: dict[str, list[int]] = {}
         self._piece_ids: dict[str, list[int]] = {}
@@ -161,21 +172,21 @@ class UserTemplate:
         Only the newest events that could still fit are rendered: a modality is rendered in
         growing slices from the newest event until its tokens exceed the whole history budget
         (no segment can get more) or its cap is reached."""
-        budget = self.cfg.max_tokens - 2 * len(SEGMENTS)
+        budget = self.cfg.max_tokens - 2 * len(self.segments)
         spans = []
-        for m in EVENT_MODALITIES:
+        for m in self.modalities:
             lo, hi = users.history[m].span(i)
             spans.append((max(lo, hi - self.cfg.caps.get(m, hi - lo)), hi))
         tab = render_tabular(self.tabular_names, users.tabular[i])
         tab = tab[: self.cfg.caps.get("tabular", len(tab))]
-        taken = [0] * len(EVENT_MODALITIES)
-        ids: list[list[list[int]]] = [[] for _ in EVENT_MODALITIES]
-        tokens = [0] * len(EVENT_MODALITIES)
+        taken = [0] * len(self.modalities)
+        ids: list[list[list[int]]] = [[] for _ in self.modalities]
+        tokens = [0] * len(self.modalities)
         step = max(budget // 8, 1)
         first = True
         while True:
             texts, owners = [], []
-            for s_, (m, (lo, hi)) in enumerate(zip(EVENT_MODALITIES, spans)):
+            for s_, (m, (lo, hi)) in enumerate(zip(self.modalities, spans)):
                 if tokens[s_] > budget or taken[s_] >= hi - lo:
                     continue
                 k = min(step, hi - lo - taken[s_])
@@ -207,7 +218,7 @@ class UserTemplate:
         Pass ``history`` (from :meth:`history`) to encode several queries of one user
         without rendering the history again."""
         q = self.query_ids(query)
-        budget = self.cfg.max_tokens - 2 * len(SEGMENTS) - len(q) - int(self.cfg.anchor)
+        budget = self.cfg.max_tokens - 2 * len(self.segments) - len(q) - int(self.cfg.anchor)
         if budget < 0:
             raise ValueError(f"query {query!r} is {len(q)} tokens: no room left in "
                              f"max_tokens={self.cfg.max_tokens}")
@@ -217,7 +228,7 @@ class UserTemplate:
         needs.append([len(x) for x in pieces[-1]])
         keep = water_fill(needs, budget)
         ids: list[int] = []
-        for s, name in enumerate(SEGMENTS):
+        for s, name in enumerate(self.segments):
             items = pieces[s]
             kept = items[len(items) - keep[s]:] if name != "tabular" else items[: keep[s]]
             ids.append(self.ids.open[name])

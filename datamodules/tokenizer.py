@@ -7,6 +7,7 @@ Either way it carries the template's special tokens (boundary tags, ``<USER>``, 
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
@@ -16,8 +17,19 @@ from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers,
 from .schema import SEGMENTS
 
 PAD, UNK, EOS, USER = "<pad>", "<unk>", "<eos>", "<USER>"
-TAGS = tuple(t for s in SEGMENTS for t in (f"<{s}>", f"</{s}>"))
-SPECIAL_TOKENS = (PAD, UNK, EOS, USER) + TAGS
+
+
+def tags(segments: tuple[str, ...] = SEGMENTS) -> tuple[str, ...]:
+    """The boundary tags of a dataset's template segments."""
+    return tuple(t for s in segments for t in (f"<{s}>", f"</{s}>"))
+
+
+def special_tokens(segments: tuple[str, ...] = SEGMENTS) -> tuple[str, ...]:
+    return (PAD, UNK, EOS, USER) + tags(segments)
+
+
+TAGS = tags()
+SPECIAL_TOKENS = special_tokens()
 
 
 @dataclass(frozen=True)
@@ -29,15 +41,18 @@ class SpecialIds:
     close: dict[str, int]
 
 
-def train_tokenizer(texts: Iterable[str], vocab_size: int = 4096) -> Tokenizer:
+def train_tokenizer(texts: Iterable[str], vocab_size: int = 4096,
+                    segments: tuple[str, ...] = SEGMENTS) -> Tokenizer:
     """BPE over space-marked words split at punctuation (so ``a10.b1001.c1.d4`` shares
-    pieces with other page ids), with the special tokens first; decodes back to the text."""
+    pieces with other page ids), with the special tokens of ``segments`` first; decodes back
+    to the text."""
     tok = Tokenizer(models.BPE(unk_token=UNK))
     tok.normalizer = normalizers.NFKC()
     tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Metaspace(),
                                                  pre_tokenizers.Punctuation()])
     tok.decoder = decoders.Metaspace()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS),
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size,
+                                  special_tokens=list(special_tokens(segments)),
                                   min_frequency=2, show_progress=False)
     tok.train_from_iterator(texts, trainer=trainer)
     return tok
@@ -46,12 +61,17 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 4096) -> Tokenizer:
 def save_tokenizer(tok: Tokenizer, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tok.save(str(path))
+    # Written aside and renamed: parallel runs that each train the same tokenizer on first use
+    # never read a half-written file.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tok.save(str(tmp))
+    os.replace(tmp, path)
     return path
 
 
-def load_tokenizer(path: str | Path) -> Tokenizer:
-    """A ``tokenizer.json`` file, or a pretrained model directory (special tokens added)."""
+def load_tokenizer(path: str | Path, segments: tuple[str, ...] = SEGMENTS) -> Tokenizer:
+    """A ``tokenizer.json`` file, or a pretrained model directory (the special tokens of
+    ``segments`` added where missing)."""
     path = Path(path)
     if path.is_file():
         tok = Tokenizer.from_file(str(path))
@@ -62,27 +82,28 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
         tok = hf.backend_tokenizer
     else:
         raise FileNotFoundError(f"tokenizer {path}: no tokenizer.json file or model directory")
-    missing = [t for t in SPECIAL_TOKENS if tok.token_to_id(t) is None]
+    missing = [t for t in special_tokens(segments) if tok.token_to_id(t) is None]
     if missing:
         tok.add_special_tokens(missing)
     return tok
 
 
-def special_ids(tok: Tokenizer) -> SpecialIds:
-    ids = {t: tok.token_to_id(t) for t in SPECIAL_TOKENS}
+def special_ids(tok: Tokenizer, segments: tuple[str, ...] = SEGMENTS) -> SpecialIds:
+    ids = {t: tok.token_to_id(t) for t in special_tokens(segments)}
     absent = [t for t, i in ids.items() if i is None]
     if absent:
         raise ValueError(f"tokenizer lacks the template's special tokens {absent}; "
                          f"load it with load_tokenizer()")
     return SpecialIds(pad=ids[PAD], eos=ids[EOS], user=ids[USER],
-                      open={s: ids[f"<{s}>"] for s in SEGMENTS},
-                      close={s: ids[f"</{s}>"] for s in SEGMENTS})
+                      open={s: ids[f"<{s}>"] for s in segments},
+                      close={s: ids[f"</{s}>"] for s in segments})
 
 
-def hf_tokenizer(path: str | Path):
+def hf_tokenizer(path: str | Path, segments: tuple[str, ...] = SEGMENTS):
     """The saved tokenizer as ``PreTrainedTokenizerFast`` (for HF tooling and backbones)."""
     from transformers import PreTrainedTokenizerFast
 
     return PreTrainedTokenizerFast(tokenizer_file=str(path), pad_token=PAD, eos_token=EOS,
-                                   unk_token=UNK, additional_special_tokens=[USER, *TAGS])
+                                   unk_token=UNK,
+                                   additional_special_tokens=[USER, *tags(segments)])
 

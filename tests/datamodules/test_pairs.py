@@ -10,7 +10,7 @@ from maskstudy.datamodules.datamodules import ContrastiveDataModule
 from maskstudy.datamodules.pairs import TOPICS, aggregate, behaviour_answer, user_pairs
 from maskstudy.datamodules.records import UserColumns
 from maskstudy.datamodules.schema import EVENT_MODALITIES, future_column
-from maskstudy.datamodules.tasks import TASKS, compute_labels
+from maskstudy.datamodules.tasks import compute_labels, resolve_tasks
 from tests.helpers import table_of, user_row
 
 
@@ -69,7 +69,7 @@ def test_future_changes_labels_and_answers_never_the_user_input(world):
     dm.setup()
     table = pq.read_table(world / "users-00000.parquet").slice(0, 60)
     swapped = swap_futures(table)
-    tasks = list(TASKS.values())
+    tasks = resolve_tasks("all")
     assert (compute_labels(table, tasks) != compute_labels(swapped, tasks)).any()
     a, b = UserColumns(table), UserColumns(swapped)
     answers_differ = 0
