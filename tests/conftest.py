@@ -28,3 +28,19 @@ def big_world(tmp_path_factory):
     out = tmp_path_factory.mktemp("big_world")
     write_world(WorldConfig(users=3000, seed=1), out)
     return out
+
+
+@pytest.fixture(scope="session")
+def movielens(tmp_path_factory):
+    """A MovieLens-format dataset built by the real converter from generated files (60 users,
+    40 films), with a small tokenizer beside it."""
+    from maskstudy.datamodules.movielens import build_movielens
+    from tests.helpers import write_movielens_source
+
+    source = tmp_path_factory.mktemp("ml_source")
+    write_movielens_source(source, users=60)
+    out = tmp_path_factory.mktemp("movielens")
+    build_movielens(out, source)
+    dm = UserDataModule(DataConfig(path=str(out), vocab_size=600, validate=False))
+    build_tokenizer(dm, out / "tokenizer.json", users=60)
+    return out

@@ -52,3 +52,43 @@ def tiny(world, run_root, *extra):
             "trainer.limit_val_batches=1", "trainer.log_every_n_steps=1",
             "trainer.enable_progress_bar=false", "trainer.accelerator=cpu",
             "optim.warmup_steps=1", "schedule.warmup_steps=2", *extra]
+
+
+GENRES = ("Action", "Adventure", "Animation", "Children's", "Comedy", "Documentary", "Drama",
+          "Film-Noir", "Horror", "Romance", "Sci-Fi", "Western")
+OCCUPATIONS = ("student", "engineer", "programmer", "educator", "writer", "other")
+
+
+def write_movielens_source(out, *, users: int = 60, items: int = 40, seed: int = 0,
+                           start: int = 880_000_000) -> dict:
+    """Generated MovieLens-style files in recbole's atomic format (never the real data):
+    ``ml-100k.inter``, ``ml-100k.item`` and ``ml-100k.user``. Each user rates in a few
+    sessions spread over up to 150 days; returns the generated users' ratings by user id."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    out.mkdir(parents=True, exist_ok=True)
+    item_rows = ["item_id:token\tmovie_title:token_seq\trelease_year:token\tclass:token_seq"]
+    for i in range(1, items + 1):
+        genres = rng.choice(GENRES, size=int(rng.integers(1, 4)), replace=False)
+        year = "" if i == items else str(int(rng.integers(1930, 1998)))
+        item_rows.append(f"{i}\tFilm {i}\t{year}\t{' '.join(sorted(genres))}")
+    user_rows = ["user_id:token\tage:token\tgender:token\toccupation:token\tzip_code:token"]
+    inter_rows = ["user_id:token\titem_id:token\trating:float\ttimestamp:float"]
+    ratings = {}
+    for u in range(1, users + 1):
+        zip_code = f"{int(rng.integers(10000, 99999))}" if u % 7 else "T8H1N"
+        user_rows.append(f"{u}\t{int(rng.integers(15, 70))}\t{'F' if rng.random() < 0.3 else 'M'}"
+                         f"\t{rng.choice(OCCUPATIONS)}\t{zip_code}")
+        n = int(rng.integers(20, 40))
+        sessions = np.sort(rng.integers(0, 150, size=int(rng.integers(1, 5))))
+        day = rng.choice(sessions, size=n)
+        ts = start + u * 3600 + day * 86_400 + rng.integers(0, 3600, size=n)
+        picked = rng.choice(np.arange(1, items + 1), size=n, replace=False) if n <= items else \
+            rng.integers(1, items + 1, size=n)
+        stars = rng.integers(1, 6, size=n)
+        ratings[str(u)] = list(zip(ts.tolist(), picked.tolist(), stars.tolist()))
+        inter_rows += [f"{u}\t{i}\t{r}\t{t}" for t, i, r in ratings[str(u)]]
+    for name, rows in (("inter", inter_rows), ("item", item_rows), ("user", user_rows)):
+        (out / f"ml-100k.{name}").write_text("\n".join(rows) + "\n")
+    return ratings

@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from maskstudy.experiments.cli import build_parser, main
-from tests.helpers import table_of, user_row
+from tests.helpers import table_of, user_row, write_movielens_source
 
 
 def run(*args):
@@ -51,9 +51,28 @@ def test_summary_and_tokenizer(world, tmp_path, capsys):
     assert tok.exists()
 
 
+def test_movielens_builds_summarises_and_names_bad_sources(tmp_path, capsys):
+    write_movielens_source(tmp_path / "src", users=40)
+    out = tmp_path / "ml"
+    assert main(["data", "movielens", "--out", str(out), "--source", str(tmp_path / "src")]) == 0
+    printed = capsys.readouterr().out
+    meta = json.loads((out / "dataset.json").read_text())
+    assert f"wrote {meta['users']} MovieLens users" in printed and meta["users_in"] == 40
+    assert main(["data", "validate", str(out)]) == 0
+    summary = tmp_path / "s.json"
+    assert main(["data", "summary", str(out), "--tasks", "movielens", "--probe-fraction", "0.5",
+                 "--json", str(summary)]) == 0
+    assert len(json.loads(summary.read_text())["tasks"]) == 14
+    assert json.loads(summary.read_text())["world"]["dataset"] == "MovieLens-100k"
+    capsys.readouterr()
+    assert main(["data", "movielens", "--out", str(out), "--source", str(tmp_path)]) == 2
+    assert "ml-100k.inter: missing" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("command", [[], ["data"], ["data", "synth"], ["data", "validate"],
-                                     ["data", "summary"], ["data", "tokenizer"], ["fit"], ["eval"],
-                                     ["embed"], ["study"]])
+                                     ["data", "summary"], ["data", "tokenizer"],
+                                     ["data", "movielens"], ["fit"], ["eval"], ["embed"],
+                                     ["study"]])
 def test_every_command_has_help(command, capsys):
     with pytest.raises(SystemExit) as exit_:
         build_parser().parse_args([*command, "--help"])
