@@ -18,6 +18,8 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from maskstudy.datamodules.datamodules import DataConfig
+from maskstudy.datamodules.probe import check_task_columns
+from maskstudy.datamodules.schema import dataset_files
 from maskstudy.datamodules.tasks import resolve_tasks
 from maskstudy.lightning_modules.backbone import BackboneConfig
 from maskstudy.lightning_modules.encoder import ANSWER_MASKS, POOLINGS
@@ -90,7 +92,7 @@ class LoggingConfig:
 class ExperimentConfig:
     name: str = "base"
     description: str = ""
-    extends: str | None = None
+    extends: Any = None  # a file or a list of files, relative to the recipe
     seed: int = 0
     run_root: str = "runs"
     data: DataConfig = field(default_factory=DataConfig)
@@ -116,7 +118,13 @@ class ConfigError(ValueError):
 
 
 def _load_chain(path: Path, seen: tuple[Path, ...] = ()) -> list[DictConfig]:
-    """The recipe and everything it extends, base first."""
+    """The recipe and everything it extends, base first. ``extends`` is one file or a list
+    (a recipe plus a dataset file, say); each file enters the chain once, where it first
+    appears, so two parents that both extend base.yaml do not merge it twice."""
+    return [node for _, node in _load_files(path, seen)]
+
+
+def _load_files(path: Path, seen: tuple[Path, ...]) -> list[tuple[Path, DictConfig]]:
     path = path.resolve()
     if path in seen:
         raise ConfigError(f"{path}: 'extends' forms a cycle")
@@ -128,9 +136,15 @@ def _load_chain(path: Path, seen: tuple[Path, ...] = ()) -> list[DictConfig]:
         raise ConfigError(f"{path}: not valid YAML ({e})") from e
     if not isinstance(node, DictConfig):
         raise ConfigError(f"{path}: expected a mapping at the top level")
-    parent = node.get("extends")
-    chain = _load_chain((path.parent / parent), seen + (path,)) if parent else []
-    return chain + [node]
+    parents = node.get("extends") or []
+    if isinstance(parents, str):
+        parents = [parents]
+    chain: list[tuple[Path, DictConfig]] = []
+    for parent in parents:
+        for file, loaded in _load_files(path.parent / parent, seen + (path,)):
+            if all(file != f for f, _ in chain):
+                chain.append((file, loaded))
+    return chain + [(path, node)]
 
 
 def _explain(e: OmegaConfBaseException, where: str) -> ConfigError:
@@ -256,12 +270,19 @@ def check(cfg: ExperimentConfig, where: str = "config") -> None:
     if not 0 < cfg.eval.test_fraction < 1:
         fail("eval.test_fraction", "expected a value in (0, 1)")
     try:
-        resolve_tasks(list(cfg.eval.tasks))
+        tasks = resolve_tasks(list(cfg.eval.tasks))
     except ValueError as e:
         fail("eval.tasks", str(e))
     if not Path(cfg.data.path).exists():
-        fail("data.path", f"{cfg.data.path}: no such file or directory (generate one with "
-                          f"`maskstudy data synth --out {cfg.data.path}`)")
+        command = "movielens" if "movielens" in cfg.eval.tasks else "synth"
+        fail("data.path", f"{cfg.data.path}: no such file or directory (build one with "
+                          f"`maskstudy data {command} --out {cfg.data.path}`)")
+    try:
+        check_task_columns(tasks, dataset_files(cfg.data.path)[0])
+    except FileNotFoundError as e:
+        fail("data.path", str(e))
+    except ValueError as e:
+        fail("eval.tasks", str(e))
 
 
 def to_yaml(cfg: ExperimentConfig) -> str:

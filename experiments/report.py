@@ -12,6 +12,10 @@ for each recipe against ``causal`` two paired comparisons of the average AUC:
                   difference of average AUCs; 95% percentile interval and the two-sided
                   p = 2 min(P(d* <= 0), P(d* >= 0))
 
+Recipes of a dataset file (``experiments/datasets/<dataset>.yaml``) are named
+``<dataset>_<recipe>``; when every run of the sweep carries the same such prefix, the report
+names recipes without it, so ``movielens_causal`` is the ``causal`` baseline.
+
 A difference counts as larger than noise when both intervals exclude 0. With one seed only the
 test-user interval exists, and the verdict says that training noise (another seed can reorder
 recipes) was not measured. Outputs: ``report.md``, ``report.csv`` (long form),
@@ -75,7 +79,21 @@ def collect(sweep_dir: str | Path) -> dict[str, Recipe]:
         recipes.setdefault(run.name, Recipe(run.name)).runs[run.seed] = run
     if not recipes:
         raise FileNotFoundError(f"{sweep_dir}: no finished run (results.json) below it")
+    prefix = dataset_prefix(list(recipes))
+    if prefix:
+        recipes = {n.removeprefix(prefix): Recipe(n.removeprefix(prefix), r.runs)
+                   for n, r in recipes.items()}
     return dict(sorted(recipes.items(), key=lambda kv: _rank(kv[0])))
+
+
+def dataset_prefix(names: list[str]) -> str:
+    """``<dataset>_`` when every recipe name starts with the name of one dataset file."""
+    from maskstudy.experiments.config import EXPERIMENTS_DIR
+
+    for dataset in sorted(p.stem for p in (EXPERIMENTS_DIR / "datasets").glob("*.yaml")):
+        if all(n.startswith(f"{dataset}_") for n in names):
+            return f"{dataset}_"
+    return ""
 
 
 REFERENCE_NAMES = {"untrained": "untrained backbone (reference)",

@@ -15,12 +15,18 @@ def data_ok(world):
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.stem)
-def test_every_recipe_composes(recipe, data_ok):
+def test_every_recipe_composes(recipe, request):
+    data = request.getfixturevalue("movielens" if recipe.stem.startswith("movielens_")
+                                   else "world")
+    data_ok = [f"data.path={data}"]
     cfg = load_config(recipe, data_ok)
     assert cfg.name == recipe.stem
     assert cfg.optim.total_steps == cfg.trainer.max_steps  # interpolated
-    if recipe.stem != "base":
-        assert load_config(recipe, data_ok).extends == "base.yaml"
+    if recipe.stem.startswith("movielens_"):
+        mask_recipe = recipe.stem.removeprefix("movielens_")
+        assert list(cfg.extends) == [f"{mask_recipe}.yaml", "datasets/movielens.yaml"]
+    elif recipe.stem != "base":
+        assert cfg.extends == "base.yaml"
 
 
 def test_recipes_hold_only_their_differences():
@@ -29,10 +35,26 @@ def test_recipes_hold_only_their_differences():
         if recipe.stem == "base":
             continue
         text = recipe.read_text()
+        if recipe.stem.startswith("movielens_"):  # a mask recipe plus the dataset file
+            top = {line.split(":")[0] for line in text.splitlines()
+                   if line and not line.startswith((" ", "#"))}
+            assert top == {"extends", "name", "description"}, (recipe, top)
+            continue
         assert text.splitlines()[0].startswith("# Paper row:"), recipe
         top = {line.split(":")[0] for line in text.splitlines()
                if line and not line.startswith((" ", "#"))}
         assert not (top & base_keys) - {"eval", "trainer"}, (recipe, top)
+
+
+def test_a_recipe_extends_a_mask_recipe_and_a_dataset_file(movielens):
+    """``extends: [ggsm.yaml, datasets/movielens.yaml]``: base.yaml, which both reach, is
+    merged once, first, so the dataset file cannot reset GG-SM's mask to base's causal."""
+    data = [f"data.path={movielens}"]
+    cfg = load_config(EXPERIMENTS_DIR / "movielens_ggsm.yaml", data)
+    ggsm = load_config(EXPERIMENTS_DIR / "ggsm.yaml", data + ["eval.tasks=[movielens]"])
+    assert cfg.mask == ggsm.mask and cfg.schedule == ggsm.schedule and cfg.mask.name == "soft"
+    assert list(cfg.eval.tasks) == ["movielens"] and cfg.data.caps["rating"] == 250
+    assert cfg.data.probe_fraction == 0.5 and cfg.name == "movielens_ggsm"
 
 
 def test_overrides_apply(data_ok):
@@ -58,6 +80,7 @@ def test_overrides_apply(data_ok):
     ("logging.mode=sometimes", "key 'logging.mode'"),
     ("backbone.heads=3", "key 'backbone.hidden_size'"),
     ("data.path=/nonexistent/world", "key 'data.path': /nonexistent/world: no such file"),
+    ("eval.tasks=[movielens]", "key 'eval.tasks': task 'female' reads column 'attr_gender'"),
     ("encoder.pooling=global_token", "key 'encoder.pooling': global_token pooling reads"),
     ("mask.inference=soft", "key 'mask.inference': 'soft': the inference mask has no trained"),
     ("mask.name=mlp mask.options.init=0", "key 'mask.options': mlp mask init=0"),

@@ -19,10 +19,13 @@ RECIPES = sorted(p for p in EXPERIMENTS_DIR.glob("*.yaml"))
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.stem)
-def test_every_recipe_runs(recipe, world, tmp_path, monkeypatch):
+def test_every_recipe_runs(recipe, request, tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "disabled")
-    steps = 0 if recipe.stem == "untrained" else 4  # the untrained row evaluates only,
-    overrides = tiny(world, tmp_path)  # whatever trainer.max_steps says
+    on_movielens = recipe.stem.startswith("movielens_")
+    data = request.getfixturevalue("movielens" if on_movielens else "world")
+    # the untrained rows evaluate only, whatever trainer.max_steps says
+    steps = 0 if recipe.stem.endswith("untrained") else 4
+    overrides = tiny(data, tmp_path)
     cfg = load_config(recipe, overrides)
     result = fit(cfg)
     assert cfg == load_config(recipe, overrides)  # fitting never edits the config
@@ -32,7 +35,8 @@ def test_every_recipe_runs(recipe, world, tmp_path, monkeypatch):
         assert (run / name).exists(), name
     res = json.loads((run / "results.json").read_text())
     assert res["name"] == recipe.stem and res["step"] == steps
-    assert len(res["tasks"]) == 9 and 0 <= res["metrics"]["eval/avg_auc"] <= 1
+    assert len(res["tasks"]) == (14 if on_movielens else 9)
+    assert 0 <= res["metrics"]["eval/avg_auc"] <= 1
     assert set(res["references"]) == {"untrained", "bag_of_events"}
 
 

@@ -101,6 +101,7 @@ def test_fit_takes_recipe_names_and_hyphenated_args(tmp_path):
     path, overrides = recipe_and_overrides(["recipe=ggsm", "seed=2", "--trainer.max_steps=5"])
     assert path == EXPERIMENTS_DIR / "ggsm.yaml" and overrides == ["seed=2", "trainer.max_steps=5"]
     assert recipe_and_overrides(["experiments/causal.yaml", "a=1"])[0].name == "causal.yaml"
+    assert recipe_and_overrides(["movielens_ggsm"])[0] == EXPERIMENTS_DIR / "movielens_ggsm.yaml"
     from maskstudy.experiments.config import ConfigError
     with pytest.raises(ConfigError, match="expected one recipe"):
         recipe_and_overrides(["seed=1"])
@@ -250,6 +251,16 @@ def test_no_predictions_no_bootstrap_and_reference_rows(tmp_path):
     md = report(tmp_path, rounds=100).read_text()
     assert "| ggsm | 1 | +0.0333 | - | - | - | within noise |" in md
     assert "| bag-of-events LR (reference) | 1 | **0.9000 ± 0.0000** |" in md
+
+
+def test_dataset_recipes_are_reported_by_their_mask_recipe(tmp_path):
+    """A MovieLens sweep's runs (movielens_causal, ...) compare against movielens_causal."""
+    fabricate(tmp_path, "movielens_causal", 0, [0.6, 0.7, 0.8])
+    fabricate(tmp_path, "movielens_ggsm", 0, [0.7, 0.7, 0.8])
+    assert list(collect(tmp_path)) == ["causal", "ggsm"]
+    assert "| ggsm | 1 | +0.0333 |" in report(tmp_path, rounds=100).read_text()
+    fabricate(tmp_path, "causal", 1, [0.6, 0.7, 0.8])  # mixed names: kept as they are
+    assert set(collect(tmp_path)) == {"movielens_causal", "movielens_ggsm", "causal"}
 
 
 # --- the dashboard --------------------------------------------------------------------------
