@@ -45,6 +45,7 @@ import lightning as L
 import torch
 import torch.distributed as dist
 
+from maskstudy.lightning_modules.hierarchical import slots_of
 from maskstudy.lightning_modules.masks import HISTORY, MlpOpeningMask, SoftFutureMask, WindowMask
 
 WARMUP, RAMP, OPEN = 0, 1, 2
@@ -268,7 +269,8 @@ class MaskMonitor(L.Callback):
         mask = pl_module.mask
         if isinstance(mask, MlpOpeningMask):
             with torch.no_grad():
-                embeds = pl_module.encoder.backbone.get_input_embeddings()(batch["user_input_ids"])
+                embeds = pl_module.encoder.input_embeddings(batch["user_input_ids"],
+                                                            slots_of(batch))
                 w = torch.sigmoid(mask.logits(embeds))[batch["user_segment_ids"] == HISTORY]
             pl_module.log_dict({"mask/future_weight_mean": w.mean(),
                                 "mask/future_weight_min": w.min()}, on_step=True, batch_size=1)
@@ -304,7 +306,8 @@ class FutureAttentionMonitor(L.Callback):
         k = self.users
         mass = pl_module.encoder.future_attention(batch["user_input_ids"][:k],
                                                   batch["user_attention_mask"][:k],
-                                                  batch["user_segment_ids"][:k])
+                                                  batch["user_segment_ids"][:k],
+                                                  slots_of(batch, slice(0, k)))
         pl_module.log_dict({f"mask/future_attention/layer{i}": m for i, m in enumerate(mass)},
                            on_step=True, batch_size=1)
 
@@ -334,7 +337,8 @@ class MaskHeatmap(L.Callback):
             _, att, _, bias = encoder.inputs(
                 batch["user_input_ids"][:1], batch["user_attention_mask"][:1],
                 batch["user_segment_ids"][:1], encoder.mask,
-                global_token=encoder.global_query is not None)
+                global_token=encoder.global_query is not None,
+                slots=slots_of(batch, slice(0, 1)))
         if bias.dim() == 5:  # per layer: show the first layer
             bias = bias[0]
         real = att[0].bool()

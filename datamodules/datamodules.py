@@ -10,6 +10,11 @@ The batch dictionary is the contract with ``lightning_modules``:
     ``user_input_ids``, ``user_attention_mask``, ``user_segment_ids``  (B, L_user)
     ``labels`` (B, tasks) int8, ``probe_index`` (B,) row of the user in ``labels``
 
+With ``input.mode: hierarchical`` the user side also carries ``user_slot_types``,
+``user_slot_index``, ``user_slot_values`` (B, L_user), ``user_event_features``
+(B, L_user, F) and, with the text event encoder, ``user_event_vectors`` (B, L_user, D)
+(see ``datamodules/hierarchical.py``).
+
 Padding is dynamic (to the longest sequence of the batch, optionally to a multiple of 8), on
 the right by default or on the left; masks are 1 for real tokens, segment id 0 for padding.
 """
@@ -36,6 +41,10 @@ from .splits import PROBE, SPLIT_NAMES, TRAIN, VAL
 from .stream import SplitSpec, UserStream, split_tables
 from .probe import ProbeSet, all_columns, history_columns
 from .tasks import resolve_tasks
+from .hierarchical import (
+    EventTextCache, HierarchicalTemplate, HierarchicalUser, InputConfig, default_text_encoder,
+    event_text,
+)
 from .template import PAD_SEGMENT, TemplateConfig, UserTemplate, render_events, render_tabular
 from .tokenizer import load_tokenizer, save_tokenizer, train_tokenizer
 
@@ -69,11 +78,27 @@ class Collator:
 
     def user_side(self, samples: list[dict]) -> dict:
         ids = [s["input_ids"] for s in samples]
-        return {
+        out = {
             "user_input_ids": self._pad(ids, self.pad_id),
             "user_attention_mask": self._pad([[1] * len(x) for x in ids], 0),
             "user_segment_ids": self._pad([s["segment_ids"] for s in samples], PAD_SEGMENT),
         }
+        if "slot_types" in samples[0]:  # hierarchical input
+            out["user_slot_types"] = self._pad([s["slot_types"] for s in samples], 0)
+            out["user_slot_index"] = self._pad([s["slot_index"] for s in samples], 0)
+            width = out["user_input_ids"].shape[1]
+            for key, name, dtype in (("slot_values", "user_slot_values", torch.float32),
+                                     ("event_features", "user_event_features", torch.long),
+                                     ("event_vectors", "user_event_vectors", torch.float32)):
+                if samples[0].get(key) is None:
+                    continue
+                rows = [torch.as_tensor(np.asarray(s[key])) for s in samples]
+                padded = torch.zeros((len(rows), width, *rows[0].shape[1:]), dtype=dtype)
+                for b, r in enumerate(rows):
+                    where = slice(width - len(r), width) if self.left_padding else slice(0, len(r))
+                    padded[b, where] = r.to(dtype)
+                out[name] = padded
+        return out
 
     def contrastive(self, samples: list[dict]) -> dict:
         batch = self.user_side(samples)
@@ -131,8 +156,11 @@ def _sample_seed(seed: int, epoch: int, user_id: str) -> list[int]:
 class UserDataModule(L.LightningDataModule):
     """Shared setup: dataset files, validation, tokenizer and template."""
 
-    def __init__(self, config: DataConfig | None = None, **overrides):
+    def __init__(self, config: DataConfig | None = None, *, input: InputConfig | None = None,
+                 **overrides):
         super().__init__()
+        self.input = input or InputConfig()
+        self.input.check()
         unknown = sorted(set(overrides) - set(DataConfig.__dataclass_fields__))
         if unknown:
             raise TypeError(f"unknown data option {unknown[0]!r}")
@@ -163,11 +191,44 @@ class UserDataModule(L.LightningDataModule):
         if self.template is None:
             self.prepare_data()
             tok = load_tokenizer(self.tokenizer_path, segments(self.modalities))
-            self.template = UserTemplate(
-                tok, tabular_names(self.cfg.path),
-                TemplateConfig(max_tokens=self.cfg.max_tokens, caps=dict(self.cfg.caps),
-                               anchor=self.cfg.anchor),
-                self.modalities)
+            config = TemplateConfig(max_tokens=self.cfg.max_tokens, caps=dict(self.cfg.caps),
+                                    anchor=self.cfg.anchor)
+            names = tabular_names(self.cfg.path)
+            if self.input.mode == "text":
+                self.template = UserTemplate(tok, names, config, self.modalities)
+            else:
+                self.template = HierarchicalTemplate(tok, names, config, self.modalities,
+                                                     self.input, self._text_cache())
+
+    def _text_cache(self) -> EventTextCache | None:
+        """The text event encoder's cache, filled here with every distinct event text of the
+        dataset (within the caps), so dataloader workers only read it."""
+        if self.input.event_encoder != "text":
+            return None
+        encoder = self.input.text_encoder or default_text_encoder()
+        cache = EventTextCache(encoder, self.input.cache_dir
+                               or Path(self.cfg.path) / "event_cache")
+        texts: set[str] = set()
+        for table in split_tables(self.files, self.split(None), history_columns(self.modalities)):
+            users = UserColumns(table, future=False)
+            for m, ev in users.history.items():
+                cap = self.cfg.caps.get(m, 10**9)
+                for i in range(len(users)):
+                    lo, hi = ev.span(i)
+                    texts.update(event_text(m, ev, max(lo, hi - cap), hi))
+        new = cache.add(sorted(texts))
+        log.info("event text cache %s: %d texts, %d newly encoded", cache.dir, len(texts), new)
+        return cache
+
+    @staticmethod
+    def sample(enc) -> dict:
+        """The user-side fields of one encoded user (hierarchical slots when present)."""
+        out = {"input_ids": enc.input_ids, "segment_ids": enc.segment_ids}
+        if isinstance(enc, HierarchicalUser):
+            out.update(slot_types=enc.slot_types, slot_index=enc.slot_index,
+                       slot_values=enc.slot_values, event_features=enc.event_features,
+                       event_vectors=enc.event_vectors)
+        return out
 
     @property
     def collator(self) -> Collator:
@@ -179,8 +240,7 @@ class UserDataModule(L.LightningDataModule):
 
     def _make_plain(self, users: UserColumns, i: int, epoch: int) -> list[dict]:
         enc = self.template.encode(users, i, self.cfg.probe_query)
-        return [{"input_ids": enc.input_ids, "segment_ids": enc.segment_ids,
-                 "user_id": users.user_ids[i]}]
+        return [{**self.sample(enc), "user_id": users.user_ids[i]}]
 
     def users_dataloader(self, split: str = "all") -> DataLoader:
         """One pass over the users of a split (``all``, ``train``, ``val``, ``probe``) with the
@@ -241,7 +301,7 @@ class ContrastiveDataModule(UserDataModule):
         for pair in user_pairs(users, i, rng, topics_per_user=cfg.topics_per_user,
                                behaviour_query=cfg.behaviour_query):
             enc = self.template.encode(users, i, pair.query, history)
-            out.append({"input_ids": enc.input_ids, "segment_ids": enc.segment_ids,
+            out.append({**self.sample(enc),
                         "answer_ids": self.template.encode_answer(pair.answer,
                                                                   cfg.answer_max_tokens),
                         "user_id": uid, "kind": pair.kind})
@@ -281,8 +341,8 @@ class ProbeDataModule(UserDataModule):
     """Probe users (disjoint from pretraining) with their task labels and per-task splits."""
 
     def __init__(self, config: DataConfig | None = None, *, tasks: list[str] | str = "ggsm",
-                 test_fraction: float = 0.3, **overrides):
-        super().__init__(config, **overrides)
+                 test_fraction: float = 0.3, input: InputConfig | None = None, **overrides):
+        super().__init__(config, input=input, **overrides)
         self.probe = ProbeSet(self.files, self.split(PROBE), resolve_tasks(tasks),
                               test_fraction=test_fraction, seed=self.cfg.split_seed)
 
@@ -297,8 +357,7 @@ class ProbeDataModule(UserDataModule):
     def _make_user(self, users: UserColumns, i: int, epoch: int) -> list[dict]:
         enc = self.template.encode(users, i, self.cfg.probe_query)
         k = self.probe.index[users.user_ids[i]]
-        return [{"input_ids": enc.input_ids, "segment_ids": enc.segment_ids,
-                 "labels": self.probe.labels[k], "probe_index": k}]
+        return [{**self.sample(enc), "labels": self.probe.labels[k], "probe_index": k}]
 
     def probe_dataloader(self, *, all_ranks: bool = False) -> DataLoader:
         """One pass over the probe users in file order, sharded across dataloader workers and,

@@ -17,6 +17,10 @@ one token):
 A mask with ``global_token`` (hybrid (c)) makes the encoder own one learnable vector that it
 inserts into every user sequence just before the first real token, with segment id ``GLOBAL``;
 hidden states, attention masks and segment ids of the user tower then have length L + 1.
+
+Hierarchical input (``input_layer``, ``lightning_modules/hierarchical.py``): the user tower's
+``slots`` (the batch's ``user_slot_*`` and ``user_event_*`` fields) turn placeholder positions
+into event, modality, user and tabular tokens before the backbone; the answer tower stays text.
 """
 
 from __future__ import annotations
@@ -86,7 +90,7 @@ class Projector(nn.Sequential):
 class ContrastiveEncoder(nn.Module):
     def __init__(self, backbone: nn.Module, mask: AttentionMask, *, hidden_size: int,
                  pooling: str = "user_token", projector_dims: tuple[int, int] = (512, 128),
-                 answer_mask: str = "same"):
+                 answer_mask: str = "same", input_layer: nn.Module | None = None):
         super().__init__()
         if pooling not in POOLINGS:
             raise ValueError(f"unknown pooling {pooling!r}: expected one of {POOLINGS}")
@@ -100,6 +104,7 @@ class ContrastiveEncoder(nn.Module):
         self.pooling = pooling
         self.answer_mask = answer_mask
         self.projector = Projector(hidden_size, *projector_dims)
+        self.input_layer = input_layer
         self._fixed_answer_mask = {"causal": CausalMask(), "bidirectional": BidirectionalMask()}
         self.global_query = None
         if mask.global_token:  # initialised like a token embedding
@@ -110,17 +115,18 @@ class ContrastiveEncoder(nn.Module):
         self.last_layer_input: torch.Tensor | None = None
 
     def inputs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-               segment_ids: torch.Tensor, mask: AttentionMask, global_token: bool = False):
+               segment_ids: torch.Tensor, mask: AttentionMask, global_token: bool = False,
+               slots: dict | None = None):
         """What the backbone receives: (model inputs, attention mask, segment ids, bias).
 
         Model inputs are ``{"input_ids"}``, or ``{"inputs_embeds"}`` when the mask reads
-        embeddings or a global token is inserted (then mask and segments grow by one). The
-        bias is built once per forward."""
+        embeddings, a global token is inserted (then mask and segments grow by one) or the
+        input is hierarchical (``slots``). The bias is built once per forward."""
         dtype = self.backbone.get_input_embeddings().weight.dtype
-        if not (global_token or mask.reads_embeddings):
+        if not (global_token or mask.reads_embeddings or slots is not None):
             return ({"input_ids": input_ids}, attention_mask, segment_ids,
                     mask(segment_ids, attention_mask, dtype))
-        embeds = self.backbone.get_input_embeddings()(input_ids)
+        embeds = self.input_embeddings(input_ids, slots)
         if global_token:
             embeds, attention_mask, segment_ids = insert_global_token(
                 embeds, attention_mask, segment_ids, self.global_query)
@@ -128,14 +134,24 @@ class ContrastiveEncoder(nn.Module):
         bias = mask(segment_ids, attention_mask, dtype, **extra)
         return {"inputs_embeds": embeds}, attention_mask, segment_ids, bias
 
+    def input_embeddings(self, input_ids: torch.Tensor, slots: dict | None = None):
+        """(B, L, H) token embeddings, slot positions replaced under hierarchical input."""
+        embeds = self.backbone.get_input_embeddings()(input_ids)
+        if slots is not None:
+            if self.input_layer is None:
+                raise ValueError("a hierarchical batch (user_slot_*) needs an encoder built "
+                                 "with input.mode: hierarchical")
+            embeds = self.input_layer(embeds, slots)
+        return embeds
+
     def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                       segment_ids: torch.Tensor, mask: AttentionMask, capture: bool = False,
-                      global_token: bool = False):
+                      global_token: bool = False, slots: dict | None = None):
         """(final-layer hidden states (B, L', H), attention mask, segment ids) under ``mask``;
         L' = L + 1 with ``global_token``. With ``capture``, the last layer's input is kept in
         ``last_layer_input``."""
         model_inputs, attention_mask, segment_ids, bias = self.inputs(
-            input_ids, attention_mask, segment_ids, mask, global_token)
+            input_ids, attention_mask, segment_ids, mask, global_token, slots)
         kwargs = {"output_hidden_states": True} if capture else {}
         if mask.per_layer:
             with layer_biases(bias):
@@ -147,13 +163,14 @@ class ContrastiveEncoder(nn.Module):
         return out.last_hidden_state, attention_mask, segment_ids
 
     @torch.no_grad()
-    def future_attention(self, input_ids, attention_mask, segment_ids) -> torch.Tensor:
+    def future_attention(self, input_ids, attention_mask, segment_ids,
+                         slots: dict | None = None) -> torch.Tensor:
         """(layers,) per layer of the user tower: the attention mass a real query token puts
         on later keys, averaged over heads and real query tokens (0 under a causal mask)."""
         with record_future_attention() as masses:
             _, attention_mask, _ = self.hidden_states(
                 input_ids, attention_mask, segment_ids, self.mask,
-                global_token=self.global_query is not None)
+                global_token=self.global_query is not None, slots=slots)
         real = attention_mask.bool()
         return torch.stack([masses[k].mean(1)[real].mean() for k in sorted(masses)])
 
@@ -163,13 +180,14 @@ class ContrastiveEncoder(nn.Module):
         return F.normalize(self.projector(pooled).float(), dim=-1)
 
     def encode_users(self, input_ids, attention_mask, segment_ids,
-                     mask: AttentionMask | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                     mask: AttentionMask | None = None,
+                     slots: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(embeddings (B, D), final hidden states (B, L, H); L + 1 with a global token) of
         the user tower."""
         hidden, attention_mask, segment_ids = self.hidden_states(
             input_ids, attention_mask, segment_ids, mask or self.mask,
             capture=self.capture_last_layer_input and mask is None,
-            global_token=self.global_query is not None)
+            global_token=self.global_query is not None, slots=slots)
         return self.embed(hidden, attention_mask, self.pooling, segment_ids), hidden
 
     def answer_segments(self, attention_mask: torch.Tensor) -> torch.Tensor:

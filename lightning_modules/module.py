@@ -27,8 +27,11 @@ from dataclasses import asdict, dataclass, field
 import lightning as L
 import torch
 
+from maskstudy.datamodules.hierarchical import InputConfig
+
 from .backbone import BackboneConfig, build_backbone, hidden_size, num_layers
 from .encoder import ContrastiveEncoder
+from .hierarchical import HierarchicalInput, slots_of
 from .loss import LossOutput, contrastive_loss
 from .masks import AttentionMask, build_mask
 
@@ -74,6 +77,7 @@ class ModuleConfig:
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    input: InputConfig = field(default_factory=InputConfig)
 
 
 class NonFiniteError(FloatingPointError):
@@ -120,10 +124,12 @@ class ContrastiveMaskingModule(L.LightningModule):
         self.save_hyperparameters({"config": asdict(config), "vocab_size": vocab_size})
         backbone = build_backbone(config.backbone, vocab_size)
         mask = self.build_mask(config.mask.name, config.mask.options, backbone)
+        input_layer = (HierarchicalInput(config.input, hidden_size(backbone))
+                       if config.input.mode == "hierarchical" else None)
         self.encoder = ContrastiveEncoder(
             backbone, mask, hidden_size=hidden_size(backbone), pooling=config.encoder.pooling,
             projector_dims=(config.encoder.projector_inner, config.encoder.projector_out),
-            answer_mask=config.encoder.answer_mask)
+            answer_mask=config.encoder.answer_mask, input_layer=input_layer)
         self.inference_mask = (None if config.mask.inference is None
                                else self.build_mask(config.mask.inference, {}, backbone))
 
@@ -145,7 +151,8 @@ class ContrastiveMaskingModule(L.LightningModule):
     def forward(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(user embeddings, answer embeddings, user-tower final hidden states)."""
         users, hidden = self.encoder.encode_users(
-            batch["user_input_ids"], batch["user_attention_mask"], batch["user_segment_ids"])
+            batch["user_input_ids"], batch["user_attention_mask"], batch["user_segment_ids"],
+            slots=slots_of(batch))
         answers = self.encoder.encode_answers(batch["answer_input_ids"],
                                               batch["answer_attention_mask"])
         return users, answers, hidden
@@ -248,7 +255,8 @@ class ContrastiveMaskingModule(L.LightningModule):
             users, _ = self.encoder.encode_users(
                 batch["user_input_ids"].to(self.device),
                 batch["user_attention_mask"].to(self.device),
-                batch["user_segment_ids"].to(self.device), mask=self.inference_mask)
+                batch["user_segment_ids"].to(self.device), mask=self.inference_mask,
+                slots=slots_of(batch, device=self.device))
         finally:
             self.train(was_training)
         return users

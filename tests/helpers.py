@@ -92,3 +92,25 @@ def write_movielens_source(out, *, users: int = 60, items: int = 40, seed: int =
     for name, rows in (("inter", inter_rows), ("item", item_rows), ("user", user_rows)):
         (out / f"ml-100k.{name}").write_text("\n".join(rows) + "\n")
     return ratings
+
+
+def write_tiny_text_encoder(out, hidden: int = 32):
+    """A tiny random BERT sentence encoder saved as an HF model directory (offline stand-in
+    for all-MiniLM-L6-v2 in tests): character-level WordPiece vocabulary, 2 layers."""
+    import string
+
+    import torch
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    out.mkdir(parents=True, exist_ok=True)
+    chars = string.ascii_lowercase + string.digits
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *chars, *(f"##{c}" for c in chars),
+             *string.punctuation]
+    (out / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    BertTokenizerFast(vocab_file=str(out / "vocab.txt")).save_pretrained(out)
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=len(vocab), hidden_size=hidden, num_hidden_layers=2,
+                        num_attention_heads=2, intermediate_size=2 * hidden,
+                        max_position_embeddings=128)
+    BertModel(config).save_pretrained(out)
+    return out
