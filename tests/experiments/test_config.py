@@ -25,6 +25,14 @@ def test_every_recipe_composes(recipe, request):
     if recipe.stem.startswith("movielens_"):
         mask_recipe = recipe.stem.removeprefix("movielens_")
         assert list(cfg.extends) == [f"{mask_recipe}.yaml", "datasets/movielens.yaml"]
+    elif recipe.stem.startswith("hier_"):
+        text = recipe.stem.startswith("hier_text_")
+        mask_recipe = recipe.stem.removeprefix("hier_text_" if text else "hier_")
+        inputs = "inputs/hierarchical_text.yaml" if text else "inputs/hierarchical.yaml"
+        assert list(cfg.extends) == [f"{mask_recipe}.yaml", inputs]
+        assert cfg.input.event_encoder == ("text" if text else "learned")
+        assert cfg.input.mode == "hierarchical"
+        assert cfg.mask == load_config(EXPERIMENTS_DIR / f"{mask_recipe}.yaml", data_ok).mask
     elif recipe.stem != "base":
         assert cfg.extends == "base.yaml"
 
@@ -35,7 +43,7 @@ def test_recipes_hold_only_their_differences():
         if recipe.stem == "base":
             continue
         text = recipe.read_text()
-        if recipe.stem.startswith("movielens_"):  # a mask recipe plus the dataset file
+        if recipe.stem.startswith(("movielens_", "hier_")):  # a mask recipe plus one file
             top = {line.split(":")[0] for line in text.splitlines()
                    if line and not line.startswith((" ", "#"))}
             assert top == {"extends", "name", "description"}, (recipe, top)
@@ -81,6 +89,8 @@ def test_overrides_apply(data_ok):
     ("backbone.heads=3", "key 'backbone.hidden_size'"),
     ("data.path=/nonexistent/world", "key 'data.path': /nonexistent/world: no such file"),
     ("eval.tasks=[movielens]", "key 'eval.tasks': task 'female' reads column 'attr_gender'"),
+    ("input.mode=tree", "key 'input.mode': 'tree': expected one of"),
+    ("input.event_encoder=gte", "key 'input.event_encoder': 'gte'"),
     ("encoder.pooling=global_token", "key 'encoder.pooling': global_token pooling reads"),
     ("mask.inference=soft", "key 'mask.inference': 'soft': the inference mask has no trained"),
     ("mask.name=mlp mask.options.init=0", "key 'mask.options': mlp mask init=0"),

@@ -12,7 +12,7 @@ import pytest
 from maskstudy.experiments.cli import main
 from maskstudy.experiments.config import EXPERIMENTS_DIR, load_config
 from maskstudy.experiments.run import fit
-from tests.helpers import tiny
+from tests.helpers import tiny, write_tiny_text_encoder
 from tests.wandb_records import history, records, wait_until_closed
 
 RECIPES = sorted(p for p in EXPERIMENTS_DIR.glob("*.yaml"))
@@ -26,6 +26,10 @@ def test_every_recipe_runs(recipe, request, tmp_path, monkeypatch):
     # the untrained rows evaluate only, whatever trainer.max_steps says
     steps = 0 if recipe.stem.endswith("untrained") else 4
     overrides = tiny(data, tmp_path)
+    if recipe.stem.startswith("hier_text_"):  # a tiny stand-in for the sentence encoder
+        encoder = write_tiny_text_encoder(tmp_path / "encoder")
+        overrides += [f"input.text_encoder={encoder}", "input.text_dim=32",
+                      f"input.cache_dir={tmp_path / 'event_cache'}"]
     cfg = load_config(recipe, overrides)
     result = fit(cfg)
     assert cfg == load_config(recipe, overrides)  # fitting never edits the config
