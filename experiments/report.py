@@ -102,7 +102,9 @@ REFERENCE_NAMES = {"untrained": "untrained backbone (reference)",
 
 def references(recipes: dict[str, Recipe]) -> dict[str, Recipe]:
     """The reference rows every run carries (``results.json`` ``references``), over the seeds
-    they were computed for; the untrained row only when no ``untrained`` recipe ran."""
+    they were computed for; the untrained row only when no ``untrained`` recipe ran, one per
+    input (an untrained model reading one token per event is another reference than one
+    reading text)."""
     out: dict[str, Recipe] = {}
     for rec in recipes.values():
         for seed, run in rec.runs.items():
@@ -110,10 +112,25 @@ def references(recipes: dict[str, Recipe]) -> dict[str, Recipe]:
                 if kind not in REFERENCE_NAMES or (kind == "untrained" and "untrained" in recipes):
                     continue
                 name = REFERENCE_NAMES[kind]
+                source = run.results.get("input") or _input_of(run.dir)
+                if kind == "untrained" and source != "text":
+                    name = name.replace("backbone", f"backbone, {source} input")
                 out.setdefault(name, Recipe(name)).runs.setdefault(
                     seed, Run(name, seed, run.dir, {"tasks": ref["tasks"],
                                                    "metrics": ref["metrics"]}))
     return out
+
+
+def _input_of(run_dir: Path) -> str:
+    """A run's input from its config.yaml (runs written before results named it)."""
+    import yaml
+
+    path = run_dir / "config.yaml"
+    if not path.exists():
+        return "text"
+    cfg = (yaml.safe_load(path.read_text()) or {}).get("input") or {}
+    mode = cfg.get("mode", "text")
+    return "text" if mode == "text" else f"{mode} ({cfg.get('event_encoder', 'learned')})"
 
 
 def _rank(name: str) -> tuple[int, str]:
@@ -300,7 +317,7 @@ def _cell(ms: tuple[float, float], best: bool) -> str:
 def markdown(recipes, tasks, domains, table, comparisons, stab, sweep_dir) -> str:
     doms = list(dict.fromkeys(domains[t] for t in tasks))
     seeds = sorted({s for r in recipes.values() for s in r.runs})
-    trained = {n: r for n, r in recipes.items() if n not in REFERENCE_NAMES.values()}
+    trained = {n: r for n, r in recipes.items() if not n.endswith("(reference)")}
     lines = [f"# Report: {Path(sweep_dir).name}", "",
              f"{sum(len(r.runs) for r in trained.values())} runs, {len(trained)} recipes, seeds "
              f"{seeds}. Cells: mean ± std over seeds; best mean per column in bold. Reference "

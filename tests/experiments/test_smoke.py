@@ -39,6 +39,8 @@ def test_every_recipe_runs(recipe, request, tmp_path, monkeypatch):
         assert (run / name).exists(), name
     res = json.loads((run / "results.json").read_text())
     assert res["name"] == recipe.stem and res["step"] == steps
+    assert res["input"] == ("text" if not recipe.stem.startswith("hier_") else
+                            f"hierarchical ({cfg.input.event_encoder})")
     assert len(res["tasks"]) == (14 if on_movielens else 9)
     assert 0 <= res["metrics"]["eval/avg_auc"] <= 1
     assert set(res["references"]) == {"untrained", "bag_of_events"}

@@ -12,7 +12,7 @@ from maskstudy.experiments.cli import main, recipe_and_overrides
 from maskstudy.experiments.config import EXPERIMENTS_DIR
 from maskstudy.experiments.dashboard import SECTIONS, build_workspace, workspace_json
 from maskstudy.experiments.report import (
-    bootstrap_difference, collect, loss_spikes, report, resampled_auc, seed_interval,
+    bootstrap_difference, collect, loss_spikes, references, report, resampled_auc, seed_interval,
 )
 from maskstudy.experiments.sweep import (
     SweepError, expand, load_sweep, point_id, render_command, run_sweep,
@@ -261,6 +261,25 @@ def test_dataset_recipes_are_reported_by_their_mask_recipe(tmp_path):
     assert "| ggsm | 1 | +0.0333 |" in report(tmp_path, rounds=100).read_text()
     fabricate(tmp_path, "causal", 1, [0.6, 0.7, 0.8])  # mixed names: kept as they are
     assert set(collect(tmp_path)) == {"movielens_causal", "movielens_ggsm", "causal"}
+
+
+def test_untrained_references_are_kept_per_input(tmp_path):
+    """Text and hierarchical runs carry different untrained references; the report shows both."""
+    ref = {"tasks": {f"t{k}": {"auc": 0.6, "ks": 0.3} for k in range(3)},
+           "metrics": {"eval/avg_auc": 0.6, "eval/avg_ks": 0.3}}
+    for name, source, value in (("causal", "text", 0.6), ("hier_causal", "hierarchical (learned)",
+                                                          0.75)):
+        run = fabricate(tmp_path, name, 0, [0.7, 0.7, 0.7])
+        res = json.loads((run / "results.json").read_text())
+        untrained = json.loads(json.dumps(ref))
+        untrained["metrics"]["eval/avg_auc"] = value
+        res.update(input=source, references={"untrained": untrained})
+        (run / "results.json").write_text(json.dumps(res))
+    refs = references(collect(tmp_path))
+    assert {n: r.runs[0].results["metrics"]["eval/avg_auc"] for n, r in refs.items()} == {
+        "untrained backbone (reference)": 0.6,
+        "untrained backbone, hierarchical (learned) input (reference)": 0.75}
+    assert "2 runs, 2 recipes" in report(tmp_path, rounds=50).read_text()  # references apart
 
 
 # --- the dashboard --------------------------------------------------------------------------
