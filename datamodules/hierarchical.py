@@ -81,9 +81,10 @@ class InputConfig:
         if self.event_encoder not in EVENT_ENCODERS:
             raise ValueError(f"input.event_encoder {self.event_encoder!r}: expected one of "
                              f"{EVENT_ENCODERS}")
-        if min(self.event_dim, self.text_dim, self.max_tabular) < 1 or self.hash_buckets < 2:
-            raise ValueError("input.event_dim, input.hash_buckets and input.max_tabular must be "
-                             "positive")
+        for key, low in (("event_dim", 1), ("text_dim", 1), ("max_tabular", 1),
+                         ("hash_buckets", 2)):
+            if getattr(self, key) < low:
+                raise ValueError(f"input.{key} {getattr(self, key)}: expected at least {low}")
 
 
 def _hash(text: str, buckets: int) -> int:

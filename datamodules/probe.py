@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-
 import pyarrow.parquet as pq
 
 from .schema import EVENT_MODALITIES, future_column, schema_modalities

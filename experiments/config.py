@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from maskstudy.datamodules.datamodules import DataConfig
-from maskstudy.datamodules.hierarchical import InputConfig
+from maskstudy.datamodules.hierarchical import InputConfig, default_text_encoder
 from maskstudy.datamodules.probe import check_task_columns
 from maskstudy.datamodules.schema import dataset_files
 from maskstudy.datamodules.tasks import resolve_tasks
@@ -197,8 +197,16 @@ def check(cfg: ExperimentConfig, where: str = "config") -> None:
     try:
         cfg.input.check()
     except ValueError as e:
-        key = str(e).split()[0] if str(e).startswith("input.") else "input"
-        fail(key, str(e).removeprefix(key + " ").removeprefix(key + ": "))
+        key, _, message = str(e).partition(" ")  # "input.<field> <what is wrong>"
+        fail(key, message)
+    if cfg.input.mode == "hierarchical" and cfg.input.event_encoder == "text":
+        if cfg.input.text_encoder is None:
+            try:
+                default_text_encoder()
+            except FileNotFoundError as e:
+                fail("input.text_encoder", str(e))
+        elif not Path(cfg.input.text_encoder).is_dir():
+            fail("input.text_encoder", f"{cfg.input.text_encoder}: no such model directory")
     if cfg.mask.name not in MASKS:
         fail("mask.name", f"unknown mask {cfg.mask.name!r}; expected one of {sorted(MASKS)}")
     if cfg.mask.inference is not None and cfg.mask.inference not in FIXED_MASKS:

