@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from maskstudy.experiments.config import EXPERIMENTS_DIR, ConfigError, load_config, to_yaml
+from tests.helpers import write_tiny_text_encoder
 
 RECIPES = sorted(p for p in EXPERIMENTS_DIR.glob("*.yaml"))
 
@@ -15,10 +16,12 @@ def data_ok(world):
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.stem)
-def test_every_recipe_composes(recipe, request):
+def test_every_recipe_composes(recipe, request, tmp_path):
     data = request.getfixturevalue("movielens" if recipe.stem.startswith("movielens_")
                                    else "world")
     data_ok = [f"data.path={data}"]
+    if recipe.stem.startswith("hier_text_"):  # no sentence-encoder package needed
+        data_ok.append(f"input.text_encoder={write_tiny_text_encoder(tmp_path / 'enc')}")
     cfg = load_config(recipe, data_ok)
     assert cfg.name == recipe.stem
     assert cfg.optim.total_steps == cfg.trainer.max_steps  # interpolated
