@@ -11,6 +11,7 @@ import json
 import struct
 from pathlib import Path
 
+from google.protobuf.message import DecodeError
 from wandb.proto import wandb_internal_pb2 as pb
 
 BLOCK = 32 * 1024
@@ -31,6 +32,8 @@ def records(path: str | Path) -> list[pb.Record]:
         if kind == 0 and length == 0:
             pos += left  # zero padding to the end of the block
             continue
+        if pos + 7 + length > len(data):
+            break  # a record still being written (the file is read while wandb writes it)
         chunk = data[pos + 7: pos + 7 + length]
         pos += 7 + length
         if kind in (FULL, FIRST):
@@ -54,8 +57,8 @@ def wait_until_closed(path: str | Path, timeout: float = 60.0) -> None:
         try:
             if any(r.WhichOneof("record_type") == "exit" for r in records(path)):
                 return
-        except (AssertionError, struct.error):
-            pass  # header not written yet
+        except (AssertionError, struct.error, DecodeError):
+            pass  # header not written yet, or a record caught half-written
         if time.monotonic() > deadline:
             raise TimeoutError(f"{path}: no exit record after {timeout}s")
         time.sleep(0.2)
