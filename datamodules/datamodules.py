@@ -43,7 +43,7 @@ from .probe import ProbeSet, all_columns, history_columns
 from .tasks import resolve_tasks
 from .hierarchical import (
     EventTextCache, HierarchicalTemplate, HierarchicalUser, InputConfig, default_text_encoder,
-    event_text,
+    event_texts,
 )
 from .template import PAD_SEGMENT, TemplateConfig, UserTemplate, render_events, render_tabular
 from .tokenizer import load_tokenizer, save_tokenizer, train_tokenizer
@@ -210,12 +210,7 @@ class UserDataModule(L.LightningDataModule):
                                or Path(self.cfg.path) / "event_cache")
         texts: set[str] = set()
         for table in split_tables(self.files, self.split(None), history_columns(self.modalities)):
-            users = UserColumns(table, future=False)
-            for m, ev in users.history.items():
-                cap = self.cfg.caps.get(m, 10**9)
-                for i in range(len(users)):
-                    lo, hi = ev.span(i)
-                    texts.update(event_text(m, ev, max(lo, hi - cap), hi))
+            texts.update(event_texts(UserColumns(table, future=False), self.cfg.caps))
         new = cache.add(sorted(texts))
         log.info("event text cache %s: %d texts, %d newly encoded", cache.dir, len(texts), new)
         return cache

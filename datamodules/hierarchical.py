@@ -75,6 +75,11 @@ class InputConfig:
     max_tabular: int = 64  # tabular tokens the model has weights for
     cache_dir: str | None = None  # text event cache; None: <data.path>/event_cache
 
+    @property
+    def label(self) -> str:
+        """``text``, or ``hierarchical (learned|text)``: which input a model reads."""
+        return "text" if self.mode == "text" else f"{self.mode} ({self.event_encoder})"
+
     def check(self) -> None:
         if self.mode not in INPUT_MODES:
             raise ValueError(f"input.mode {self.mode!r}: expected one of {INPUT_MODES}")
@@ -136,6 +141,17 @@ class EventFeaturizer:
 def event_text(modality: str, ev: EventColumns, lo: int, hi: int) -> list[str]:
     """The text of events ``lo:hi`` without their date: what the text event encoder reads."""
     return [" ".join(p[1:]) for p in event_pieces(modality, ev, lo, hi)]
+
+
+def event_texts(users: UserColumns, caps: dict[str, int]) -> list[str]:
+    """The event texts of every user's newest events within the caps (one per occurrence)."""
+    out: list[str] = []
+    for m, ev in users.history.items():
+        cap = caps.get(m, 10**9)
+        for i in range(len(users)):
+            lo, hi = ev.span(i)
+            out += event_text(m, ev, max(lo, hi - cap), hi)
+    return out
 
 
 class EventTextCache:
@@ -277,13 +293,10 @@ class HierarchicalTemplate(UserTemplate):
             out += [(SLOT_MODALITY, MODALITY_INDEX[m]) for m in self.modalities]
         return out
 
-    def history(self, users: UserColumns, i: int):
-        """Per modality the (lo, hi) span of the newest events within the caps."""
-        spans = []
-        for m in self.modalities:
-            lo, hi = users.history[m].span(i)
-            spans.append((max(lo, hi - self.cfg.caps.get(m, hi - lo)), hi))
-        return spans
+    def history(self, users: UserColumns, i: int) -> list[tuple[int, int]]:
+        """What :meth:`encode` reuses across one user's queries: the spans of the events kept
+        within the caps (nothing is rendered ahead of the token budget here)."""
+        return self.spans(users, i)
 
     def encode(self, users: UserColumns, i: int, query: str = "",
                history=None) -> HierarchicalUser:

@@ -166,6 +166,14 @@ class UserTemplate:
             self._query_cache[query] = self.tok.encode(text, add_special_tokens=False).ids
         return self._query_cache[query]
 
+    def spans(self, users: UserColumns, i: int) -> list[tuple[int, int]]:
+        """Per modality the (lo, hi) span of user ``i``'s newest events within the caps."""
+        spans = []
+        for m in self.modalities:
+            lo, hi = users.history[m].span(i)
+            spans.append((max(lo, hi - self.cfg.caps.get(m, hi - lo)), hi))
+        return spans
+
     def history(self, users: UserColumns, i: int) -> list[list[list[int]]]:
         """Token ids of user ``i``'s history items per segment, oldest first.
 
@@ -173,10 +181,7 @@ class UserTemplate:
         growing slices from the newest event until its tokens exceed the whole history budget
         (no segment can get more) or its cap is reached."""
         budget = self.cfg.max_tokens - 2 * len(self.segments)
-        spans = []
-        for m in self.modalities:
-            lo, hi = users.history[m].span(i)
-            spans.append((max(lo, hi - self.cfg.caps.get(m, hi - lo)), hi))
+        spans = self.spans(users, i)
         tab = render_tabular(self.tabular_names, users.tabular[i])
         tab = tab[: self.cfg.caps.get("tabular", len(tab))]
         taken = [0] * len(self.modalities)

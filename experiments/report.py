@@ -125,12 +125,12 @@ def _input_of(run_dir: Path) -> str:
     """A run's input from its config.yaml (runs written before results named it)."""
     import yaml
 
+    from maskstudy.datamodules.hierarchical import InputConfig
+
     path = run_dir / "config.yaml"
     if not path.exists():
         return "text"
-    cfg = (yaml.safe_load(path.read_text()) or {}).get("input") or {}
-    mode = cfg.get("mode", "text")
-    return "text" if mode == "text" else f"{mode} ({cfg.get('event_encoder', 'learned')})"
+    return InputConfig(**((yaml.safe_load(path.read_text()) or {}).get("input") or {})).label
 
 
 def _rank(name: str) -> tuple[int, str]:

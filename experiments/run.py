@@ -174,12 +174,6 @@ def _cache_key(cfg: ExperimentConfig, kind: str) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def input_label(cfg: ExperimentConfig) -> str:
-    """``text``, or ``hierarchical (learned|text)``: which input a run's model read."""
-    i = cfg.input
-    return "text" if i.mode == "text" else f"{i.mode} ({i.event_encoder})"
-
-
 def reference_rows(cfg: ExperimentConfig, probe_dm: ProbeDataModule,
                    source: ProbeSourceAdapter, vocab_size: int) -> dict[str, dict]:
     """The untrained backbone (causal mask, the run's seed) and the bag-of-events baseline,
@@ -374,7 +368,7 @@ def fit(cfg: ExperimentConfig, *, resume: str | Path | None = None,
     probe_cb = LinearProbeEvaluation(
         source, every_n_steps=cfg.eval.every_n_steps, c=cfg.eval.c, out_dir=run_dir,
         extra_results={"name": cfg.name, "description": cfg.description, "mask": cfg.mask.name,
-                       "input": input_label(cfg), "seed": cfg.seed, "domains": source.domains,
+                       "input": cfg.input.label, "seed": cfg.seed, "domains": source.domains,
                        "references": refs})
     callbacks = [probe_cb, *schedule_callbacks(cfg, run_dir / "plots"), *(callbacks or [])]
     if cfg.logging.sample_tables:

@@ -280,6 +280,14 @@ def test_untrained_references_are_kept_per_input(tmp_path):
         "untrained backbone (reference)": 0.6,
         "untrained backbone, hierarchical (learned) input (reference)": 0.75}
     assert "2 runs, 2 recipes" in report(tmp_path, rounds=50).read_text()  # references apart
+    # Runs written before results named their input: read from their config.yaml.
+    run = tmp_path / "hier_causal" / "s0"
+    res = json.loads((run / "results.json").read_text())
+    del res["input"]
+    (run / "results.json").write_text(json.dumps(res))
+    (run / "config.yaml").write_text("input:\n  mode: hierarchical\n  event_encoder: text\n")
+    assert "untrained backbone, hierarchical (text) input (reference)" in references(
+        collect(tmp_path))
 
 
 # --- the dashboard --------------------------------------------------------------------------
