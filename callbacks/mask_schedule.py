@@ -66,8 +66,10 @@ def importance_weights(importance: torch.Tensor, variant: str = "paper") -> torc
     if variant == "paper":
         return torch.sigmoid(importance)
     if variant == "calibrated":
+        # the mean over measured keys (1 before any gradient), computed without a host sync
         seen = importance > 0
-        mean = importance[seen].mean() if seen.any() else importance.new_ones(())
+        count = seen.sum()
+        mean = torch.where(count > 0, (importance * seen).sum() / count.clamp_min(1), 1.0)
         return 2 * torch.sigmoid(importance / mean.clamp_min(1e-12)) - 1
     raise ValueError(f"pre-warmup variant {variant!r}: expected 'paper' or 'calibrated'")
 
@@ -113,7 +115,7 @@ class GradientGuidedPrewarmup(L.Callback):
     def setup(self, trainer, pl_module, stage: str) -> None:
         mask = _soft_mask(pl_module)
         if trainer.global_step == 0:  # a fresh run starts from the variant's zero-gradient weights
-            mask.set_weights(importance_weights(mask.importance, self.variant))
+            mask.set_weights(importance_weights(mask.importance, self.variant), check=False)
             mask.phase.fill_(WARMUP)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
@@ -137,12 +139,13 @@ class GradientGuidedPrewarmup(L.Callback):
             return
         mask = _soft_mask(pl_module)
         norms = self._hidden.grad.detach().float().norm(dim=-1)  # (B, L)
-        index = self._index[self._valid]
+        # Padding adds zeros: weighting instead of boolean indexing keeps the host unsynced.
+        index, valid = self._index.flatten(), self._valid.flatten().float()
         if self._sums is None:
             self._sums = torch.zeros(mask.positions, device=norms.device)
             self._counts = torch.zeros(mask.positions, device=norms.device)
-        self._sums.index_add_(0, index, norms[self._valid])
-        self._counts.index_add_(0, index, torch.ones_like(index, dtype=torch.float32))
+        self._sums.index_add_(0, index, norms.flatten() * valid)
+        self._counts.index_add_(0, index, valid)
         self._hidden = None
         pl_module.encoder.last_layer_input = None
 
@@ -163,17 +166,16 @@ class GradientGuidedPrewarmup(L.Callback):
         mask.importance.copy_(measured)
         self._sums = self._counts = None
         weights = importance_weights(mask.importance, self.variant)
-        mask.set_weights(weights)  # used from the next step on
+        mask.set_weights(weights, check=False)  # in [0, 1] by construction; next step on
         if step == self.warmup_steps - 1:
             mask.frozen.copy_(weights.expand_as(mask.frozen))
             mask.phase.fill_(RAMP)
             if self.out_dir is not None and trainer.global_rank == 0:
                 self._save_importance(mask, step)
-        imp = mask.importance[seen]
-        pl_module.log_dict({"mask/importance_mean": imp.mean() if imp.numel() else 0.0,
-                            "mask/importance_max": imp.max() if imp.numel() else 0.0},
+        mean, _, top = masked_stats(mask.importance, seen)
+        pl_module.log_dict({"mask/importance_mean": mean, "mask/importance_max": top},
                            on_step=True, batch_size=1)
-        _log_histogram(trainer, "mask/grad_norm_hist", (sums / counts.clamp_min(1))[seen], step)
+        _log_histogram(trainer, "mask/grad_norm_hist", sums / counts.clamp_min(1), seen, step)
 
     def _save_importance(self, mask: SoftFutureMask, step: int) -> None:
         """importance.npy (per key position: importance, frozen weight) and importance.png."""
@@ -204,13 +206,28 @@ class GradientGuidedPrewarmup(L.Callback):
         plt.close(fig)
 
 
-def _log_histogram(trainer, key: str, values: torch.Tensor, step: int) -> None:
-    """A W&B histogram (W&B loggers only; CSV has no histogram type)."""
+def masked_stats(values: torch.Tensor, where: torch.Tensor):
+    """(mean, min, max) of ``values`` where ``where`` holds (broadcast), 0 where it never
+    holds; tensors, without the host sync that boolean indexing costs."""
+    where = where.expand_as(values)
+    count = where.sum()
+    mean = (values * where).sum() / count.clamp_min(1)
+    empty = count == 0
+    low = torch.where(empty, 0.0, torch.where(where, values, torch.inf).amin())
+    high = torch.where(empty, 0.0, torch.where(where, values, -torch.inf).amax())
+    return mean, low, high
+
+
+def _log_histogram(trainer, key: str, values: torch.Tensor, where: torch.Tensor,
+                   step: int) -> None:
+    """A W&B histogram of ``values[where]`` (W&B loggers only; CSV has no histogram type)."""
     for logger in trainer.loggers:
-        if type(logger).__name__ == "WandbLogger" and values.numel():
+        if type(logger).__name__ == "WandbLogger":
             import wandb
 
-            logger.log_metrics({key: wandb.Histogram(values.float().cpu().numpy())}, step=step)
+            picked = values[where].float().cpu().numpy()  # the host needs the values anyway
+            if picked.size:
+                logger.log_metrics({key: wandb.Histogram(picked)}, step=step)
 
 
 class LinearMaskScheduler(L.Callback):
@@ -234,7 +251,7 @@ class LinearMaskScheduler(L.Callback):
         alpha = ramp_alpha(step, self.start_step, self.end_step, self.shape)
         mask.alpha.fill_(alpha)
         mask.phase.fill_(OPEN if alpha >= 1.0 else RAMP)
-        mask.set_weights((1 - alpha) * mask.frozen + alpha)
+        mask.set_weights((1 - alpha) * mask.frozen + alpha, check=False)  # in [0, 1]
 
 
 class WindowScheduler(L.Callback):
@@ -271,9 +288,10 @@ class MaskMonitor(L.Callback):
             with torch.no_grad():
                 embeds = pl_module.encoder.input_embeddings(batch["user_input_ids"],
                                                             slots_of(batch))
-                w = torch.sigmoid(mask.logits(embeds))[batch["user_segment_ids"] == HISTORY]
-            pl_module.log_dict({"mask/future_weight_mean": w.mean(),
-                                "mask/future_weight_min": w.min()}, on_step=True, batch_size=1)
+                w = torch.sigmoid(mask.logits(embeds))
+            mean, low, _ = masked_stats(w, batch["user_segment_ids"] == HISTORY)
+            pl_module.log_dict({"mask/future_weight_mean": mean, "mask/future_weight_min": low},
+                               on_step=True, batch_size=1)
             return
         if isinstance(mask, WindowMask):
             pl_module.log_dict({"mask/alpha": mask.alpha.float(), "mask/phase": mask.phase.float(),
@@ -281,9 +299,10 @@ class MaskMonitor(L.Callback):
             return
         if not isinstance(mask, SoftFutureMask):
             return
-        used = mask.key_index(batch["user_attention_mask"])[batch["user_attention_mask"].bool()]
-        w = mask.weights().detach()[:, used]
-        metrics = {"mask/future_weight_mean": w.mean(), "mask/future_weight_min": w.min()}
+        attention_mask = batch["user_attention_mask"]
+        w = mask.weights().detach()[:, mask.key_index(attention_mask)]  # (layers, B, L)
+        mean, low, _ = masked_stats(w, attention_mask.bool())
+        metrics = {"mask/future_weight_mean": mean, "mask/future_weight_min": low}
         if not mask.learnable:
             metrics |= {"mask/alpha": mask.alpha.float(), "mask/phase": mask.phase.float()}
         pl_module.log_dict(metrics, on_step=True, batch_size=1)

@@ -220,13 +220,16 @@ class SoftFutureMask(AttentionMask):
         return torch.sigmoid(self.logits) if self.learnable else self.weight
 
     @torch.no_grad()
-    def set_weights(self, w: torch.Tensor | float) -> None:
-        """Sets the (non-learnable) weights; a tensor broadcasts to (layers, positions)."""
+    def set_weights(self, w: torch.Tensor | float, check: bool = True) -> None:
+        """Sets the (non-learnable) weights; a tensor broadcasts to (layers, positions).
+
+        ``check`` validates that they lie in [0, 1], which for a tensor reads it on the host
+        (a device sync); schedules whose weights lie in [0, 1] by construction pass False."""
         if self.learnable:
             raise RuntimeError("set_weights() is for callback-driven soft masks; this one "
                                "is learnable")
         w = torch.as_tensor(w, dtype=self.weight.dtype, device=self.weight.device)
-        if ((w < 0) | (w > 1)).any():
+        if check and ((w < 0) | (w > 1)).any():
             raise ValueError("soft mask weights must lie in [0, 1]")
         self.weight.copy_(w.expand_as(self.weight))
 
