@@ -12,8 +12,10 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
+import torch
+from lightning.fabric.connector import _PRECISION_INPUT_STR
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -22,6 +24,7 @@ from maskstudy.datamodules.hierarchical import InputConfig, default_text_encoder
 from maskstudy.datamodules.probe import check_task_columns
 from maskstudy.datamodules.schema import dataset_files
 from maskstudy.datamodules.tasks import resolve_tasks
+from maskstudy.lightning_modules.attention import IMPLEMENTATIONS
 from maskstudy.lightning_modules.backbone import BackboneConfig
 from maskstudy.lightning_modules.encoder import ANSWER_MASKS, POOLINGS
 from maskstudy.lightning_modules.masks import MASKS, build_mask
@@ -29,6 +32,7 @@ from maskstudy.lightning_modules.module import (
     EncoderConfig, LossConfig, MaskConfig, ModuleConfig, OptimConfig,
 )
 
+PRECISIONS = ["auto", *get_args(_PRECISION_INPUT_STR)]
 FIXED_MASKS = ("causal", "bidirectional", "hybrid")  # masks without trained or scheduled state
 EXPERIMENTS_DIR = Path(__file__).resolve().parent
 BASE = EXPERIMENTS_DIR / "base.yaml"
@@ -43,7 +47,8 @@ class TrainerConfig:
     accelerator: str = "auto"
     devices: Any = 1
     strategy: str = "auto"
-    precision: str = "32-true"  # bf16-mixed on GPUs
+    precision: str = "auto"  # auto: bf16-mixed on a CUDA GPU with bf16, else 32-true
+    compile: bool = False  # torch.compile the backbone
     accumulate_grad_batches: int = 1
     deterministic: bool = False
     log_every_n_steps: int = 10
@@ -114,6 +119,20 @@ class ExperimentConfig:
                                           encoder=self.encoder, loss=self.loss,
                                           input=self.input,
                                           optim=self.optim))
+
+
+def uses_cuda(accelerator: str) -> bool:
+    """Whether a run with this ``trainer.accelerator`` trains on a CUDA GPU."""
+    return accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+
+
+def resolve_precision(precision: str, accelerator: str) -> str:
+    """``auto``: bf16-mixed on a CUDA GPU that supports bf16, else 32-true; anything else
+    as given."""
+    if precision != "auto":
+        return precision
+    bf16 = uses_cuda(accelerator) and torch.cuda.is_bf16_supported()
+    return "bf16-mixed" if bf16 else "32-true"
 
 
 class ConfigError(ValueError):
@@ -278,8 +297,13 @@ def check(cfg: ExperimentConfig, where: str = "config") -> None:
                                                "future_attention_users >= 1")
     if cfg.logging.mode not in ("auto", "online", "offline", "disabled"):
         fail("logging.mode", "expected auto, online, offline or disabled")
-    if cfg.backbone.attention not in ("sdpa", "eager"):
-        fail("backbone.attention", "expected sdpa or eager")
+    if cfg.backbone.attention not in IMPLEMENTATIONS:
+        fail("backbone.attention", f"expected one of {list(IMPLEMENTATIONS)}")
+    if cfg.backbone.attention == "flex" and trains and not uses_cuda(cfg.trainer.accelerator):
+        fail("backbone.attention", "flex trains on a CUDA GPU only (FlexAttention has no "
+                                   "backward on a CPU); use sdpa here")
+    if cfg.trainer.precision not in PRECISIONS:
+        fail("trainer.precision", f"{cfg.trainer.precision!r}: expected one of {PRECISIONS}")
     if cfg.backbone.name_or_path is None and (
             cfg.backbone.hidden_size % cfg.backbone.heads or cfg.backbone.heads % cfg.backbone.kv_heads):
         fail("backbone.hidden_size", "hidden_size must divide by heads and heads by kv_heads")

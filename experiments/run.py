@@ -39,7 +39,7 @@ from maskstudy.datamodules.datamodules import (
 )
 from maskstudy.lightning_modules.module import ContrastiveMaskingModule, MaskConfig, ModuleConfig
 
-from .config import FIXED_MASKS, ExperimentConfig, to_dict, to_yaml
+from .config import FIXED_MASKS, ExperimentConfig, resolve_precision, to_dict, to_yaml
 
 log = logging.getLogger(__name__)
 
@@ -277,7 +277,8 @@ def is_out_of_memory(error: BaseException) -> bool:
 def out_of_memory_message(cfg: ExperimentConfig, step: int, error: BaseException) -> str:
     d, b = cfg.data, cfg.backbone
     return (f"out of memory at optimiser step {step} (data.batch_size={d.batch_size}, "
-            f"data.max_tokens={d.max_tokens}, trainer.precision={cfg.trainer.precision}, "
+            f"data.max_tokens={d.max_tokens}, trainer.precision="
+            f"{resolve_precision(cfg.trainer.precision, cfg.trainer.accelerator)}, "
             f"backbone.gradient_checkpointing={b.gradient_checkpointing}, "
             f"backbone.lora.enabled={b.lora.enabled}). Lower data.batch_size (with "
             f"trainer.accumulate_grad_batches to keep the effective batch) or data.max_tokens, "
@@ -365,6 +366,8 @@ def fit(cfg: ExperimentConfig, *, resume: str | Path | None = None,
             refs = reference_rows(cfg, probe_dm, source, train_dm.vocab_size)
     L.seed_everything(cfg.seed, verbose=False)
     module = ContrastiveMaskingModule(cfg.module_config(), vocab_size=train_dm.vocab_size)
+    if cfg.trainer.compile:
+        module.encoder.backbone.compile()
     probe_cb = LinearProbeEvaluation(
         source, every_n_steps=cfg.eval.every_n_steps, c=cfg.eval.c, out_dir=run_dir,
         extra_results={"name": cfg.name, "description": cfg.description, "mask": cfg.mask.name,
@@ -383,7 +386,8 @@ def fit(cfg: ExperimentConfig, *, resume: str | Path | None = None,
         max_steps=max_steps, val_check_interval=t.val_check_interval,
         check_val_every_n_epoch=None, limit_val_batches=t.limit_val_batches,
         accelerator=t.accelerator, devices=t.devices, strategy=t.strategy,
-        precision=t.precision, accumulate_grad_batches=t.accumulate_grad_batches,
+        precision=resolve_precision(t.precision, t.accelerator),
+        accumulate_grad_batches=t.accumulate_grad_batches,
         deterministic=t.deterministic, log_every_n_steps=t.log_every_n_steps,
         num_sanity_val_steps=t.num_sanity_val_steps, enable_progress_bar=t.enable_progress_bar,
         logger=make_loggers(cfg, run_dir, resume_step=ckpt_step if resume else None),

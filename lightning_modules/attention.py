@@ -1,11 +1,19 @@
 """The one place where masks enter Hugging Face attention.
 
-Two attention implementations are registered with transformers' ``AttentionInterface``:
-``maskstudy_sdpa`` and ``maskstudy_eager``. The encoder hands the backbone a 4D float bias as
-``attention_mask``; transformers passes a 4D mask through untouched to every layer. For
-per-layer biases the encoder also opens a :func:`layer_biases` context, and the registered
-function picks ``bias[module.layer_idx]`` instead. Either way the bias is cast to the query's
-dtype (bf16 under autocast) and added to the attention scores.
+Three attention implementations are registered with transformers' ``AttentionInterface``:
+``maskstudy_sdpa``, ``maskstudy_eager`` and ``maskstudy_flex``. The encoder hands the backbone
+a 4D float bias as ``attention_mask``; transformers passes a 4D mask through untouched to every
+layer. For per-layer biases the encoder also opens a :func:`layer_biases` context, and the
+registered function picks ``bias[module.layer_idx]`` instead. Either way the bias is cast to
+the query's dtype (bf16 under autocast) and added to the attention scores.
+
+``maskstudy_flex`` (``backbone.attention: flex``) never builds the L x L bias: the encoder
+passes a :class:`~torch.nn.attention.flex_attention.BlockMask` built once per forward from the
+mask's ``mask_mod`` (transformers passes 4D block masks through as well) and opens a
+:func:`flex_scores` context with the mask's per-layer ``score_mod``. The kernel is
+``torch.compile``'d FlexAttention on CUDA; on a CPU, FlexAttention runs forward only (no
+backward), unfused, which serves embedding and the equivalence tests. A dense bias (the
+monitoring forward, plain HF use) falls back to sdpa.
 
 The matching ``AttentionMaskInterface`` entries are registered too, so a call without a 4D mask
 (plain HF usage of the same model) still builds the standard causal mask with padding.
@@ -18,14 +26,18 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import warnings
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
+from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
 from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, eager_mask, sdpa_mask
 
-SDPA, EAGER = "maskstudy_sdpa", "maskstudy_eager"
-IMPLEMENTATIONS = {"sdpa": SDPA, "eager": EAGER}
+SDPA, EAGER, FLEX = "maskstudy_sdpa", "maskstudy_eager", "maskstudy_flex"
+IMPLEMENTATIONS = {"sdpa": SDPA, "eager": EAGER, "flex": FLEX}
 
 _LAYER_BIASES: contextvars.ContextVar[torch.Tensor | None] = contextvars.ContextVar(
     "maskstudy_layer_biases", default=None)
@@ -104,10 +116,76 @@ def maskstudy_eager(module, query, key, value, attention_mask, dropout: float = 
     return out, weights
 
 
+_FLEX_SCORES: contextvars.ContextVar[Callable | None] = contextvars.ContextVar(
+    "maskstudy_flex_scores", default=None)
+
+
+@dataclass
+class FlexBias:
+    """What the encoder hands a flex backbone instead of a dense bias: the block mask (shared
+    by every layer) and ``score_mod(layer)`` (None for hard masks)."""
+
+    block_mask: BlockMask
+    score_mod: Callable[[int], Callable] | None
+
+
+def flex_bias(flex, batch: int, length: int, device) -> FlexBias:
+    """Builds the block mask of a :class:`~maskstudy.lightning_modules.masks.FlexMask` once."""
+    with warnings.catch_warnings():  # unfused on a CPU is expected (forward only)
+        warnings.filterwarnings("ignore", message=".*without torch.compile.*")
+        block = create_block_mask(flex.mask_mod, batch, None, length, length, device=device)
+    return FlexBias(block, flex.score_mod)
+
+
+@contextlib.contextmanager
+def flex_scores(score_mod: Callable[[int], Callable] | None):
+    """Within the block, flex layer ``k`` adds ``score_mod(k)`` to its scores."""
+    token = _FLEX_SCORES.set(score_mod)
+    try:
+        yield
+    finally:
+        _FLEX_SCORES.reset(token)
+
+
+_COMPILED_FLEX = None
+
+
+def _flex_kernel(query: torch.Tensor):
+    """The fused (compiled) kernel on CUDA; the unfused reference elsewhere."""
+    global _COMPILED_FLEX
+    if query.is_cuda:
+        if _COMPILED_FLEX is None:
+            _COMPILED_FLEX = torch.compile(flex_attention, dynamic=False)
+        return _COMPILED_FLEX
+
+    def unfused(*args, **kwargs):
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*without torch.compile.*")
+            return flex_attention(*args, **kwargs)
+    return unfused
+
+
+def maskstudy_flex(module, query, key, value, attention_mask, dropout: float = 0.0,
+                   scaling: float | None = None, **kwargs):
+    if not isinstance(attention_mask, BlockMask):  # a dense bias or HF's own mask
+        return maskstudy_sdpa(module, query, key, value, attention_mask, dropout=dropout,
+                              scaling=scaling, **kwargs)
+    if dropout and module.training:
+        raise ValueError("backbone.attention: flex has no attention dropout; use sdpa for a "
+                         "backbone trained with attention_dropout > 0")
+    mods = _FLEX_SCORES.get()
+    out = _flex_kernel(query)(
+        query, key, value, score_mod=None if mods is None else mods(module.layer_idx),
+        block_mask=attention_mask, scale=scaling, enable_gqa=key.shape[1] != query.shape[1])
+    return out.transpose(1, 2).contiguous(), None
+
+
 AttentionInterface.register(SDPA, maskstudy_sdpa)
 AttentionInterface.register(EAGER, maskstudy_eager)
+AttentionInterface.register(FLEX, maskstudy_flex)
 AttentionMaskInterface.register(SDPA, sdpa_mask)
 AttentionMaskInterface.register(EAGER, eager_mask)
+AttentionMaskInterface.register(FLEX, sdpa_mask)  # plain HF use: sdpa with HF's own mask
 
 
 def implementation(backend: str) -> str:

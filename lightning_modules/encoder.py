@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .attention import layer_biases, record_future_attention
+from .attention import FLEX, FlexBias, flex_bias, flex_scores, layer_biases, record_future_attention
 from .masks import ANCHOR, GLOBAL, HISTORY, AttentionMask, BidirectionalMask, CausalMask
 
 POOLINGS = ("user_token", "last", "mean", "weighted_mean", "global_token")
@@ -105,6 +105,8 @@ class ContrastiveEncoder(nn.Module):
         self.answer_mask = answer_mask
         self.projector = Projector(hidden_size, *projector_dims)
         self.input_layer = input_layer
+        # FlexAttention backbones get a block mask and score mods instead of a dense bias.
+        self.flex = getattr(backbone.config, "_attn_implementation", None) == FLEX
         self._fixed_answer_mask = {"causal": CausalMask(), "bidirectional": BidirectionalMask()}
         self.global_query = None
         if mask.global_token:  # initialised like a token embedding
@@ -116,23 +118,29 @@ class ContrastiveEncoder(nn.Module):
 
     def inputs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                segment_ids: torch.Tensor, mask: AttentionMask, global_token: bool = False,
-               slots: dict | None = None):
+               slots: dict | None = None, dense: bool = False):
         """What the backbone receives: (model inputs, attention mask, segment ids, bias).
 
         Model inputs are ``{"input_ids"}``, or ``{"inputs_embeds"}`` when the mask reads
         embeddings, a global token is inserted (then mask and segments grow by one) or the
-        input is hierarchical (``slots``). The bias is built once per forward."""
+        input is hierarchical (``slots``). The bias is built once per forward: a dense tensor,
+        or for a flex backbone (unless ``dense``) a :class:`FlexBias`."""
         dtype = self.backbone.get_input_embeddings().weight.dtype
-        if not (global_token or mask.reads_embeddings or slots is not None):
-            return ({"input_ids": input_ids}, attention_mask, segment_ids,
-                    mask(segment_ids, attention_mask, dtype))
-        embeds = self.input_embeddings(input_ids, slots)
-        if global_token:
-            embeds, attention_mask, segment_ids = insert_global_token(
-                embeds, attention_mask, segment_ids, self.global_query)
-        extra = {"inputs_embeds": embeds} if mask.reads_embeddings else {}
-        bias = mask(segment_ids, attention_mask, dtype, **extra)
-        return {"inputs_embeds": embeds}, attention_mask, segment_ids, bias
+        model_inputs, extra = {"input_ids": input_ids}, {}
+        if global_token or mask.reads_embeddings or slots is not None:
+            embeds = self.input_embeddings(input_ids, slots)
+            if global_token:
+                embeds, attention_mask, segment_ids = insert_global_token(
+                    embeds, attention_mask, segment_ids, self.global_query)
+            model_inputs = {"inputs_embeds": embeds}
+            extra = {"inputs_embeds": embeds} if mask.reads_embeddings else {}
+        if self.flex and not dense:
+            batch, length = attention_mask.shape
+            bias = flex_bias(mask.flex(segment_ids, attention_mask, dtype, **extra), batch,
+                             length, attention_mask.device)
+        else:
+            bias = mask(segment_ids, attention_mask, dtype, **extra)
+        return model_inputs, attention_mask, segment_ids, bias
 
     def input_embeddings(self, input_ids: torch.Tensor, slots: dict | None = None):
         """(B, L, H) token embeddings, slot positions replaced under hierarchical input."""
@@ -146,14 +154,18 @@ class ContrastiveEncoder(nn.Module):
 
     def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                       segment_ids: torch.Tensor, mask: AttentionMask, capture: bool = False,
-                      global_token: bool = False, slots: dict | None = None):
+                      global_token: bool = False, slots: dict | None = None,
+                      dense: bool = False):
         """(final-layer hidden states (B, L', H), attention mask, segment ids) under ``mask``;
         L' = L + 1 with ``global_token``. With ``capture``, the last layer's input is kept in
-        ``last_layer_input``."""
+        ``last_layer_input``. ``dense`` makes a flex backbone take the dense bias (sdpa)."""
         model_inputs, attention_mask, segment_ids, bias = self.inputs(
-            input_ids, attention_mask, segment_ids, mask, global_token, slots)
+            input_ids, attention_mask, segment_ids, mask, global_token, slots, dense)
         kwargs = {"output_hidden_states": True} if capture else {}
-        if mask.per_layer:
+        if isinstance(bias, FlexBias):
+            with flex_scores(bias.score_mod):
+                out = self.backbone(**model_inputs, attention_mask=bias.block_mask, **kwargs)
+        elif mask.per_layer:
             with layer_biases(bias):
                 out = self.backbone(**model_inputs, attention_mask=bias[0], **kwargs)
         else:
@@ -167,10 +179,10 @@ class ContrastiveEncoder(nn.Module):
                          slots: dict | None = None) -> torch.Tensor:
         """(layers,) per layer of the user tower: the attention mass a real query token puts
         on later keys, averaged over heads and real query tokens (0 under a causal mask)."""
-        with record_future_attention() as masses:
+        with record_future_attention() as masses:  # the recording needs a dense bias
             _, attention_mask, _ = self.hidden_states(
                 input_ids, attention_mask, segment_ids, self.mask,
-                global_token=self.global_query is not None, slots=slots)
+                global_token=self.global_query is not None, slots=slots, dense=True)
         real = attention_mask.bool()
         return torch.stack([masses[k].mean(1)[real].mean() for k in sorted(masses)])
 

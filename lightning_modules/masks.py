@@ -27,11 +27,17 @@ Python loops over positions and no host syncs. Strategies are registered by name
 
 Per-key soft weights are indexed by a key's position among the real tokens of its sequence
 (0 for the first non-padding token), so left and right padding see the same weights.
+
+Every strategy also states itself in FlexAttention's terms (:meth:`AttentionMask.flex`): a
+``mask_mod`` (which keys a query may attend; the block mask's sparsity) and, for soft masks, a
+``score_mod`` per layer (what to add to a score). Evaluated densely, the two give exactly the
+bias ``forward`` builds (tested), so ``backbone.attention: flex`` trains the same model.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -72,6 +78,40 @@ def hard_bias(allowed: torch.Tensor, attention_mask: torch.Tensor,
                                               device=attention_mask.device))
 
 
+@dataclass
+class FlexMask:
+    """A mask for ``torch.nn.attention.flex_attention``: ``mask_mod(b, h, q, kv)`` is True
+    where query q of row b may attend key kv; ``score_mod(layer)``, for soft masks, returns
+    that layer's ``(score, b, h, q, kv) -> score + bias``. The index arguments are tensors, so
+    both also evaluate densely on broadcast index grids (:func:`dense_bias`)."""
+
+    mask_mod: Callable
+    score_mod: Callable[[int], Callable] | None = None
+
+
+def dense_bias(flex: FlexMask, batch: int, length: int, layer: int = 0,
+               dtype: torch.dtype = torch.float32, device=None) -> torch.Tensor:
+    """(B, 1, L, L) the additive bias a FlexMask describes (blocked where ``mask_mod`` is
+    False): what FlexAttention computes with, as a tensor (for tests and inspection)."""
+    b = torch.arange(batch, device=device)[:, None, None]
+    q = torch.arange(length, device=device)[None, :, None]
+    kv = torch.arange(length, device=device)[None, None, :]
+    h = torch.zeros((), dtype=torch.long, device=device)
+    allowed = flex.mask_mod(b, h, q, kv).expand(batch, length, length)
+    score = torch.zeros(batch, length, length, dtype=dtype, device=device)
+    if flex.score_mod is not None:
+        score = flex.score_mod(layer)(score, b, h, q, kv)
+    return torch.where(allowed, score, blocked_value(dtype))[:, None]
+
+
+def _future_in_scope(segment_ids: torch.Tensor, scope: str) -> Callable:
+    """(b, q, kv) -> True where key kv lies after query q and within ``scope``."""
+    hist = segment_ids == HISTORY
+    if scope == "history":
+        return lambda b, q, kv: (kv > q) & hist[b, q] & hist[b, kv]
+    return lambda b, q, kv: kv > q
+
+
 class AttentionMask(nn.Module):
     """Base class. ``forward`` returns the bias: (B, 1, L, L), or (layers, B, 1, L, L) for
     per-layer strategies (``per_layer = True``).
@@ -90,6 +130,12 @@ class AttentionMask(nn.Module):
                 dtype: torch.dtype = torch.float32) -> torch.Tensor:
         raise NotImplementedError
 
+    def flex(self, segment_ids: torch.Tensor, attention_mask: torch.Tensor,
+             dtype: torch.dtype = torch.float32) -> FlexMask:
+        """The same mask for FlexAttention (padding keys blocked, as in ``forward``)."""
+        raise NotImplementedError(f"mask {self.name!r} has no FlexAttention form; use "
+                                  f"backbone.attention: sdpa")
+
     def describe(self) -> dict:
         return {"name": self.name}
 
@@ -101,6 +147,10 @@ class CausalMask(AttentionMask):
         return hard_bias(causal_allowed(attention_mask.shape[-1], attention_mask.device),
                          attention_mask, dtype)
 
+    def flex(self, segment_ids, attention_mask, dtype=torch.float32):
+        keys = attention_mask.bool()
+        return FlexMask(lambda b, h, q, kv: keys[b, kv] & (kv <= q))
+
 
 class BidirectionalMask(AttentionMask):
     name = "bidirectional"
@@ -109,6 +159,10 @@ class BidirectionalMask(AttentionMask):
         length = attention_mask.shape[-1]
         everything = torch.ones(length, length, dtype=torch.bool, device=attention_mask.device)
         return hard_bias(everything, attention_mask, dtype)
+
+    def flex(self, segment_ids, attention_mask, dtype=torch.float32):
+        keys = attention_mask.bool()
+        return FlexMask(lambda b, h, q, kv: keys[b, kv])
 
 
 def history_pairs(segment_ids: torch.Tensor) -> torch.Tensor:
@@ -125,6 +179,10 @@ class HybridMask(AttentionMask):
     def forward(self, segment_ids, attention_mask, dtype=torch.float32):
         causal = causal_allowed(attention_mask.shape[-1], attention_mask.device)
         return hard_bias(causal[None] | history_pairs(segment_ids), attention_mask, dtype)
+
+    def flex(self, segment_ids, attention_mask, dtype=torch.float32):
+        keys, hist = attention_mask.bool(), segment_ids == HISTORY
+        return FlexMask(lambda b, h, q, kv: keys[b, kv] & ((kv <= q) | (hist[b, q] & hist[b, kv])))
 
 
 def open_future(opened_bias: torch.Tensor, segment_ids: torch.Tensor,
@@ -233,12 +291,30 @@ class SoftFutureMask(AttentionMask):
             raise ValueError("soft mask weights must lie in [0, 1]")
         self.weight.copy_(w.expand_as(self.weight))
 
-    def forward(self, segment_ids, attention_mask, dtype=torch.float32):
+    def key_bias(self, attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """(layers, B, L) the bias of key j where it is an opened future key: log w_j
+        (blocked for w_j = 0)."""
         w = self.weights()  # (layers, P)
         table = torch.where(w > 0, torch.log(w.clamp_min(1e-30)), blocked_value(dtype)).to(dtype)
-        key_bias = table[:, self.key_index(attention_mask)][:, :, None, :]  # (layers, B, 1, L): bias of key j if opened
+        return table[:, self.key_index(attention_mask)]
+
+    def forward(self, segment_ids, attention_mask, dtype=torch.float32):
+        key_bias = self.key_bias(attention_mask, dtype)[:, :, None, :]  # (layers, B, 1, L)
         bias = open_future(key_bias, segment_ids, attention_mask, self.scope, dtype)[:, :, None]
         return bias if self.per_layer else bias[0]  # (layers, B, 1, L, L) or (B, 1, L, L)
+
+    def flex(self, segment_ids, attention_mask, dtype=torch.float32):
+        keys, opened = attention_mask.bool(), _future_in_scope(segment_ids, self.scope)
+        key_bias = self.key_bias(attention_mask, dtype)
+
+        def score_mod(layer: int):
+            bias = key_bias[layer if self.per_layer else 0]
+
+            def add(score, b, h, q, kv):
+                return score + torch.where(kv > q, bias[b, kv], 0).to(score.dtype)
+            return add
+
+        return FlexMask(lambda b, h, q, kv: keys[b, kv] & ((kv <= q) | opened(b, q, kv)), score_mod)
 
     def describe(self) -> dict:
         w = self.weights().detach()
@@ -266,6 +342,10 @@ class WindowMask(AttentionMask):
         pos = real_positions(attention_mask)
         allowed = pos[:, None, :] <= pos[:, :, None] + self.reach  # (B, L, L)
         return hard_bias(allowed, attention_mask, dtype)
+
+    def flex(self, segment_ids, attention_mask, dtype=torch.float32):
+        keys, pos, reach = attention_mask.bool(), real_positions(attention_mask), self.reach
+        return FlexMask(lambda b, h, q, kv: keys[b, kv] & (pos[b, kv] <= pos[b, q] + reach))
 
     def describe(self) -> dict:
         return {"name": self.name, "reach": int(self.reach)}
@@ -312,6 +392,19 @@ class MlpOpeningMask(AttentionMask):
         query_bias = F.logsigmoid(self.logits(inputs_embeds))[:, :, None]  # (B, L, 1): all future keys of query i
         return open_future(query_bias, segment_ids, attention_mask, self.scope, dtype)[:, None]
 
+    def flex(self, segment_ids, attention_mask, dtype=torch.float32, inputs_embeds=None):
+        if inputs_embeds is None:
+            raise ValueError("the mlp mask reads the token embeddings: pass inputs_embeds")
+        keys, opened = attention_mask.bool(), _future_in_scope(segment_ids, self.scope)
+        query_bias = F.logsigmoid(self.logits(inputs_embeds)).to(dtype)  # (B, L)
+
+        def score_mod(layer: int):  # one bias for every layer
+            def add(score, b, h, q, kv):
+                return score + torch.where(kv > q, query_bias[b, q], 0).to(score.dtype)
+            return add
+
+        return FlexMask(lambda b, h, q, kv: keys[b, kv] & ((kv <= q) | opened(b, q, kv)), score_mod)
+
     def describe(self) -> dict:
         return {"name": self.name, "scope": self.scope, "inner": self.net[1].out_features}
 
@@ -330,6 +423,10 @@ class GlobalQueryMask(AttentionMask):
         causal = causal_allowed(attention_mask.shape[-1], attention_mask.device)
         reaches = (segment_ids == GLOBAL)[:, :, None] & (segment_ids == HISTORY)[:, None, :]
         return hard_bias(causal[None] | reaches, attention_mask, dtype)
+
+    def flex(self, segment_ids, attention_mask, dtype=torch.float32):
+        keys, glob, hist = attention_mask.bool(), segment_ids == GLOBAL, segment_ids == HISTORY
+        return FlexMask(lambda b, h, q, kv: keys[b, kv] & ((kv <= q) | (glob[b, q] & hist[b, kv])))
 
 
 MASKS: dict[str, Callable[..., AttentionMask]] = {

@@ -27,17 +27,19 @@ CASES = [(name, opts) for name in MASKS for opts in OPTIONS.get(name, [{}])]
 
 
 def batch(left: bool, size: int = 3, length: int = 20, vocab: int = 50) -> dict:
-    """Rows of 20, 15 and 9 real tokens (history, 3 query tokens, the anchor), padded."""
+    """Users of 20, 15 and 9 real tokens (history, 3 query tokens, the anchor) and answers of
+    8, 6 and 5, padded on the left or the right."""
     ids = torch.randint(3, vocab, (size, length))
     att = torch.zeros(size, length, dtype=torch.long)
     seg = torch.zeros(size, length, dtype=torch.long)
-    for row, n in enumerate((20, 15, 9)[:size]):
+    answer = torch.zeros(size, 8, dtype=torch.long)
+    for row, (n, k) in enumerate(list(zip((20, 15, 9), (8, 6, 5)))[:size]):
         span = slice(length - n, length) if left else slice(0, n)
         att[row, span] = 1
         seg[row, span] = torch.tensor([HISTORY] * (n - 4) + [QUERY] * 3 + [ANCHOR])
+        answer[row, slice(8 - k, 8) if left else slice(0, k)] = 1
     return {"user_input_ids": ids, "user_attention_mask": att, "user_segment_ids": seg,
-            "answer_input_ids": ids[:, :8], "answer_attention_mask": att[:, :8].flip(-1) if left
-            else att[:, :8]}
+            "answer_input_ids": torch.randint(3, vocab, (size, 8)), "answer_attention_mask": answer}
 
 
 def module(name: str, options: dict) -> ContrastiveMaskingModule:
