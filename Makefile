@@ -56,11 +56,15 @@ text-encoder: setup
 test: setup
 	WANDB_MODE=disabled $(BIN)/python -m pytest -q
 
+# About 15 minutes on 2 CPU cores; each benchmark rewrites its section of benchmarks/RESULTS.md
+# and its rows of benchmarks/targets.json; the last step prints every target as one table.
 bench: setup
-	$(BIN)/python -m benchmarks.data_throughput
-	$(BIN)/python -m benchmarks.mask_step_time
+	$(BIN)/python -m benchmarks.recipes
+	$(BIN)/python -m benchmarks.sequence_length
 	$(BIN)/python -m benchmarks.schedule_overhead
+	$(BIN)/python -m benchmarks.data_throughput
 	$(BIN)/python -m benchmarks.hierarchical_input
+	$(BIN)/python -m benchmarks.targets
 
 clean:
 	rm -rf $(VENV) data runs wandb

@@ -1,0 +1,93 @@
+"""Step time and memory per mask as the user sequence grows (128, 256, 512, 1024 tokens).
+
+    python -m benchmarks.sequence_length [--batch 8] [--lengths 128 256 512 1024] [--steps 5]
+
+The masks of the recipe rows (``benchmarks.recipes``: the sdpa floor, causal, hybrid,
+bidirectional, the scheduler's uniform soft mask, GG-SM's per-position soft mask and the
+naive GG-SM bias), each on the default tiny Qwen2, trained by hand (forward and backward of
+both towers, AdamW; no callbacks, so this is the mask's own cost) on a fixed batch per length.
+At each length the masks are interleaved step by step, the order rotating; ratio: per step
+round, the mask's step over causal's, median over rounds with a 95% bootstrap interval.
+Memory: what the forward saves for backward (exact, ``saved_activations``), and the size of
+one B x L x L fp32 bias.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import statistics
+import time
+import warnings
+
+import torch
+
+from benchmarks.common import machine, make_batch, median_interval, record_targets, write_section
+from benchmarks.recipes import FLOOR, NAIVE, activations_mib, prepared, train_step
+
+ROWS = {FLOOR: FLOOR, "causal": "causal", "hybrid": "hybrid", "bidirectional": "bidirectional",
+        "soft, uniform (scheduler)": "scheduler",
+        "soft, per position (GG-SM)": "ggsm, ramp", "naive (GG-SM)": NAIVE}
+
+
+def bias_ms(module, data: dict, reps: int = 3) -> float:
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        with torch.no_grad():
+            module.mask(data["user_segment_ids"], data["user_attention_mask"])
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1000
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--lengths", type=int, nargs="+", default=[128, 256, 512, 1024])
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--no-write", action="store_true")
+    args = parser.parse_args()
+    warnings.filterwarnings("ignore")
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    first = make_batch(args.batch, args.lengths[0])
+    rows = {label: prepared(recipe_row, first) for label, recipe_row in ROWS.items()}
+    labels = list(ROWS)
+    table, targets = [], []
+    for length in args.lengths:
+        data = make_batch(args.batch, length)
+        for label in labels:  # warm-up at this length
+            train_step(*rows[label], data)
+        times: dict[str, list[float]] = {label: [] for label in labels}
+        for r in range(args.steps):
+            for label in labels[r % len(labels):] + labels[:r % len(labels)]:
+                times[label].append(train_step(*rows[label], data))
+        bias_mib = args.batch * length ** 2 * 4 / 2**20
+        for label in labels:
+            ratios = [a / b for a, b in zip(times[label], times["causal"])]
+            ratio = statistics.median(ratios)
+            low, high = median_interval(ratios)
+            module = rows[label][0]
+            table.append(f"| {length} | {label} | {statistics.median(times[label]) * 1000:.0f} "
+                         f"| {ratio:.3f} [{low:.3f}, {high:.3f}] | "
+                         f"{bias_ms(module, data):.1f} | {activations_mib(module, data):.0f} | "
+                         f"{bias_mib:.1f} |")
+            print(table[-1], flush=True)
+            if label in ("hybrid", "bidirectional", "soft, uniform (scheduler)",
+                         "soft, per position (GG-SM)"):
+                targets.append({"what": f"step time at {length} tokens, {label}",
+                                "measured": round(ratio, 3),
+                                "interval": [round(low, 3), round(high, 3)],
+                                "target": "report", "verdict": "-"})
+    body = (f"Machine: {machine()}.\n\nCommand: `python -m benchmarks.sequence_length --batch "
+            f"{args.batch} --lengths {' '.join(map(str, args.lengths))} --steps {args.steps}` "
+            "(default tiny Qwen2, sdpa, fp32; masks interleaved step by step at each length; "
+            "no callbacks).\n\n"
+            "| tokens | mask | step ms | ratio to causal [95%] | bias ms | activations MiB | "
+            "one bias MiB |\n|---|---|---|---|---|---|---|\n" + "\n".join(table))
+    if not args.no_write:
+        write_section("Sequence length: step time and memory per mask", body)
+        record_targets("sequence_length", targets)
+
+
+if __name__ == "__main__":
+    main()
