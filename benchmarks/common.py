@@ -3,18 +3,24 @@ memory probes, paired-ratio statistics and the targets file."""
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import datetime as dt
+import functools
 import json
 import os
 import platform
 import re
 import resource
+import shutil
+import tempfile
 from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from maskstudy.datamodules.synthetic import WorldConfig, write_world
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
 TARGETS = Path(__file__).with_name("targets.json")
@@ -54,6 +60,17 @@ def write_section(title: str, body: str, first: bool = False) -> None:
     else:
         text = text.rstrip() + "\n\n" + section
     RESULTS.write_text(text)
+
+
+@functools.cache
+def config_world() -> Path:
+    """A 100-user synthetic world in a temporary directory, removed at exit. Recipes are
+    checked against a dataset when they load; the benchmarks' batches are synthetic, so any
+    valid world serves."""
+    root = Path(tempfile.mkdtemp(prefix="maskstudy-bench-"))
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
+    write_world(WorldConfig(users=100, seed=0), root / "world")
+    return root / "world"
 
 
 def make_batch(batch: int, tokens: int, seed: int = 0, answer_tokens: int = 64) -> dict:
@@ -123,6 +140,21 @@ def verdict(low: float, high: float, target: float) -> str:
     """``holds`` when the whole interval is within the target, ``missed`` when all of it is
     beyond, else ``undecided``."""
     return "holds" if high <= target else "missed" if low > target else "undecided"
+
+
+def table(header: list[str], rows: list[str]) -> str:
+    """A markdown table from its column names and already formatted ``| ... |`` rows."""
+    return "\n".join([f"| {' | '.join(header)} |", "|" + "---|" * len(header), *rows])
+
+
+def publish(title: str, command: str, notes: str, text: str, benchmark: str | None = None,
+            targets: list[dict] | None = None) -> None:
+    """Writes a benchmark's RESULTS.md section (the machine, the command and its notes, then
+    ``text``) and, for a benchmark with targets, its rows of targets.json."""
+    notes = f" ({notes})" if notes else ""
+    write_section(title, f"Machine: {machine()}.\n\nCommand: `{command}`{notes}.\n\n{text}")
+    if benchmark is not None:
+        record_targets(benchmark, targets or [])
 
 
 def record_targets(benchmark: str, rows: list[dict]) -> None:

@@ -26,7 +26,7 @@ from pathlib import Path
 import lightning as L
 from lightning.pytorch.profilers import SimpleProfiler
 
-from benchmarks.common import machine, record_targets, write_section
+from benchmarks.common import publish, table
 from maskstudy.datamodules.datamodules import ContrastiveDataModule, ProbeDataModule
 from maskstudy.datamodules.synthetic import WorldConfig, write_world
 from maskstudy.experiments.config import EXPERIMENTS_DIR, load_config
@@ -114,14 +114,13 @@ def main() -> None:
                     f"{wait * 1000:.1f} ms per {step * 1000:.0f} ms step = {share:.1%} | "
                     f"target < 5%: {held} |")
         print(rows[-1])
-    body = (f"Machine: {machine()}.\n\nCommand: `python -m benchmarks.data_throughput "
-            f"--users {args.users}`.\n\n| what | measured | note |\n|---|---|---|\n"
-            + "\n".join(rows))
     if not args.no_write:
-        write_section("Data: generation and loading", body)
-        record_targets("data_throughput", [
-            {"what": "data loading, share of step time", "measured": round(share, 4),
-             "interval": None, "target": "< 0.05", "verdict": held}])
+        publish("Data: generation and loading",
+                f"python -m benchmarks.data_throughput --users {args.users} --train-steps "
+                f"{args.train_steps}", "", table(["what", "measured", "note"], rows),
+                "data_throughput",
+                [{"what": "data loading, share of step time", "measured": round(share, 4),
+                  "interval": None, "target": "< 0.05", "verdict": held}])
 
 
 if __name__ == "__main__":

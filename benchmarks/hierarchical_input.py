@@ -25,7 +25,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 
-from benchmarks.common import machine, write_section
+from benchmarks.common import publish, table
 from maskstudy.datamodules.datamodules import ContrastiveDataModule
 from maskstudy.datamodules.hierarchical import (
     SLOT_EVENT, EventTextCache, InputConfig, default_text_encoder, event_texts,
@@ -152,19 +152,19 @@ def main() -> None:
                 rows.append(f"| {label} | {mode} | {r['length']} | {events} | "
                             f"{r['ms']:.0f} | {r['ms'] / res['text']['ms']:.2f} |")
                 print(rows[-1])
-        lines += ["| comparison | input | batch length | events per user | step ms | "
-                  "ratio to text |", "|---|---|---|---|---|---|", *rows, ""]
+        lines += [table(["comparison", "input", "batch length", "events per user", "step ms",
+                         "ratio to text"], rows), ""]
         cache_line = text_cache_numbers(users, DEFAULT_CAPS)
         print(cache_line)
         lines.append(cache_line)
-    body = (f"Machine: {machine()}.\n\nCommand: `python -m benchmarks.hierarchical_input "
-            f"--users {args.users} --events {args.events} --batch {args.batch} --steps "
-            f"{args.steps}`{' --data ' + args.data if args.data else ''} (default tiny "
-            f"Qwen2, batch {args.batch}, both towers, AdamW; median step of {args.steps}, "
-            "the two inputs interleaved; events per user: the batch mean, for hierarchical "
-            "input).\n\n" + "\n".join(lines))
     if not args.no_write:
-        write_section("Hierarchical vs text input", body)
+        data = f" --data {args.data}" if args.data else ""
+        publish("Hierarchical vs text input",
+                f"python -m benchmarks.hierarchical_input --users {args.users} --events "
+                f"{args.events} --batch {args.batch} --steps {args.steps}{data}",
+                f"default tiny Qwen2, batch {args.batch}, both towers, AdamW; median step of "
+                f"{args.steps}, the two inputs interleaved; events per user: the batch mean, "
+                "for hierarchical input", "\n".join(lines))
 
 
 if __name__ == "__main__":

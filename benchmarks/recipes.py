@@ -46,8 +46,8 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 
 from benchmarks.common import (
-    CHILD_ENV, VOCAB, machine, make_batch, median_interval, peak_rss_mib, record_targets,
-    saved_activations, verdict, write_section,
+    CHILD_ENV, VOCAB, config_world, make_batch, median_interval, peak_rss_mib, publish,
+    saved_activations, table, verdict,
 )
 from maskstudy.experiments.config import EXPERIMENTS_DIR, load_config
 from maskstudy.lightning_modules.masks import SoftFutureMask, blocked_value
@@ -118,7 +118,8 @@ def prepared(label: str, data: dict) -> tuple[ContrastiveMaskingModule, torch.op
     """(module, AdamW) of one row; the module built from the recipe as ``maskstudy fit``
     builds it."""
     recipe, _ = ROWS[label]
-    cfg = load_config(EXPERIMENTS_DIR / f"{recipe}.yaml", ["logging.wandb=false"])
+    cfg = load_config(EXPERIMENTS_DIR / f"{recipe}.yaml",
+                      [f"data.path={config_world()}", "logging.wandb=false"])
     torch.manual_seed(0)
     module = ContrastiveMaskingModule(cfg.module_config(), vocab_size=VOCAB).train()
     if label == FLOOR:
@@ -225,7 +226,7 @@ def main() -> None:
     inference = interleaved(labels, 10, lambda label: embed(rows[label][0], users))
     bias = interleaved(labels, 5 * 5, lambda label: build_bias(rows[label][0], data))
     rss = peak_rss(labels, args.batch, args.tokens)
-    table, targets = [], []
+    lines, targets = [], []
     for label in labels:
         module = rows[label][0]
         mask = module.config.mask
@@ -240,13 +241,13 @@ def main() -> None:
                             "verdict": verdict(low, high, target)})
         users_per_s = 64 / statistics.median(inference[label])
         embed_ratio = paired(inference, "causal", label)  # throughput: causal's time / ours
-        table.append(
+        lines.append(
             f"| {label} | {statistics.median(step[label]) * 1000:.0f} | {ratio:.3f} "
             f"[{low:.3f}, {high:.3f}] | {check} | {statistics.median(bias[label]) * 1000:.1f} "
             f"| {activations_mib(module, data):.0f} | {rss[label]:.0f} | "
             f"{mask.inference or mask.name} | {users_per_s:.0f} | {embed_ratio[0]:.2f} "
             f"[{embed_ratio[1]:.2f}, {embed_ratio[2]:.2f}] |")
-        print(table[-1], flush=True)
+        print(lines[-1], flush=True)
     floor = paired(step, "causal", FLOOR)
     naive = paired(step, NAIVE, "ggsm, ramp")
     naive_bias = paired(bias, NAIVE, "ggsm, ramp")
@@ -266,18 +267,18 @@ def main() -> None:
                f"maskstudy's; its training step takes {naive[0]:.3f}x [{naive[1]:.3f}, "
                f"{naive[2]:.3f}] ours.")
     print(summary)
-    body = (f"Machine: {machine()}.\n\nCommand: `python -m benchmarks.recipes --batch "
-            f"{args.batch} --tokens {args.tokens} --rounds {args.rounds}` "
-            "(default tiny Qwen2: hidden 128, 4 layers, sdpa, fp32; one fixed batch, a quarter "
-            "of its rows padded; both towers, AdamW; the rows interleaved step by step; "
-            "intervals: 95% bootstrap over rounds; each column is described in the module "
-            "docstring).\n\n"
-            "| recipe | step ms | ratio to causal [95%] | target | bias ms | activations MiB "
-            "| peak RSS MiB | inference mask | embed users/s | embed vs causal [95%] |\n"
-            "|---|---|---|---|---|---|---|---|---|---|\n" + "\n".join(table) + f"\n\n{summary}")
     if not args.no_write:
-        write_section("Recipes: step time, bias, memory, inference", body)
-        record_targets("recipes", targets)
+        publish("Recipes: step time, bias, memory, inference",
+                f"python -m benchmarks.recipes --batch {args.batch} --tokens {args.tokens} "
+                f"--rounds {args.rounds}",
+                "default tiny Qwen2: hidden 128, 4 layers, sdpa, fp32; one fixed batch, a "
+                "quarter of its rows padded; both towers, AdamW; the rows interleaved step by "
+                "step; intervals: 95% bootstrap over rounds; each column is described in the "
+                "module docstring",
+                table(["recipe", "step ms", "ratio to causal [95%]", "target", "bias ms",
+                       "activations MiB", "peak RSS MiB", "inference mask", "embed users/s",
+                       "embed vs causal [95%]"], lines) + f"\n\n{summary}",
+                "recipes", targets)
 
 if __name__ == "__main__":
     main()

@@ -32,9 +32,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from benchmarks.common import (
-    machine, make_batch, median_interval, record_targets, verdict, write_section,
-)
+from benchmarks.common import make_batch, median_interval, publish, table, verdict
 from maskstudy.callbacks.mask_schedule import GradientGuidedPrewarmup, LinearMaskScheduler
 from maskstudy.lightning_modules.masks import BidirectionalMask, SoftFutureMask
 from maskstudy.lightning_modules.module import ContrastiveMaskingModule, MaskConfig, ModuleConfig
@@ -149,15 +147,15 @@ def main() -> None:
                      f"({hooks / (med * 1000):.2%}) | <= {TARGETS[kind]:.2f}: {held} |")
         rows.append(f"| {kind} | {med * 1000:.0f} | {len(times[kind])} | {cells}")
         print(rows[-1])
-    body = (f"Machine: {machine()}.\n\nCommand: `python -m benchmarks.schedule_overhead --steps "
-            f"{args.steps}` (default tiny Qwen2, batch 16, 256 user tokens, sdpa; one run, the "
-            "three configurations interleaved step by step; ratio = median over blocks of 3 "
-            "consecutive steps of the paired ratio to bidirectional).\n\n"
-            "| configuration | median step ms | steps | ratio | 95% interval | hooks per step "
-            "| target |\n|---|---|---|---|---|---|---|\n" + "\n".join(rows))
     if not args.no_write:
-        write_section("GG-SM pre-warmup and scheduler overhead", body)
-        record_targets("schedule_overhead", targets)
+        publish("GG-SM pre-warmup and scheduler overhead",
+                f"python -m benchmarks.schedule_overhead --steps {args.steps}",
+                "default tiny Qwen2, batch 16, 256 user tokens, sdpa; one run, the three "
+                "configurations interleaved step by step; ratio = median over blocks of 3 "
+                "consecutive steps of the paired ratio to bidirectional",
+                table(["configuration", "median step ms", "steps", "ratio", "95% interval",
+                       "hooks per step", "target"], rows),
+                "schedule_overhead", targets)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Step time and memory per mask as the user sequence grows (128, 256, 512, 1024 tokens).
 
-    python -m benchmarks.sequence_length [--batch 8] [--lengths 128 256 512 1024] [--steps 5]
+    python -m benchmarks.sequence_length [--batch 8] [--lengths 128 256 512 1024] [--steps 8]
 
 The masks of the recipe rows (``benchmarks.recipes``: the sdpa floor, causal, hybrid,
 bidirectional, the scheduler's uniform soft mask, GG-SM's per-position soft mask and the
@@ -22,9 +22,12 @@ import warnings
 
 import torch
 
-from benchmarks.common import machine, make_batch, median_interval, record_targets, write_section
+from benchmarks.common import make_batch, median_interval, publish, table, verdict
 from benchmarks.recipes import FLOOR, NAIVE, activations_mib, prepared, train_step
 
+# the recipes' targets, applied at every length
+TARGETS = {"hybrid": 1.10, "bidirectional": 1.10, "soft, uniform (scheduler)": 1.20,
+           "soft, per position (GG-SM)": 1.20}
 ROWS = {FLOOR: FLOOR, "causal": "causal", "hybrid": "hybrid", "bidirectional": "bidirectional",
         "soft, uniform (scheduler)": "scheduler",
         "soft, per position (GG-SM)": "ggsm, ramp", "naive (GG-SM)": NAIVE}
@@ -44,7 +47,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--lengths", type=int, nargs="+", default=[128, 256, 512, 1024])
-    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
@@ -52,7 +55,7 @@ def main() -> None:
     first = make_batch(args.batch, args.lengths[0])
     rows = {label: prepared(recipe_row, first) for label, recipe_row in ROWS.items()}
     labels = list(ROWS)
-    table, targets = [], []
+    lines, targets = [], []
     for length in args.lengths:
         data = make_batch(args.batch, length)
         for label in labels:  # warm-up at this length
@@ -67,26 +70,27 @@ def main() -> None:
             ratio = statistics.median(ratios)
             low, high = median_interval(ratios)
             module = rows[label][0]
-            table.append(f"| {length} | {label} | {statistics.median(times[label]) * 1000:.0f} "
+            lines.append(f"| {length} | {label} | {statistics.median(times[label]) * 1000:.0f} "
                          f"| {ratio:.3f} [{low:.3f}, {high:.3f}] | "
                          f"{bias_ms(module, data):.1f} | {activations_mib(module, data):.0f} | "
                          f"{bias_mib:.1f} |")
-            print(table[-1], flush=True)
-            if label in ("hybrid", "bidirectional", "soft, uniform (scheduler)",
-                         "soft, per position (GG-SM)"):
+            print(lines[-1], flush=True)
+            target = TARGETS.get(label)
+            if target is not None:
                 targets.append({"what": f"step time at {length} tokens, {label}",
                                 "measured": round(ratio, 3),
                                 "interval": [round(low, 3), round(high, 3)],
-                                "target": "report", "verdict": "-"})
-    body = (f"Machine: {machine()}.\n\nCommand: `python -m benchmarks.sequence_length --batch "
-            f"{args.batch} --lengths {' '.join(map(str, args.lengths))} --steps {args.steps}` "
-            "(default tiny Qwen2, sdpa, fp32; masks interleaved step by step at each length; "
-            "no callbacks).\n\n"
-            "| tokens | mask | step ms | ratio to causal [95%] | bias ms | activations MiB | "
-            "one bias MiB |\n|---|---|---|---|---|---|---|\n" + "\n".join(table))
+                                "target": f"<= {target:.2f}x causal",
+                                "verdict": verdict(low, high, target)})
     if not args.no_write:
-        write_section("Sequence length: step time and memory per mask", body)
-        record_targets("sequence_length", targets)
+        publish("Sequence length: step time and memory per mask",
+                f"python -m benchmarks.sequence_length --batch {args.batch} --lengths "
+                f"{' '.join(map(str, args.lengths))} --steps {args.steps}",
+                "default tiny Qwen2, sdpa, fp32; masks interleaved step by step at each "
+                "length; no callbacks",
+                table(["tokens", "mask", "step ms", "ratio to causal [95%]", "bias ms",
+                       "activations MiB", "one bias MiB"], lines),
+                "sequence_length", targets)
 
 
 if __name__ == "__main__":

@@ -357,7 +357,7 @@ class MaskHeatmap(L.Callback):
                 batch["user_input_ids"][:1], batch["user_attention_mask"][:1],
                 batch["user_segment_ids"][:1], encoder.mask,
                 global_token=encoder.global_query is not None,
-                slots=slots_of(batch, slice(0, 1)))
+                slots=slots_of(batch, slice(0, 1)), dense=True)  # the matrix, also under flex
         if bias.dim() == 5:  # per layer: show the first layer
             bias = bias[0]
         real = att[0].bool()

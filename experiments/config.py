@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, get_args
 
 import torch
-from lightning.fabric.connector import _PRECISION_INPUT_STR
+from lightning.fabric.connector import _PRECISION_INPUT_STR, _PRECISION_INPUT_STR_ALIAS
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -32,7 +32,7 @@ from maskstudy.lightning_modules.module import (
     EncoderConfig, LossConfig, MaskConfig, ModuleConfig, OptimConfig,
 )
 
-PRECISIONS = ["auto", *get_args(_PRECISION_INPUT_STR)]
+PRECISIONS = ["auto", *get_args(_PRECISION_INPUT_STR), *get_args(_PRECISION_INPUT_STR_ALIAS)]
 FIXED_MASKS = ("causal", "bidirectional", "hybrid")  # masks without trained or scheduled state
 EXPERIMENTS_DIR = Path(__file__).resolve().parent
 BASE = EXPERIMENTS_DIR / "base.yaml"

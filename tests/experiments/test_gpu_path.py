@@ -28,8 +28,9 @@ def test_precision_auto_is_bf16_mixed_on_a_bf16_gpu_only(monkeypatch):
 
 
 def test_a_bad_precision_fails_before_training(world, tmp_path):
-    with pytest.raises(ConfigError, match="'trainer.precision': 'bf16'.*bf16-mixed"):
-        load_config(EXPERIMENTS_DIR / "causal.yaml", tiny(world, tmp_path, "trainer.precision=bf16"))
+    with pytest.raises(ConfigError, match="'trainer.precision': 'fp8'.*bf16-mixed"):
+        load_config(EXPERIMENTS_DIR / "causal.yaml",
+                    tiny(world, tmp_path, "trainer.precision=fp8"))
 
 
 @pytest.mark.parametrize("compile_", [False, True])

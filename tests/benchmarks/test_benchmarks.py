@@ -1,0 +1,70 @@
+"""The benchmarks' own logic (not their timings): the naive baseline is the same mask built the
+slow way, the memory probe counts what autograd keeps, verdicts and the RESULTS.md writer."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from benchmarks import common, targets
+from benchmarks.recipes import NAIVE, NaiveSoftMask, prepared
+from tests.host_syncs import HostSyncs
+
+
+def test_the_naive_mask_builds_the_same_bias_the_slow_way():
+    data = common.make_batch(4, 48)
+    assert (data["user_attention_mask"].sum(1) < 48).any()  # some rows are padded
+    module, _ = prepared(NAIVE, data)  # asserts the biases are equal
+    naive = module.mask
+    assert isinstance(naive, NaiveSoftMask)
+    args = data["user_segment_ids"], data["user_attention_mask"]
+    with HostSyncs() as syncs:
+        naive(*args)
+    assert syncs.ops.count("aten::_local_scalar_dense") == 4  # one length read per row
+    ours = prepared("ggsm, ramp", data)[0].mask
+    with HostSyncs() as syncs:
+        ours(*args)
+    assert syncs.ops == []
+
+
+def test_saved_activations_counts_what_backward_keeps():
+    layer = torch.nn.Linear(256, 256)
+    x = torch.randn(64, 256)
+    with common.saved_activations(layer) as saved:
+        y = torch.relu(layer(x))  # keeps x (for the weight's gradient) and relu's output
+    assert sum(saved.values()) == 2 * 64 * 256 * 4
+    y.sum().backward()
+
+
+def test_verdicts():
+    assert common.verdict(0.98, 1.04, 1.10) == "holds"
+    assert common.verdict(1.02, 1.12, 1.10) == "undecided"
+    assert common.verdict(1.12, 1.20, 1.10) == "missed"
+
+
+def test_results_sections_are_replaced_and_targets_go_first(tmp_path, monkeypatch):
+    monkeypatch.setattr(common, "RESULTS", tmp_path / "RESULTS.md")
+    monkeypatch.setattr(common, "TARGETS", tmp_path / "targets.json")
+    monkeypatch.setattr(targets, "TARGETS", tmp_path / "targets.json")
+    common.write_section("A", "first")
+    common.write_section("B", "second")
+    common.write_section("A", "replaced")
+    common.record_targets("recipes", [{"what": "step time, hybrid", "measured": 1.01,
+                                       "interval": [0.97, 1.04], "target": "<= 1.10x causal",
+                                       "verdict": "holds"}])
+    targets.main()
+    text = (tmp_path / "RESULTS.md").read_text()
+    assert [line for line in text.splitlines() if line.startswith("## ")] == [
+        "## Targets", "## A", "## B"]
+    assert "replaced" in text and "first" not in text
+    assert "| step time, hybrid | 1.01 [0.97, 1.04] | <= 1.10x causal | holds | recipes |" in text
+    assert json.loads((tmp_path / "targets.json").read_text())["recipes"]["rows"][0]["verdict"] \
+        == "holds"
+
+
+def test_the_target_table_needs_results(tmp_path, monkeypatch):
+    monkeypatch.setattr(targets, "TARGETS", tmp_path / "missing.json")
+    with pytest.raises(SystemExit, match="make bench"):
+        targets.main()
