@@ -157,6 +157,16 @@ def publish(title: str, command: str, notes: str, text: str, benchmark: str | No
         record_targets(benchmark, targets or [])
 
 
+def ratio_row(what: str, ratio: float, low: float, high: float, target: float | None = None,
+              of: str = "") -> dict:
+    """A targets.json row for a ratio and its 95% interval, with the verdict against
+    ``target`` (``<= target`` + ``of``), or reported only when ``target`` is None."""
+    row = {"what": what, "measured": round(ratio, 3), "interval": [round(low, 3), round(high, 3)]}
+    if target is None:
+        return row | {"target": "report", "verdict": "-"}
+    return row | {"target": f"<= {target:.2f}x{of}", "verdict": verdict(low, high, target)}
+
+
 def record_targets(benchmark: str, rows: list[dict]) -> None:
     """Stores a benchmark's target checks in targets.json (``python -m benchmarks.targets``
     prints them all). Each row: what, measured, interval, target, verdict."""

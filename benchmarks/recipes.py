@@ -47,7 +47,7 @@ import torch
 
 from benchmarks.common import (
     CHILD_ENV, VOCAB, config_world, make_batch, median_interval, peak_rss_mib, publish,
-    saved_activations, table, verdict,
+    ratio_row, saved_activations, table, verdict,
 )
 from maskstudy.experiments.config import EXPERIMENTS_DIR, load_config
 from maskstudy.lightning_modules.masks import SoftFutureMask, blocked_value
@@ -235,10 +235,7 @@ def main() -> None:
         check = "-"
         if target is not None and label != "causal":
             check = f"<= {target:.2f}: {verdict(low, high, target)}"
-            targets.append({"what": f"step time, {label}", "measured": round(ratio, 3),
-                            "interval": [round(low, 3), round(high, 3)],
-                            "target": f"<= {target:.2f}x causal",
-                            "verdict": verdict(low, high, target)})
+            targets.append(ratio_row(f"step time, {label}", ratio, low, high, target, " causal"))
         users_per_s = 64 / statistics.median(inference[label])
         embed_ratio = paired(inference, "causal", label)  # throughput: causal's time / ours
         lines.append(
@@ -251,17 +248,9 @@ def main() -> None:
     floor = paired(step, "causal", FLOOR)
     naive = paired(step, NAIVE, "ggsm, ramp")
     naive_bias = paired(bias, NAIVE, "ggsm, ramp")
-    targets.append({"what": "causal step vs the sdpa floor", "measured": round(floor[0], 3),
-                    "interval": [round(floor[1], 3), round(floor[2], 3)],
-                    "target": "report", "verdict": "-"})
-    targets.append({"what": "naive mask / ours (GG-SM ramp), step time",
-                    "measured": round(naive[0], 3),
-                    "interval": [round(naive[1], 3), round(naive[2], 3)],
-                    "target": "report", "verdict": "-"})
-    targets.append({"what": "naive mask / ours (GG-SM ramp), bias build",
-                    "measured": round(naive_bias[0], 1),
-                    "interval": [round(naive_bias[1], 1), round(naive_bias[2], 1)],
-                    "target": "report", "verdict": "-"})
+    targets += [ratio_row("causal step vs the sdpa floor", *floor),
+                ratio_row("naive mask / ours (GG-SM ramp), step time", *naive),
+                ratio_row("naive mask / ours (GG-SM ramp), bias build", *naive_bias)]
     summary = (f"Causal costs {floor[0]:.3f}x [{floor[1]:.3f}, {floor[2]:.3f}] the sdpa floor. "
                f"The naive mask path builds the GG-SM bias {naive_bias[0]:.1f}x slower than "
                f"maskstudy's; its training step takes {naive[0]:.3f}x [{naive[1]:.3f}, "

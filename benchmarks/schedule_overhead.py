@@ -32,7 +32,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from benchmarks.common import make_batch, median_interval, publish, table, verdict
+from benchmarks.common import (
+    make_batch, median_interval, publish, ratio_row, table, verdict,
+)
 from maskstudy.callbacks.mask_schedule import GradientGuidedPrewarmup, LinearMaskScheduler
 from maskstudy.lightning_modules.masks import BidirectionalMask, SoftFutureMask
 from maskstudy.lightning_modules.module import ContrastiveMaskingModule, MaskConfig, ModuleConfig
@@ -138,11 +140,9 @@ def main() -> None:
             ratios = result.paired_ratios(kind)
             lo, hi = median_interval(ratios)
             held = verdict(lo, hi, TARGETS[kind])
-            targets.append({"what": f"{kind.removeprefix('+ ')} overhead over the same recipe "
-                                    "without the hook",
-                            "measured": round(float(np.median(ratios)), 3),
-                            "interval": [round(lo, 3), round(hi, 3)],
-                            "target": f"<= {TARGETS[kind]:.2f}x", "verdict": held})
+            targets.append(ratio_row(f"{kind.removeprefix('+ ')} overhead over the same recipe "
+                                     "without the hook", float(np.median(ratios)), lo, hi,
+                                     TARGETS[kind]))
             cells = (f"{np.median(ratios):.3f} | [{lo:.3f}, {hi:.3f}] | {hooks:.2f} ms "
                      f"({hooks / (med * 1000):.2%}) | <= {TARGETS[kind]:.2f}: {held} |")
         rows.append(f"| {kind} | {med * 1000:.0f} | {len(times[kind])} | {cells}")

@@ -22,7 +22,7 @@ import warnings
 
 import torch
 
-from benchmarks.common import make_batch, median_interval, publish, table, verdict
+from benchmarks.common import make_batch, median_interval, publish, ratio_row, table
 from benchmarks.recipes import FLOOR, NAIVE, activations_mib, prepared, train_step
 
 # the recipes' targets, applied at every length
@@ -77,11 +77,8 @@ def main() -> None:
             print(lines[-1], flush=True)
             target = TARGETS.get(label)
             if target is not None:
-                targets.append({"what": f"step time at {length} tokens, {label}",
-                                "measured": round(ratio, 3),
-                                "interval": [round(low, 3), round(high, 3)],
-                                "target": f"<= {target:.2f}x causal",
-                                "verdict": verdict(low, high, target)})
+                targets.append(ratio_row(f"step time at {length} tokens, {label}", ratio,
+                                         low, high, target, " causal"))
     if not args.no_write:
         publish("Sequence length: step time and memory per mask",
                 f"python -m benchmarks.sequence_length --batch {args.batch} --lengths "

@@ -42,6 +42,10 @@ def test_verdicts():
     assert common.verdict(0.98, 1.04, 1.10) == "holds"
     assert common.verdict(1.02, 1.12, 1.10) == "undecided"
     assert common.verdict(1.12, 1.20, 1.10) == "missed"
+    assert common.ratio_row("step", 1.01234, 0.98, 1.12, 1.10, " causal") == {
+        "what": "step", "measured": 1.012, "interval": [0.98, 1.12],
+        "target": "<= 1.10x causal", "verdict": "undecided"}
+    assert common.ratio_row("floor", 0.99, 0.95, 1.01)["verdict"] == "-"
 
 
 def test_results_sections_are_replaced_and_targets_go_first(tmp_path, monkeypatch):
