@@ -155,7 +155,9 @@ def _flex_kernel(query: torch.Tensor):
     global _COMPILED_FLEX
     if query.is_cuda:
         if _COMPILED_FLEX is None:
-            _COMPILED_FLEX = torch.compile(flex_attention, dynamic=False)
+            # dynamic=None: after the first new sequence length, lengths become symbolic
+            # instead of recompiling for each one (dynamic padding)
+            _COMPILED_FLEX = torch.compile(flex_attention)
         return _COMPILED_FLEX
 
     def unfused(*args, **kwargs):
