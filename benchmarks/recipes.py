@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import statistics
 import subprocess
@@ -209,8 +208,6 @@ def main() -> None:
     parser.add_argument("--memory-child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
-    for name in ("lightning.pytorch", "lightning.fabric"):
-        logging.getLogger(name).setLevel(logging.ERROR)
     if args.memory_child:
         memory_child(args.memory_child, args.batch, args.tokens)
         return
@@ -224,7 +221,7 @@ def main() -> None:
     step = interleaved(labels, args.rounds, lambda label: train_step(*rows[label], data))
     print("training steps measured", flush=True)
     inference = interleaved(labels, 10, lambda label: embed(rows[label][0], users))
-    bias = interleaved(labels, 5 * 5, lambda label: build_bias(rows[label][0], data))
+    bias = interleaved(labels, 25, lambda label: build_bias(rows[label][0], data))
     rss = peak_rss(labels, args.batch, args.tokens)
     lines, targets = [], []
     for label in labels:

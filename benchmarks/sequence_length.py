@@ -15,7 +15,6 @@ one B x L x L fp32 bias.
 from __future__ import annotations
 
 import argparse
-import logging
 import statistics
 import time
 import warnings
@@ -51,7 +50,6 @@ def main() -> None:
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
-    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     first = make_batch(args.batch, args.lengths[0])
     rows = {label: prepared(recipe_row, first) for label, recipe_row in ROWS.items()}
     labels = list(ROWS)
