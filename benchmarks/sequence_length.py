@@ -8,21 +8,22 @@ naive GG-SM bias), each on the default tiny Qwen2, trained by hand (forward and 
 both towers, AdamW; no callbacks, so this is the mask's own cost) on a fixed batch per length.
 At each length the masks are interleaved step by step, the order rotating; ratio: per step
 round, the mask's step over causal's, median over rounds with a 95% bootstrap interval.
-Memory: what the forward saves for backward (exact, ``saved_activations``), and the size of
-one B x L x L fp32 bias.
+Bias ms: the user tower's inputs and bias, built once without grad (median of 3). Memory:
+what the forward saves for backward (exact, ``saved_activations``), and the size of one
+B x L x L fp32 bias.
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
-import time
 import warnings
 
-import torch
 
-from benchmarks.common import make_batch, median_interval, publish, ratio_row, table
-from benchmarks.recipes import FLOOR, NAIVE, activations_mib, prepared, train_step
+from benchmarks.common import make_batch, publish, ratio_row, table
+from benchmarks.recipes import (
+    FLOOR, NAIVE, activations_mib, build_bias, paired, prepared, train_step,
+)
 
 # the recipes' targets, applied at every length
 TARGETS = {"hybrid": 1.10, "bidirectional": 1.10, "soft, uniform (scheduler)": 1.20,
@@ -30,16 +31,6 @@ TARGETS = {"hybrid": 1.10, "bidirectional": 1.10, "soft, uniform (scheduler)": 1
 ROWS = {FLOOR: FLOOR, "causal": "causal", "hybrid": "hybrid", "bidirectional": "bidirectional",
         "soft, uniform (scheduler)": "scheduler",
         "soft, per position (GG-SM)": "ggsm, ramp", "naive (GG-SM)": NAIVE}
-
-
-def bias_ms(module, data: dict, reps: int = 3) -> float:
-    times = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        with torch.no_grad():
-            module.mask(data["user_segment_ids"], data["user_attention_mask"])
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1000
 
 
 def main() -> None:
@@ -64,14 +55,12 @@ def main() -> None:
                 times[label].append(train_step(*rows[label], data))
         bias_mib = args.batch * length ** 2 * 4 / 2**20
         for label in labels:
-            ratios = [a / b for a, b in zip(times[label], times["causal"])]
-            ratio = statistics.median(ratios)
-            low, high = median_interval(ratios)
+            ratio, low, high = paired(times, label, "causal")
             module = rows[label][0]
+            bias_ms = statistics.median(build_bias(module, data) for _ in range(3)) * 1000
             lines.append(f"| {length} | {label} | {statistics.median(times[label]) * 1000:.0f} "
-                         f"| {ratio:.3f} [{low:.3f}, {high:.3f}] | "
-                         f"{bias_ms(module, data):.1f} | {activations_mib(module, data):.0f} | "
-                         f"{bias_mib:.1f} |")
+                         f"| {ratio:.3f} [{low:.3f}, {high:.3f}] | {bias_ms:.1f} | "
+                         f"{activations_mib(module, data):.0f} | {bias_mib:.1f} |")
             print(lines[-1], flush=True)
             target = TARGETS.get(label)
             if target is not None:

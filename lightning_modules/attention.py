@@ -129,10 +129,17 @@ class FlexBias:
     score_mod: Callable[[int], Callable] | None
 
 
+@contextlib.contextmanager
+def _unfused_is_expected():
+    """FlexAttention warns when it runs without torch.compile; on a CPU that is the plan."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*without torch.compile.*")
+        yield
+
+
 def flex_bias(flex, batch: int, length: int, device) -> FlexBias:
     """Builds the block mask of a :class:`~maskstudy.lightning_modules.masks.FlexMask` once."""
-    with warnings.catch_warnings():  # unfused on a CPU is expected (forward only)
-        warnings.filterwarnings("ignore", message=".*without torch.compile.*")
+    with _unfused_is_expected():
         block = create_block_mask(flex.mask_mod, batch, None, length, length, device=device)
     return FlexBias(block, flex.score_mod)
 
@@ -161,8 +168,7 @@ def _flex_kernel(query: torch.Tensor):
         return _COMPILED_FLEX
 
     def unfused(*args, **kwargs):
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*without torch.compile.*")
+        with _unfused_is_expected():
             return flex_attention(*args, **kwargs)
     return unfused
 

@@ -12,9 +12,9 @@ from maskstudy.callbacks import mask_schedule
 from maskstudy.experiments.config import EXPERIMENTS_DIR, load_config
 from maskstudy.experiments.run import fit
 from maskstudy.lightning_modules import attention
+from maskstudy.lightning_modules.backbone import BackboneConfig
 from maskstudy.lightning_modules.encoder import ContrastiveEncoder
 from maskstudy.lightning_modules.masks import ANCHOR, HISTORY, MASKS, QUERY
-from maskstudy.lightning_modules.backbone import BackboneConfig
 from maskstudy.lightning_modules.module import ContrastiveMaskingModule, MaskConfig, ModuleConfig
 from tests.helpers import tiny
 from tests.host_syncs import HostSyncs
