@@ -7,8 +7,13 @@ scores its test split:
     AUC  area under the ROC curve
     KS   max over thresholds of TPR - FPR (the Kolmogorov-Smirnov statistic)
 
+Two representations are probed from one forward: ``projected`` (the L2-normalised embedding
+the contrastive loss reads) and ``pooled`` (the pooled hidden state before the projector);
+``representation`` picks the one the main metrics describe.
+
 Logged as ``eval/<task>/auc``, ``eval/<task>/ks``, ``eval/<domain>/avg_auc``, ``eval/avg_auc``
-and ``eval/avg_ks`` at ``every_n_steps`` and at the end of training; the final evaluation is
+and ``eval/avg_ks``, plus ``eval/by_representation/<name>/avg_auc|avg_ks`` for both, at
+``every_n_steps`` and at the end of training; the final evaluation is
 also written to ``results.json`` and, for W&B, as the table ``eval/results``.
 
 The callback does not know where users come from: it takes a *probe source* with
@@ -98,20 +103,26 @@ def probe_all(embeddings: np.ndarray, source: ProbeSource,
     return per_task, table
 
 
+REPRESENTATIONS = ("projected", "pooled")
+
+
 @torch.no_grad()
-def embed_probe_users(module, source: ProbeSource) -> np.ndarray:
-    """(users, D) embeddings in label order, each probe user embedded once."""
+def embed_probe_users(module, source: ProbeSource) -> dict[str, np.ndarray]:
+    """Per representation (``projected``: the embedding; ``pooled``: the hidden state the
+    projector reads), the (users, D) matrix in label order, each probe user embedded once."""
     n = source.labels.shape[0]
-    out = None
+    out: dict[str, np.ndarray] = {}
     seen = np.zeros(n, dtype=bool)
     for batch in source.dataloader():
-        emb = module.embed_users(batch).float().cpu().numpy()
-        if out is None:
-            out = np.zeros((n, emb.shape[1]), dtype=np.float32)
+        reps = module.user_representations(batch)
         idx = batch["probe_index"].numpy()
-        out[idx] = emb
+        for name, emb in reps.items():
+            emb = emb.float().cpu().numpy()
+            if name not in out:
+                out[name] = np.zeros((n, emb.shape[1]), dtype=np.float32)
+            out[name][idx] = emb
         seen[idx] = True
-    if out is None or not seen.all():
+    if not out or not seen.all():
         raise RuntimeError(f"probe evaluation embedded {int(seen.sum())} of {n} probe users")
     return out
 
@@ -122,13 +133,29 @@ class Evaluation:
     per_task: dict[str, dict[str, float]]
     metrics: dict[str, float]
     seconds: float
+    representation: str = "projected"  # the one per_task and the main metrics describe
 
 
-def evaluate(module, source: ProbeSource, c: float = 1.0, step: int = 0) -> Evaluation:
+def evaluate(module, source: ProbeSource, c: float = 1.0, step: int = 0,
+             representation: str = "projected") -> Evaluation:
+    """Probes every representation; ``per_task`` and the ``eval/...`` metrics describe
+    ``representation``, and every representation's averages are logged as
+    ``eval/by_representation/<name>/avg_auc`` and ``.../avg_ks``."""
+    if representation not in REPRESENTATIONS:
+        raise ValueError(f"eval representation {representation!r}: expected one of "
+                         f"{REPRESENTATIONS}")
     start = time.perf_counter()
-    per_task, test_scores = probe_all(embed_probe_users(module, source), source, c)
-    result = Evaluation(step, per_task, summarise(per_task, source.domains),
-                        time.perf_counter() - start)
+    metrics, main = {}, None
+    for name, x in embed_probe_users(module, source).items():
+        per_task, test_scores = probe_all(x, source, c)
+        summary = summarise(per_task, source.domains)
+        for key in ("avg_auc", "avg_ks"):
+            metrics[f"eval/by_representation/{name}/{key}"] = summary[f"eval/{key}"]
+        if name == representation:
+            main = (per_task, summary, test_scores)
+    per_task, summary, test_scores = main
+    result = Evaluation(step, per_task, {**summary, **metrics}, time.perf_counter() - start,
+                        representation)
     result.test_scores = test_scores  # not a field: kept out of checkpoints
     return result
 
@@ -146,8 +173,10 @@ class LinearProbeEvaluation(L.Callback):
     end of training, on global rank 0; writes ``results.json`` into ``out_dir``."""
 
     def __init__(self, source: ProbeSource, *, every_n_steps: int = 0, c: float = 1.0,
-                 out_dir: str | Path | None = None, extra_results: dict | None = None):
+                 out_dir: str | Path | None = None, extra_results: dict | None = None,
+                 representation: str = "projected"):
         self.source = source
+        self.representation = representation
         self.every_n_steps = every_n_steps
         self.c = c
         self.out_dir = Path(out_dir) if out_dir else None
@@ -157,7 +186,7 @@ class LinearProbeEvaluation(L.Callback):
     def _run(self, trainer: L.Trainer, module) -> Evaluation | None:
         if trainer.global_rank != 0:
             return None
-        result = evaluate(module, self.source, self.c, trainer.global_step)
+        result = evaluate(module, self.source, self.c, trainer.global_step, self.representation)
         self.history.append(result)
         for logger in trainer.loggers:
             logger.log_metrics({**result.metrics, "eval/seconds": result.seconds},
@@ -189,7 +218,8 @@ class LinearProbeEvaluation(L.Callback):
                 logger.log_table("eval/results", columns=["task", "auc", "ks", "domain"],
                                  data=rows, step=trainer.global_step)
         if self.out_dir is not None:
-            payload = {"step": result.step, "metrics": result.metrics,
+            payload = {"step": result.step, "representation": result.representation,
+                       "metrics": result.metrics,
                        "tasks": result.per_task, "eval_seconds": result.seconds,
                        "history": [{"step": e.step, "avg_auc": e.metrics["eval/avg_auc"]}
                                    for e in self.history], **self.extra_results}

@@ -19,6 +19,8 @@ from lightning.fabric.connector import _PRECISION_INPUT_STR, _PRECISION_INPUT_ST
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from maskstudy.callbacks.learning_check import LearningConfig
+from maskstudy.callbacks.linear_probe import REPRESENTATIONS
 from maskstudy.datamodules.datamodules import DataConfig
 from maskstudy.datamodules.hierarchical import InputConfig, default_text_encoder
 from maskstudy.datamodules.probe import check_task_columns
@@ -63,6 +65,7 @@ class EvalConfig:
     test_fraction: float = 0.3
     c: float = 1.0  # inverse L2 strength of the probe's logistic regression
     references: bool = True  # untrained-backbone and bag-of-events rows (cached per dataset)
+    representation: str = "projected"  # projected | pooled: what eval/* describes (both probed)
 
 
 @dataclass
@@ -111,6 +114,7 @@ class ExperimentConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    learning: LearningConfig = field(default_factory=LearningConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
     def module_config(self) -> ModuleConfig:
@@ -213,11 +217,12 @@ def check(cfg: ExperimentConfig, where: str = "config") -> None:
     def fail(key: str, msg: str) -> None:
         raise ConfigError(f"{where}: key '{key}': {msg}")
 
-    try:
-        cfg.input.check()
-    except ValueError as e:
-        key, _, message = str(e).partition(" ")  # "input.<field> <what is wrong>"
-        fail(key, message)
+    for section in (cfg.input, cfg.learning):
+        try:
+            section.check()
+        except ValueError as e:
+            key, _, message = str(e).partition(" ")  # "<section>.<field> <what is wrong>"
+            fail(key, message)
     if cfg.input.mode == "hierarchical" and cfg.input.event_encoder == "text":
         if cfg.input.text_encoder is None:
             try:
@@ -307,6 +312,8 @@ def check(cfg: ExperimentConfig, where: str = "config") -> None:
     if cfg.backbone.name_or_path is None and (
             cfg.backbone.hidden_size % cfg.backbone.heads or cfg.backbone.heads % cfg.backbone.kv_heads):
         fail("backbone.hidden_size", "hidden_size must divide by heads and heads by kv_heads")
+    if cfg.eval.representation not in REPRESENTATIONS:
+        fail("eval.representation", f"expected one of {list(REPRESENTATIONS)}")
     if not 0 < cfg.eval.test_fraction < 1:
         fail("eval.test_fraction", "expected a value in (0, 1)")
     try:

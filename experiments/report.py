@@ -16,11 +16,21 @@ Recipes of a dataset file (``experiments/datasets/<dataset>.yaml``) are named
 ``<dataset>_<recipe>``; when every run of the sweep carries the same such prefix, the report
 names recipes without it, so ``movielens_causal`` is the ``causal`` baseline.
 
-A difference counts as larger than noise when both intervals exclude 0. With one seed only the
-test-user interval exists, and the verdict says that training noise (another seed can reorder
-recipes) was not measured. Outputs: ``report.md``, ``report.csv`` (long form),
-``report.json``, figures in ``figures/`` (average AUC with error bars, training loss per
-recipe, mask evolution strips, stability), and optionally a W&B Table.
+Verdicts are decided across seeds: a difference counts as larger than noise when the seed
+interval excludes 0; with one seed the verdict is "undecided". The test-user bootstrap is
+printed beside it (how much fixed models' AUCs move with the sampled test users) and never
+decides a verdict. Each comparison also gets its minimum detectable effect at 80% power for
+its seed spread and count, and the seeds a 0.004 difference (the spread between the papers'
+recipes) would need; the rule's own false-positive rate is measured on A/A comparisons
+between disjoint seed groups of one recipe.
+
+Runs carry a learning check (``results.json`` ``learning``, ``callbacks/learning_check.py``):
+a trained run that failed it (collapsed, or retrieval and loss at chance) is listed in the
+"Did the runs learn?" table and left out of every other table and comparison.
+
+Outputs: ``report.md``, ``report.csv`` (long form), ``report.json``, figures in ``figures/``
+(average AUC with error bars, training loss per recipe, mask evolution strips, stability),
+and optionally a W&B Table.
 """
 
 from __future__ import annotations
@@ -38,6 +48,7 @@ from scipy import stats
 ORDER = ("untrained", "causal", "hybrid", "hybrid_soft", "hybrid_mlp", "hybrid_gq",
          "bidirectional", "scheduler", "scheduler_window", "ggsm", "ggsm_calibrated")
 BASELINE = "causal"
+PAPER_GAP = 0.004  # the spread between the GG-SM paper's recipes, in average AUC
 
 
 @dataclass
@@ -84,6 +95,23 @@ def collect(sweep_dir: str | Path) -> dict[str, Recipe]:
         recipes = {n.removeprefix(prefix): Recipe(n.removeprefix(prefix), r.runs)
                    for n, r in recipes.items()}
     return dict(sorted(recipes.items(), key=lambda kv: _rank(kv[0])))
+
+
+def did_not_learn(run: Run) -> bool:
+    """A trained run whose learning check failed (``results.json`` ``learning``): its probe
+    AUC is not a result."""
+    check = run.results.get("learning")
+    return bool(check) and check.get("trained", True) and not check.get("passed", True)
+
+
+def learned_only(recipes: dict[str, Recipe]) -> dict[str, Recipe]:
+    """The recipes with only the runs that passed (or had no) learning check."""
+    out = {}
+    for name, rec in recipes.items():
+        runs = {s: r for s, r in rec.runs.items() if not did_not_learn(r)}
+        if runs:
+            out[name] = Recipe(name, runs)
+    return out
 
 
 def dataset_prefix(names: list[str]) -> str:
@@ -225,8 +253,10 @@ def bootstrap_difference(a: Recipe, b: Recipe, rounds: int = 2000,
     return diff / max(n_tasks, 1)
 
 
-def compare(recipes: dict[str, Recipe], rounds: int = 2000) -> list[dict]:
-    """Each recipe against causal (see the module docstring)."""
+def compare(recipes: dict[str, Recipe], rounds: int = 2000,
+            target: float = PAPER_GAP) -> list[dict]:
+    """Each recipe against causal (see the module docstring), with the minimum detectable
+    effect of its seed comparison and the seeds a difference of ``target`` would need."""
     if BASELINE not in recipes:
         return []
     base = recipes[BASELINE]
@@ -238,9 +268,11 @@ def compare(recipes: dict[str, Recipe], rounds: int = 2000) -> list[dict]:
         diffs = [rec.runs[s].results["metrics"]["eval/avg_auc"]
                  - base.runs[s].results["metrics"]["eval/avg_auc"] for s in seeds]
         mean, lo, hi = seed_interval(diffs)
+        sd = float(np.std(diffs, ddof=1)) if len(diffs) > 1 else float("nan")
         row = {"recipe": name, "seeds": len(seeds), "diff": mean, "seed_low": lo,
                "seed_high": hi, "boot_low": float("nan"), "boot_high": float("nan"),
-               "p": float("nan")}
+               "p": float("nan"), "diff_sd": sd, "mde": detectable_effect(sd, len(seeds)),
+               "seeds_for_target": seeds_needed(sd, target), "target": target}
         boot = bootstrap_difference(rec, base, rounds)
         if boot is not None:
             row["boot_low"], row["boot_high"] = (float(np.percentile(boot, 2.5)),
@@ -251,20 +283,73 @@ def compare(recipes: dict[str, Recipe], rounds: int = 2000) -> list[dict]:
     return rows
 
 
-def verdict(row: dict) -> str:
-    def excludes_zero(lo, hi):
-        return not math.isnan(lo) and (lo > 0 or hi < 0)
+def excludes_zero(lo: float, hi: float) -> bool:
+    return not math.isnan(lo) and (lo > 0 or hi < 0)
 
-    boot = excludes_zero(row["boot_low"], row["boot_high"])
-    seeds = excludes_zero(row["seed_low"], row["seed_high"])
-    direction = "better" if row["diff"] > 0 else "worse"
-    if boot and row["seeds"] < 2:
-        return f"{direction} beyond test-user noise; one seed: training noise not measured"
-    if boot and seeds:
-        return f"{direction} than causal beyond noise"
-    if boot or seeds:
-        return "mixed: one interval excludes 0"
-    return "within noise"
+
+def verdict(row: dict) -> str:
+    """Decided across seeds (training noise) only. The test-user bootstrap measures how much
+    the AUCs of fixed models move with the sampled test users; it is reported beside the
+    verdict but never decides it."""
+    if row["seeds"] < 2:
+        return "undecided: one seed, training noise not measured"
+    if excludes_zero(row["seed_low"], row["seed_high"]):
+        return f"{'better' if row['diff'] > 0 else 'worse'} than causal beyond seed noise"
+    return "within seed noise"
+
+
+def detectable_effect(sd: float, n: int, alpha: float = 0.05, power: float = 0.8) -> float:
+    """Minimum detectable effect of a two-sided paired t-test over ``n`` seeds with paired
+    differences of standard deviation ``sd``: (t_{1-alpha/2, n-1} + t_{power, n-1}) sd / sqrt(n)
+    (NaN below 2 seeds)."""
+    if n < 2 or math.isnan(sd):
+        return float("nan")
+    return float((stats.t.ppf(1 - alpha / 2, n - 1) + stats.t.ppf(power, n - 1))
+                 * sd / math.sqrt(n))
+
+
+def seeds_needed(sd: float, effect: float) -> float:
+    """The fewest seeds whose minimum detectable effect is at most ``effect`` (NaN when the
+    spread is unknown). The normal approximation ((z_.975 + z_.8) sd / effect)^2 is a lower
+    bound; the t-based count is searched upward from it."""
+    if math.isnan(sd):
+        return float("nan")
+    z = stats.norm.ppf(0.975) + stats.norm.ppf(0.8)
+    n = max(2, math.floor((z * sd / effect) ** 2))
+    while detectable_effect(sd, n) > effect:
+        n += 1
+    return n
+
+
+def aa_false_positive_rate(recipes: dict[str, Recipe], max_splits: int = 200,
+                           seed: int = 0) -> dict:
+    """The verdict rule's false-positive rate measured on the runs at hand: every recipe with
+    at least 4 seeds is split into two disjoint seed groups of equal size (up to
+    ``max_splits`` splits per recipe), the groups are paired in seed order and compared
+    with the rule the verdicts use (a 95% t interval of paired differences excluding 0).
+    Both groups ran the same recipe, so every 'difference' found is a false positive."""
+    from itertools import combinations
+
+    rng = np.random.default_rng(seed)
+    found = total = 0
+    used = []
+    for name, rec in recipes.items():
+        seeds = sorted(rec.runs)
+        k = len(seeds) // 2
+        if k < 2:
+            continue
+        used.append(name)
+        auc = {s: rec.runs[s].results["metrics"]["eval/avg_auc"] for s in seeds}
+        splits = [c for c in combinations(seeds, k) if seeds[0] in c]  # each split once
+        if len(splits) > max_splits:
+            splits = [splits[i] for i in rng.choice(len(splits), max_splits, replace=False)]
+        for group in splits:
+            rest = [s for s in seeds if s not in group][:k]
+            _, lo, hi = seed_interval([auc[a] - auc[b] for a, b in zip(group, rest)])
+            found += excludes_zero(lo, hi)
+            total += 1
+    return {"comparisons": total, "false_positives": found,
+            "rate": found / total if total else float("nan"), "recipes": used}
 
 
 # --- stability ------------------------------------------------------------------------------
@@ -314,7 +399,49 @@ def _cell(ms: tuple[float, float], best: bool) -> str:
     return f"**{text}**" if best else text
 
 
-def markdown(recipes, tasks, domains, table, comparisons, stab, sweep_dir) -> str:
+def _aa_sentence(aa: dict) -> str:
+    if not aa["comparisons"]:
+        return ("A/A false-positive rate: not measured (needs a recipe with at least 4 seeds "
+                "that learned).")
+    return (f"A/A false-positive rate of the seed rule: {aa['false_positives']} of "
+            f"{aa['comparisons']} comparisons between disjoint seed groups of one recipe "
+            f"({', '.join(aa['recipes'])}) found a difference: {aa['rate']:.1%} (nominal 5%).")
+
+
+def learning_rows(recipes: dict[str, Recipe]) -> list[dict]:
+    """One row per run with its learning check (``results.json`` ``learning``)."""
+    rows = []
+    for name, rec in recipes.items():
+        for seed, run in sorted(rec.runs.items()):
+            check = run.results.get("learning")
+            if check:
+                rows.append({"recipe": name, "seed": seed, **check})
+    return rows
+
+
+def learning_markdown(rows: list[dict]) -> list[str]:
+    if not rows:
+        return []
+    lines = ["## Did the runs learn?", "",
+             "Final model on the validation pairs. A trained run that fails the check "
+             "(collapse, retrieval or loss near chance, no spread) is left out of every "
+             "table and comparison below: its AUC is not a result. The untrained row is a "
+             "reference and is expected to sit at chance.", "",
+             "| recipe | seed | val retrieval (x chance) | val loss (x its chance) | user spread "
+             "(x isotropic) | effective rank | check |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        check = ("reference (untrained)" if not r.get("trained", True)
+                 else "passed" if r["passed"] else "FAILED: " + "; ".join(r["reasons"]))
+        lines.append(
+            f"| {r['recipe']} | {r['seed']} | {r['retrieval_acc']:.3f} "
+            f"({r['retrieval_ratio']:.1f}x) | {r['loss']:.3f} ({r['loss_ratio']:.2f}x) | "
+            f"{r['user_spread']:.4f} ({r['user_spread'] / r['spread_isotropic']:.2f}x) | "
+            f"{r['user_rank']:.1f} | {check} |")
+    return lines + [""]
+
+
+def markdown(recipes, tasks, domains, table, comparisons, stab, sweep_dir,
+             learning: list[dict] | None = None, aa: dict | None = None) -> str:
     doms = list(dict.fromkeys(domains[t] for t in tasks))
     seeds = sorted({s for r in recipes.values() for s in r.runs})
     trained = {n: r for n, r in recipes.items() if not n.endswith("(reference)")}
@@ -322,6 +449,7 @@ def markdown(recipes, tasks, domains, table, comparisons, stab, sweep_dir) -> st
              f"{sum(len(r.runs) for r in trained.values())} runs, {len(trained)} recipes, seeds "
              f"{seeds}. Cells: mean ± std over seeds; best mean per column in bold. Reference "
              f"rows come with every run (bag-of-events: the same value for every seed).", ""]
+    lines += learning_markdown(learning or [])
     for metric in ("auc", "ks"):
         cols = [f"{t}/{metric}" for t in tasks]
         extra = ([f"{d}/avg_auc" for d in doms] + ["avg_auc", "avg_ks"]) if metric == "auc" else ["avg_ks"]
@@ -337,15 +465,29 @@ def markdown(recipes, tasks, domains, table, comparisons, stab, sweep_dir) -> st
         lines.append("")
     if comparisons:
         lines += ["## Against causal (average AUC)", "",
-                  "| recipe | paired seeds | Δ avg AUC | seeds: 95% t interval | test users: "
-                  "95% bootstrap interval | p | verdict |", "|---|---|---|---|---|---|---|"]
+                  "Verdicts are decided across seeds (training noise): a 95% t interval of the "
+                  "paired per-seed differences that excludes 0. The test-user bootstrap shows "
+                  "how much fixed models' AUCs move with the sampled test users; it never "
+                  "decides a verdict. MDE: the difference this comparison detects with 80% "
+                  f"power at its seed spread and seed count; the last column, the seeds a "
+                  f"difference of {PAPER_GAP} (the spread between the papers' recipes) would "
+                  f"need at that spread.", ""]
+        if aa is not None:
+            lines += [_aa_sentence(aa), ""]
+        lines += ["| recipe | paired seeds | Δ avg AUC | seeds: 95% t interval | test users: "
+                  "95% bootstrap interval | p (bootstrap) | MDE (80% power) | "
+                  f"seeds for {PAPER_GAP} | verdict |", "|---|---|---|---|---|---|---|---|---|"]
         for c in comparisons:
             def iv(lo, hi):
                 return "-" if math.isnan(lo) else f"[{lo:+.4f}, {hi:+.4f}]"
             p = "-" if math.isnan(c["p"]) else f"{c['p']:.3f}"
+            mde = "-" if math.isnan(c["mde"]) else f"{c['mde']:.4f}"
+            need = c["seeds_for_target"]
+            need = "-" if math.isnan(need) else f"{need:.0f}"
             lines.append(f"| {c['recipe']} | {c['seeds']} | {c['diff']:+.4f} | "
                          f"{iv(c['seed_low'], c['seed_high'])} | "
-                         f"{iv(c['boot_low'], c['boot_high'])} | {p} | {c['verdict']} |")
+                         f"{iv(c['boot_low'], c['boot_high'])} | {p} | {mde} | {need} | "
+                         f"{c['verdict']} |")
         lines.append("")
     lines += ["## Training stability", "", "| recipe | loss spikes | grad-norm max | "
               "grad-norm median |", "|---|---|---|---|"]
@@ -436,20 +578,31 @@ def figures(out: Path, recipes, table) -> list[Path]:
 def report(sweep_dir: str | Path, out: str | Path | None = None, *, rounds: int = 2000,
            wandb_table: bool = False) -> Path:
     """Writes the report of a sweep directory and returns the report.md path."""
-    recipes = collect(sweep_dir)
+    collected = collect(sweep_dir)
+    learning = learning_rows(collected)
+    recipes = learned_only(collected)
+    out = Path(out) if out else Path(sweep_dir) / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    if not recipes:  # the learning table is the whole report
+        (out / "report.md").write_text("\n".join(
+            [f"# Report: {Path(sweep_dir).name}", "", *learning_markdown(learning),
+             "No trained run passed its learning check: there is no AUC to compare."]) + "\n")
+        (out / "report.json").write_text(json.dumps({"learning": learning}, indent=2) + "\n")
+        return out / "report.md"
     tasks, domains = columns(recipes)
     refs = references(recipes)
     table = summary({**refs, **recipes}, tasks, domains)
     comparisons = compare(recipes, rounds)
+    aa = aa_false_positive_rate(recipes)
     stab = stability(recipes)
-    out = Path(out) if out else Path(sweep_dir) / "report"
-    out.mkdir(parents=True, exist_ok=True)
-    text = markdown({**refs, **recipes}, tasks, domains, table, comparisons, stab, sweep_dir)
+    text = markdown({**refs, **recipes}, tasks, domains, table, comparisons, stab, sweep_dir,
+                    learning, aa)
     (out / "report.md").write_text(text)
     write_csv(out / "report.csv", {**refs, **recipes}, table)
     (out / "report.json").write_text(json.dumps(
         {"table": {n: {c: list(v) for c, v in cols.items()} for n, cols in table.items()},
-         "comparisons": comparisons, "stability": stab}, indent=2) + "\n")
+         "comparisons": comparisons, "aa_false_positive_rate": aa, "learning": learning,
+         "stability": stab}, indent=2) + "\n")
     paths = figures(out / "figures", recipes, table)
     if wandb_table:
         _log_wandb(sweep_dir, table, comparisons, paths)

@@ -27,6 +27,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities import rank_zero_only
 
+from maskstudy.callbacks.learning_check import CollapseDetector, LearningCheck
 from maskstudy.callbacks.linear_probe import LinearProbeEvaluation, evaluate, scores, summarise
 from maskstudy.callbacks.mask_schedule import (
     FutureAttentionMonitor, GradientGuidedPrewarmup, LinearMaskScheduler, MaskHeatmap,
@@ -171,6 +172,8 @@ def _cache_key(cfg: ExperimentConfig, kind: str) -> str:
                   d.probe_query, d.anchor, cfg.seed, d.caps]
         if cfg.input.mode != "text":  # text-mode keys stay what they were
             parts.append(model["input"])
+        if cfg.eval.representation != "projected":
+            parts.append(cfg.eval.representation)
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -192,7 +195,8 @@ def reference_rows(cfg: ExperimentConfig, probe_dm: ProbeDataModule,
             module_cfg = cfg.module_config()
             module_cfg.mask = MaskConfig(name="causal")  # the decoder as it comes, every recipe alike
             module = ContrastiveMaskingModule(module_cfg, vocab_size=vocab_size)
-            per_task = evaluate(module, source, cfg.eval.c).per_task
+            per_task = evaluate(module, source, cfg.eval.c,
+                                representation=cfg.eval.representation).per_task
         else:
             x = baseline.features(probe_dm.probe.history_table())
             per_task = {}
@@ -372,16 +376,21 @@ def fit(cfg: ExperimentConfig, *, resume: str | Path | None = None,
         source, every_n_steps=cfg.eval.every_n_steps, c=cfg.eval.c, out_dir=run_dir,
         extra_results={"name": cfg.name, "description": cfg.description, "mask": cfg.mask.name,
                        "input": cfg.input.label, "seed": cfg.seed, "domains": source.domains,
-                       "references": refs})
-    callbacks = [probe_cb, *schedule_callbacks(cfg, run_dir / "plots"), *(callbacks or [])]
+                       "references": refs}, representation=cfg.eval.representation)
+    t = cfg.trainer
+    max_steps = t.max_steps if t.train else 0
+    detector = CollapseDetector(cfg.learning)
+    learning = LearningCheck(train_dm.val_dataloader, cfg.learning,
+                             max_batches=t.limit_val_batches, detector=detector,
+                             trained=max_steps > 0)
+    callbacks = [detector, learning, probe_cb, *schedule_callbacks(cfg, run_dir / "plots"),
+                 *(callbacks or [])]
     if cfg.logging.sample_tables:
         callbacks.append(SampleTable(train_dm.template.tok))
     if cfg.mask.name not in FIXED_MASKS and cfg.logging.mask_heatmap_every > 0:
         callbacks.append(MaskHeatmap(run_dir / "plots", cfg.logging.mask_heatmap_every))
     checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0,
                                  every_n_train_steps=cfg.trainer.val_check_interval)
-    t = cfg.trainer
-    max_steps = t.max_steps if t.train else 0
     trainer = L.Trainer(
         max_steps=max_steps, val_check_interval=t.val_check_interval,
         check_val_every_n_epoch=None, limit_val_batches=t.limit_val_batches,
@@ -404,6 +413,7 @@ def fit(cfg: ExperimentConfig, *, resume: str | Path | None = None,
         raise
     train_seconds = time.perf_counter() - start
     if max_steps == 0:  # the untrained model: Lightning runs no training hooks at all
+        learning.summary = learning.check(module)
         probe_cb.on_train_end(trainer, module)
     # last.ckpt is the final model even when max_steps is not a multiple of the interval.
     trainer.save_checkpoint(run_dir / "checkpoints" / "last.ckpt")
@@ -413,6 +423,7 @@ def fit(cfg: ExperimentConfig, *, resume: str | Path | None = None,
         return RunResult(run_dir, {})
     results = json.loads((run_dir / "results.json").read_text())
     results["train_seconds"] = train_seconds
+    results["learning"] = learning.summary
     (run_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     _plots(run_dir, results)
     _finish_wandb()

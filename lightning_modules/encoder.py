@@ -188,19 +188,30 @@ class ContrastiveEncoder(nn.Module):
 
     def embed(self, hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str,
               segment_ids: torch.Tensor | None = None) -> torch.Tensor:
-        pooled = pool(hidden, attention_mask, pooling, segment_ids)
+        return self.project(pool(hidden, attention_mask, pooling, segment_ids))
+
+    def project(self, pooled: torch.Tensor) -> torch.Tensor:
+        """The embedding of a pooled hidden state: projector, then L2 normalisation."""
         return F.normalize(self.projector(pooled).float(), dim=-1)
+
+    def pooled_users(self, input_ids, attention_mask, segment_ids,
+                     mask: AttentionMask | None = None,
+                     slots: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(pooled hidden states (B, H) before the projector, final hidden states (B, L, H);
+        L + 1 with a global token) of the user tower."""
+        hidden, attention_mask, segment_ids = self.hidden_states(
+            input_ids, attention_mask, segment_ids, mask or self.mask,
+            capture=self.capture_last_layer_input and mask is None,
+            global_token=self.global_query is not None, slots=slots)
+        return pool(hidden, attention_mask, self.pooling, segment_ids), hidden
 
     def encode_users(self, input_ids, attention_mask, segment_ids,
                      mask: AttentionMask | None = None,
                      slots: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(embeddings (B, D), final hidden states (B, L, H); L + 1 with a global token) of
         the user tower."""
-        hidden, attention_mask, segment_ids = self.hidden_states(
-            input_ids, attention_mask, segment_ids, mask or self.mask,
-            capture=self.capture_last_layer_input and mask is None,
-            global_token=self.global_query is not None, slots=slots)
-        return self.embed(hidden, attention_mask, self.pooling, segment_ids), hidden
+        pooled, hidden = self.pooled_users(input_ids, attention_mask, segment_ids, mask, slots)
+        return self.project(pooled), hidden
 
     def answer_segments(self, attention_mask: torch.Tensor) -> torch.Tensor:
         """Answer content as history, its last real token (``<eos>``) as anchor."""

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from .learning import retrieval_accuracy
+
 
 @dataclass
 class LossOutput:
@@ -14,6 +16,8 @@ class LossOutput:
     pos_sim: torch.Tensor  # mean s(u_i, a_i)
     neg_sim: torch.Tensor  # mean s(u_i, a_j), j != i
     fn_masked_frac: torch.Tensor  # share of negatives dropped by the false-negative filter
+    kept_chance: torch.Tensor  # mean_i log(1 + kept negatives of row i): the loss at chance
+    retrieval_acc: torch.Tensor  # share of users whose own answer is the batch's most similar
 
 
 def info_nce_loss(users: torch.Tensor, answers: torch.Tensor, *, temperature: float = 0.02,
@@ -31,6 +35,11 @@ def info_nce_loss(users: torch.Tensor, answers: torch.Tensor, *, temperature: fl
               + sum_{j != i} f_ij^aa exp(s(a_i, a_j) / tau)     answer vs other answers
         f_ij  = 0 if s_ij > p_i + m else 1                      (false-negative filter)
         loss  = -1/B sum_i log(exp(p_i / tau) / Z_i)
+
+    Besides the loss it returns what tells learning from chance: ``kept_chance`` =
+    1/B sum_i log(1 + sum_j f_ij), the loss if every kept similarity equalled the positive
+    (the filter lowers it below ln(3B - 2), so a filtered loss is read against it), and the
+    user -> answer retrieval accuracy among the local batch (chance 1/B).
 
     ``all_users`` / ``all_answers`` hold the negatives (the global batch under DDP, the local
     batch by default); the local rows are ``all_*[offset : offset + B]``.
@@ -53,7 +62,9 @@ def info_nce_loss(users: torch.Tensor, answers: torch.Tensor, *, temperature: fl
     with torch.no_grad():
         neg_ua = sims[0][~is_self]
         stats = (pos.mean(), neg_ua.mean() if neg_ua.numel() else pos.new_zeros(()),
-                 (false_negative & negatives).sum() / negatives.sum().clamp_min(1))
+                 (false_negative & negatives).sum() / negatives.sum().clamp_min(1),
+                 torch.log1p(keep.sum((0, 2)).float()).mean(),
+                 retrieval_accuracy(users, answers))
     return LossOutput(loss, *stats)
 
 

@@ -6,10 +6,14 @@ contrastive loss. The attention mask is the one thing recipes swap (``mask.name`
 options); callbacks may update a mask's state, which lives in module buffers and therefore in
 checkpoints.
 
-Logged every optimiser step: ``train/loss``, ``train/lr``, ``train/pos_sim``,
-``train/neg_sim``, ``train/fn_masked_frac``, ``train/grad_norm``, ``train/skipped_steps``
-(cumulative); at
-validation ``val/loss``, ``val/pos_sim``, ``val/neg_sim``, ``val/fn_masked_frac``.
+Logged every optimiser step under ``train/`` and averaged over the validation batches under
+``val/``: ``loss``, ``pos_sim``, ``neg_sim``, ``sim_gap`` (pos - neg), ``fn_masked_frac``,
+``retrieval_acc`` (user -> own answer among the batch), ``kept_chance`` (the loss at chance
+given the negatives the filter kept), ``user_spread`` and ``user_rank`` (spread and RankMe
+effective rank of the user embeddings; at validation over all validation users) and the
+reference lines ``loss_chance`` (ln(3B - 2)), ``retrieval_chance`` (1/B) and
+``spread_isotropic`` (1/sqrt(D)); see ``learning.py``. Training also logs ``train/lr``,
+``train/grad_norm`` and ``train/skipped_steps`` (cumulative).
 
 A NaN or inf loss or gradient never reaches the weights (``optim.nonfinite``): ``stop`` raises
 :class:`NonFiniteError` naming the step and the tensor (the run ends, its last checkpoint is
@@ -32,6 +36,9 @@ from maskstudy.datamodules.hierarchical import InputConfig
 from .backbone import BackboneConfig, build_backbone, hidden_size, num_layers
 from .encoder import ContrastiveEncoder
 from .hierarchical import HierarchicalInput, slots_of
+from .learning import (
+    effective_rank, isotropic_spread, loss_chance, retrieval_chance, spread,
+)
 from .loss import LossOutput, contrastive_loss
 from .masks import AttentionMask, build_mask
 
@@ -158,33 +165,65 @@ class ContrastiveMaskingModule(L.LightningModule):
         return users, answers, hidden
 
     def _loss(self, batch: dict) -> LossOutput:
+        return self._loss_and_users(batch)[0]
+
+    def _loss_and_users(self, batch: dict) -> tuple[LossOutput, torch.Tensor]:
+        """(loss output, user embeddings)."""
         users, answers, hidden = self(batch)
         self.last_user_hidden = hidden  # callbacks (GG-SM) read its gradient
         cfg = self.config.loss
-        return contrastive_loss(users, answers, temperature=cfg.temperature, margin=cfg.margin,
-                                gather=cfg.gather)
+        out = contrastive_loss(users, answers, temperature=cfg.temperature, margin=cfg.margin,
+                               gather=cfg.gather)
+        return out, users
+
+    def chance_levels(self, batch_size: int) -> dict[str, float]:
+        """Reference lines: what the learning metrics read for an encoder that learned nothing
+        (``batch_size`` local; the loss's negatives span every rank when gathered)."""
+        world = self.trainer.world_size if self._trainer is not None and self.config.loss.gather else 1
+        return {"loss_chance": loss_chance(batch_size * world),
+                "retrieval_chance": retrieval_chance(batch_size),
+                "spread_isotropic": isotropic_spread(self.config.encoder.projector_out)}
 
     def _log(self, stage: str, out: LossOutput, batch_size: int) -> None:
         on_step = stage == "train"
-        self.log_dict({f"{stage}/loss": out.loss, f"{stage}/pos_sim": out.pos_sim,
-                       f"{stage}/neg_sim": out.neg_sim,
-                       f"{stage}/fn_masked_frac": out.fn_masked_frac},
+        values = {"loss": out.loss, "pos_sim": out.pos_sim, "neg_sim": out.neg_sim,
+                  "sim_gap": out.pos_sim - out.neg_sim, "fn_masked_frac": out.fn_masked_frac,
+                  "kept_chance": out.kept_chance, "retrieval_acc": out.retrieval_acc,
+                  **self.chance_levels(batch_size)}
+        self.log_dict({f"{stage}/{k}": v for k, v in values.items()},
                       on_step=on_step, on_epoch=not on_step, batch_size=batch_size,
                       prog_bar=False, sync_dist=not on_step)
 
+    def _log_spread(self, stage: str, users: torch.Tensor) -> None:
+        users = users.detach()
+        self.log_dict({f"{stage}/user_spread": spread(users),
+                       f"{stage}/user_rank": effective_rank(users)},
+                      on_step=stage == "train", on_epoch=stage != "train", batch_size=1)
+
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor | None:
-        out = self._loss(batch)
+        out, users = self._loss_and_users(batch)
         if not all_ranks_finite(out.loss.detach()):
             self._nonfinite(f"train/loss is {out.loss.item()}")
             return None  # Lightning skips backward and the optimiser step
         self._log("train", out, batch["user_input_ids"].shape[0])
+        self._log_spread("train", users)
         self.log("train/lr", self.optimizers().param_groups[0]["lr"], on_step=True,
                  batch_size=1)
         return out.loss
 
+    def on_validation_epoch_start(self) -> None:
+        self._val_users: list[torch.Tensor] = []
+
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        out = self._loss(batch)
+        out, users = self._loss_and_users(batch)
         self._log("val", out, batch["user_input_ids"].shape[0])
+        self._val_users.append(users.detach())
+
+    def on_validation_epoch_end(self) -> None:
+        # spread and rank over every validation user of this rank at once, not per batch
+        if self._val_users:
+            self._log_spread("val", torch.cat(self._val_users))
+        self._val_users = []
 
     skipped_steps = 0
 
@@ -247,16 +286,60 @@ class ContrastiveMaskingModule(L.LightningModule):
             random.setstate(state["python"])
 
     @torch.no_grad()
+    def measure_learning(self, batches, max_batches: int | None = None) -> dict[str, float]:
+        """The learning metrics of the current model over ``batches`` (contrastive batches,
+        the first ``max_batches``): batch means of the loss, its kept chance, similarities and
+        retrieval accuracy with its chance, and spread and effective rank over all users."""
+        was_training = self.training
+        self.eval()
+        sums: dict[str, float] = {}
+        users, n = [], 0
+        try:
+            for k, batch in enumerate(batches):
+                if max_batches is not None and k >= max_batches:
+                    break
+                batch = {key: v.to(self.device) if torch.is_tensor(v) else v
+                         for key, v in batch.items()}
+                out, u = self._loss_and_users(batch)
+                values = {"loss": out.loss, "kept_chance": out.kept_chance,
+                          "pos_sim": out.pos_sim, "neg_sim": out.neg_sim,
+                          "retrieval_acc": out.retrieval_acc,
+                          **self.chance_levels(len(u))}
+                for key, v in values.items():
+                    sums[key] = sums.get(key, 0.0) + float(v)
+                users.append(u.float())
+                n += 1
+        finally:
+            self.train(was_training)
+        if n == 0:
+            raise ValueError("measure_learning: no batch to measure (empty validation split?)")
+        out = {key: v / n for key, v in sums.items()}
+        out["sim_gap"] = out["pos_sim"] - out["neg_sim"]
+        all_users = torch.cat(users)
+        out["user_spread"] = float(spread(all_users))
+        out["user_rank"] = float(effective_rank(all_users))
+        out["users"] = int(len(all_users))
+        return out
+
+    @torch.no_grad()
     def embed_users(self, batch: dict) -> torch.Tensor:
         """Frozen user embeddings (B, D) under the inference mask."""
+        return self.user_representations(batch)["projected"]
+
+    @torch.no_grad()
+    def user_representations(self, batch: dict) -> dict[str, torch.Tensor]:
+        """Both frozen user representations under the inference mask, from one forward:
+        ``projected`` (B, D), the embedding, and ``pooled`` (B, H), the pooled hidden state
+        the projector reads."""
         was_training = self.training
         self.eval()
         try:
-            users, _ = self.encoder.encode_users(
+            pooled, _ = self.encoder.pooled_users(
                 batch["user_input_ids"].to(self.device),
                 batch["user_attention_mask"].to(self.device),
                 batch["user_segment_ids"].to(self.device), mask=self.inference_mask,
                 slots=slots_of(batch, device=self.device))
+            projected = self.encoder.project(pooled)
         finally:
             self.train(was_training)
-        return users
+        return {"projected": projected, "pooled": pooled}

@@ -44,6 +44,12 @@ def test_every_recipe_runs(recipe, request, tmp_path, monkeypatch):
     assert len(res["tasks"]) == (14 if on_movielens else 9)
     assert 0 <= res["metrics"]["eval/avg_auc"] <= 1
     assert set(res["references"]) == {"untrained", "bag_of_events"}
+    check = res["learning"]  # every run is measured on the validation pairs at its end
+    assert check["trained"] == (steps > 0) and check["step"] == steps
+    assert check["retrieval_chance"] == pytest.approx(1 / 4)  # tiny batches of 4
+    assert isinstance(check["passed"], bool) and check["passed"] == (not check["reasons"])
+    for rep in ("projected", "pooled"):
+        assert 0 <= res["metrics"][f"eval/by_representation/{rep}/avg_auc"] <= 1
 
 
 def test_metrics_reach_csv_and_offline_wandb(world, tmp_path, monkeypatch):
@@ -55,7 +61,12 @@ def test_metrics_reach_csv_and_offline_wandb(world, tmp_path, monkeypatch):
         rows = list(csv.DictReader(f))
     logged = {k for r in rows for k, v in r.items() if v}
     for key in ("train/loss", "train/lr", "train/pos_sim", "train/neg_sim",
-                "train/fn_masked_frac", "train/grad_norm", "val/loss", "eval/avg_auc",
+                "train/fn_masked_frac", "train/grad_norm", "val/loss", "train/retrieval_acc",
+                "train/retrieval_chance", "train/loss_chance", "train/kept_chance",
+                "train/sim_gap", "train/user_spread", "train/user_rank",
+                "train/spread_isotropic", "val/retrieval_acc", "val/user_spread",
+                "val/user_rank", "learning/passed", "eval/by_representation/pooled/avg_auc",
+                "eval/avg_auc",
                 "eval/avg_ks", "eval/concert/auc", "eval/concert/ks",
                 "eval/user_prediction/avg_auc", "eval/marketing_sensitivity/avg_auc"):
         assert key in logged, key
