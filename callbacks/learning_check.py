@@ -3,10 +3,14 @@
 ``CollapseDetector`` watches every optimiser step's ``train/user_spread`` and ``train/loss``.
 It fires when, for ``patience`` steps in a row, either
 
-    spread < min_spread_ratio / sqrt(D)          the users' embeddings lost their spread
-    |loss - kept_chance| < loss_tolerance * kept_chance   the loss sits at its chance value
+    spread < min_spread_ratio * min(1/sqrt(D), spread at step 0)
+                                        the users' embeddings lost their spread
+    |loss - kept_chance| < loss_tolerance * kept_chance, from step grace_steps on
+                                        the loss sits at its chance value
 
-(``kept_chance``: the loss of equal similarities over the negatives the filter kept). It then
+(``kept_chance``: the loss of equal similarities over the negatives the filter kept; an
+untrained model sits there too, hence the grace steps; a small model can start with little
+spread, hence the floor follows the spread it started with). It then
 logs ``learning/collapsed`` = 1 and warns (``action: warn``) or also stops training
 (``action: stop``); the run still evaluates, and its learning check fails.
 
@@ -16,7 +20,7 @@ module's ``measure_learning``) and decides whether the run learned:
     passed = not collapsed
              and val retrieval accuracy >= min_retrieval_ratio * chance (1 / B)
              and val loss <= max_loss_ratio * val kept_chance
-             and val user spread >= min_spread_ratio / sqrt(D)
+             and val user spread >= the detector's spread floor
 
 Its ``summary`` goes into ``results.json`` as ``learning``; reports keep the probe AUC of a
 run that failed out of every comparison.
@@ -43,6 +47,7 @@ class LearningConfig:
     min_spread_ratio: float = 0.1  # of the isotropic spread 1/sqrt(D)
     loss_tolerance: float = 0.02  # |loss / kept_chance - 1| below this sits at chance
     patience: int = 10  # consecutive steps before the detector fires
+    grace_steps: int = 50  # steps before a loss at its chance value counts
     min_retrieval_ratio: float = 2.0  # final val retrieval accuracy over its chance 1/B
     max_loss_ratio: float = 0.9  # final val loss over its kept chance
 
@@ -57,10 +62,15 @@ class LearningConfig:
                 raise ValueError(f"learning.{key} must be >= 0")
         if self.patience < 1:
             raise ValueError("learning.patience must be at least 1 step")
+        if self.grace_steps < 0:
+            raise ValueError("learning.grace_steps must be >= 0")
 
 
-def spread_floor(thresholds: LearningConfig, isotropic: float) -> float:
-    return thresholds.min_spread_ratio * isotropic
+def spread_floor(thresholds: LearningConfig, isotropic: float,
+                 initial: float | None = None) -> float:
+    """The spread below which user embeddings count as collapsed."""
+    reference = isotropic if initial is None else min(isotropic, initial)
+    return thresholds.min_spread_ratio * reference
 
 
 class CollapseDetector(L.Callback):
@@ -71,24 +81,32 @@ class CollapseDetector(L.Callback):
         self.streak = 0
         self.fired_at: int | None = None
         self.reason = ""
+        self.initial_spread: float | None = None
 
     def state_dict(self) -> dict:
-        return {"streak": self.streak, "fired_at": self.fired_at, "reason": self.reason}
+        return {"streak": self.streak, "fired_at": self.fired_at, "reason": self.reason,
+                "initial_spread": self.initial_spread}
 
     def load_state_dict(self, state: dict) -> None:
         self.streak = state["streak"]
         self.fired_at = state["fired_at"]
         self.reason = state["reason"]
+        self.initial_spread = state["initial_spread"]
 
-    def symptom(self, metrics: dict) -> str:
+    def symptom(self, metrics: dict, step: int) -> str:
         """Why this step looks collapsed ('' when it does not)."""
         t = self.thresholds
         spread, iso = metrics.get("train/user_spread"), metrics.get("train/spread_isotropic")
-        if spread is not None and iso is not None and float(spread) < spread_floor(t, float(iso)):
-            return (f"user embeddings lost their spread ({float(spread):.4f} < "
-                    f"{t.min_spread_ratio} x isotropic {float(iso):.4f})")
+        if spread is not None and iso is not None:
+            if self.initial_spread is None:
+                self.initial_spread = float(spread)
+            floor = spread_floor(t, float(iso), self.initial_spread)
+            if float(spread) < floor:
+                return (f"user embeddings lost their spread ({float(spread):.4f} < {floor:.4f}: "
+                        f"{t.min_spread_ratio} x the lower of isotropic {float(iso):.4f} and "
+                        f"step 0's {self.initial_spread:.4f})")
         loss, chance = metrics.get("train/loss"), metrics.get("train/kept_chance")
-        if loss is not None and chance is not None and \
+        if step >= t.grace_steps and loss is not None and chance is not None and \
                 abs(float(loss) / float(chance) - 1) < t.loss_tolerance:
             return f"loss {float(loss):.4f} sits at its chance value {float(chance):.4f}"
         return ""
@@ -96,7 +114,7 @@ class CollapseDetector(L.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if self.action == "off" or self.fired_at is not None:
             return
-        symptom = self.symptom(trainer.callback_metrics)
+        symptom = self.symptom(trainer.callback_metrics, trainer.global_step)
         self.streak = self.streak + 1 if symptom else 0
         if self.streak < self.thresholds.patience:
             return
@@ -142,9 +160,11 @@ class LearningCheck(L.Callback):
         if self.detector is not None and self.detector.collapsed:
             reasons.append(f"collapse detected at step {self.detector.fired_at}: "
                            f"{self.detector.reason}")
-        if m["user_spread"] < spread_floor(t, m["spread_isotropic"]):
-            reasons.append(f"val user spread {m['user_spread']:.4f} < {t.min_spread_ratio} x "
-                           f"isotropic {m['spread_isotropic']:.4f}")
+        initial = self.detector.initial_spread if self.detector is not None else None
+        floor = spread_floor(t, m["spread_isotropic"], initial)
+        if m["user_spread"] < floor:
+            reasons.append(f"val user spread {m['user_spread']:.4f} < {floor:.4f} "
+                           f"(collapsed)")
         retrieval_ratio = m["retrieval_acc"] / m["retrieval_chance"]
         if retrieval_ratio < t.min_retrieval_ratio:
             reasons.append(f"val retrieval {m['retrieval_acc']:.3f} is {retrieval_ratio:.1f}x "

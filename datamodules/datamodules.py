@@ -132,6 +132,7 @@ class DataConfig:
     caps: dict[str, int] = field(default_factory=lambda: dict(TemplateConfig().caps))
     answer_max_tokens: int = 96
     topics_per_user: int = 2  # query-answer pairs per user, besides the behaviour pair
+    answer_selection: str = "top"  # behaviour answers: top (most frequent) | sampled (by frequency)
     behaviour_query: str = BEHAVIOUR_QUERY
     probe_query: str = ""  # instruction used when embedding users for probes
     anchor: bool = True  # end the user sequence with <USER> (needed by user_token pooling)
@@ -294,7 +295,8 @@ class ContrastiveDataModule(UserDataModule):
         out = []
         history = self.template.history(users, i)
         for pair in user_pairs(users, i, rng, topics_per_user=cfg.topics_per_user,
-                               behaviour_query=cfg.behaviour_query):
+                               behaviour_query=cfg.behaviour_query,
+                               answer_selection=cfg.answer_selection):
             enc = self.template.encode(users, i, pair.query, history)
             out.append({**self.sample(enc),
                         "answer_ids": self.template.encode_answer(pair.answer,

@@ -81,17 +81,26 @@ def _phrase(key: tuple[str, str], ts: np.ndarray) -> str:
     return f"{len(ts)} {kind} {noun} ({_time_bin(ts)})"
 
 
-def behaviour_answer(agg: dict[tuple[str, str], np.ndarray], rng: np.random.Generator,
+ANSWER_SELECTIONS = ("top", "sampled")
+
+
+def behaviour_answer(agg: dict[tuple[str, str], np.ndarray], rng: np.random.Generator | None = None,
                      k: int = 6, total: int | None = None) -> str:
     """Summary of the future window (``agg`` from :func:`aggregate`): ``k`` action types
-    sampled in proportion to their frequency, listed most frequent first. ``total``: the
-    number of events (default: the sum over action types, right when each event has one)."""
+    listed most frequent first. Without ``rng`` they are the ``k`` most frequent (ties in the
+    order ``agg`` lists them), so a user's answer depends on the user alone; with ``rng`` they
+    are sampled in proportion to their frequency (the paper's "representative subset").
+    ``total``: the number of events (default: the sum over action types, right when each
+    event has one)."""
     if not agg:
         return "Next period: no activity."
     keys = list(agg)
     counts = np.array([len(agg[key]) for key in keys], dtype=float)
     take = min(k, len(keys))
-    chosen = rng.choice(len(keys), size=take, replace=False, p=counts / counts.sum())
+    if rng is None:
+        chosen = np.argsort(-counts, kind="stable")[:take]
+    else:
+        chosen = rng.choice(len(keys), size=take, replace=False, p=counts / counts.sum())
     chosen = sorted(chosen, key=lambda j: -counts[j])
     total = int(counts.sum()) if total is None else total
     return f"Next period: {total} events; " + "; ".join(_phrase(keys[j], agg[keys[j]])
@@ -268,15 +277,18 @@ class Pair:
 
 def user_pairs(users: UserColumns, i: int, rng: np.random.Generator, *,
                topics_per_user: int = 2, behaviour_query: str = BEHAVIOUR_QUERY,
-               answer_events: int = 6) -> list[Pair]:
+               answer_events: int = 6, answer_selection: str = "top") -> list[Pair]:
     """One behaviour pair plus ``topics_per_user`` query-answer pairs for user ``i``.
+    ``answer_selection``: ``top`` (the most frequent action types) or ``sampled`` (drawn in
+    proportion to frequency, see :func:`behaviour_answer`).
 
     Queries and answers draw from separate random streams: the queries enter the user tower,
     so nothing about them may depend on the future, not even through a shared generator."""
     query_rng, answer_rng = rng.spawn(2)
     fut = aggregate(users, i, future=True)
     pairs = [Pair("behaviour", behaviour_query,
-                  behaviour_answer(fut, answer_rng, answer_events,
+                  behaviour_answer(fut, answer_rng if answer_selection == "sampled" else None,
+                                   answer_events,
                                    total=event_count(users, i, future=True)))]
     if topics_per_user <= 0:
         return pairs

@@ -102,6 +102,25 @@ def _fit(args: argparse.Namespace) -> int:
     return 0
 
 
+@_config_error
+def _pretrain(args: argparse.Namespace) -> int:
+    import logging
+
+    from maskstudy.experiments.config import load_config
+    from maskstudy.experiments.pretraining import pretrained_backbone
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    cfg = load_config(*recipe_and_overrides([args.config, *args.overrides]))
+    start = time.perf_counter()
+    state = pretrained_backbone(cfg)
+    if state is None:
+        print("pretrain.steps is 0: nothing to pre-train")
+    else:
+        print(f"pre-trained backbone ready under {cfg.run_root}/.cache "
+              f"({time.perf_counter() - start:.0f}s)")
+    return 0
+
+
 def _print_run(result, note: str = "") -> None:
     m = result.results.get("metrics", {})
     print(f"run {result.run_dir}{note}: eval/avg_auc {m.get('eval/avg_auc', float('nan')):.4f}, "
@@ -277,6 +296,17 @@ def build_parser() -> argparse.ArgumentParser:
                      help="a recipe file (experiments/hybrid.yaml) or name (hybrid, recipe=hybrid)")
     fit.add_argument("overrides", nargs="*", help="key=value overrides")
     fit.set_defaults(func=_fit)
+
+    pre = commands.add_parser(
+        "pretrain", help="pre-train (or find cached) the backbone a recipe starts from",
+        description="Run the recipe's next-token pre-training stage (pretrain.*) on its "
+                    "dataset and cache the backbone under <run_root>/.cache, where fit, "
+                    "sweeps and the untrained reference find it. fit does this by itself "
+                    "when the cache is empty; running it first lets parallel sweep points "
+                    "start at once.")
+    pre.add_argument("config", metavar="RECIPE", help="a recipe file or name")
+    pre.add_argument("overrides", nargs="*", help="key=value overrides")
+    pre.set_defaults(func=_pretrain)
 
     resume = commands.add_parser(
         "resume", help="continue an interrupted run from a checkpoint",

@@ -23,6 +23,7 @@ from maskstudy.callbacks.learning_check import LearningConfig
 from maskstudy.callbacks.linear_probe import REPRESENTATIONS
 from maskstudy.datamodules.datamodules import DataConfig
 from maskstudy.datamodules.hierarchical import InputConfig, default_text_encoder
+from maskstudy.datamodules.pairs import ANSWER_SELECTIONS
 from maskstudy.datamodules.probe import check_task_columns
 from maskstudy.datamodules.schema import dataset_files
 from maskstudy.datamodules.tasks import resolve_tasks
@@ -30,6 +31,7 @@ from maskstudy.lightning_modules.attention import IMPLEMENTATIONS
 from maskstudy.lightning_modules.backbone import BackboneConfig
 from maskstudy.lightning_modules.encoder import ANSWER_MASKS, POOLINGS
 from maskstudy.lightning_modules.masks import MASKS, build_mask
+from maskstudy.lightning_modules.pretrain import PretrainConfig
 from maskstudy.lightning_modules.module import (
     EncoderConfig, LossConfig, MaskConfig, ModuleConfig, OptimConfig,
 )
@@ -104,9 +106,11 @@ class ExperimentConfig:
     extends: Any = None  # a file or a list of files, relative to the recipe
     seed: int = 0
     run_root: str = "runs"
+    cache_dir: str | None = None  # reference rows and pre-trained backbones; None: <run_root>/.cache
     data: DataConfig = field(default_factory=DataConfig)
     input: InputConfig = field(default_factory=InputConfig)
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     mask: MaskConfig = field(default_factory=MaskConfig)
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     loss: LossConfig = field(default_factory=LossConfig)
@@ -123,6 +127,12 @@ class ExperimentConfig:
                                           encoder=self.encoder, loss=self.loss,
                                           input=self.input,
                                           optim=self.optim))
+
+
+def cache_dir(cfg: ExperimentConfig) -> Path:
+    """Where computed-once artefacts of a dataset live (reference rows, the pre-trained
+    backbone): ``cache_dir``, or ``<run_root>/.cache``."""
+    return Path(cfg.cache_dir) if cfg.cache_dir else Path(cfg.run_root) / ".cache"
 
 
 def uses_cuda(accelerator: str) -> bool:
@@ -217,7 +227,7 @@ def check(cfg: ExperimentConfig, where: str = "config") -> None:
     def fail(key: str, msg: str) -> None:
         raise ConfigError(f"{where}: key '{key}': {msg}")
 
-    for section in (cfg.input, cfg.learning):
+    for section in (cfg.input, cfg.learning, cfg.pretrain):
         try:
             section.check()
         except ValueError as e:
@@ -272,6 +282,13 @@ def check(cfg: ExperimentConfig, where: str = "config") -> None:
         fail("optim.nonfinite", "expected stop or skip")
     if cfg.loss.temperature <= 0:
         fail("loss.temperature", "must be positive")
+    if cfg.pretrain.steps and cfg.backbone.lora.enabled:
+        fail("pretrain.steps", "LoRA adapts a backbone that is already pre-trained; set "
+                               "pretrain.steps=0 with backbone.lora.enabled")
+    if not 0 < cfg.optim.backbone_lr_scale <= 1:
+        fail("optim.backbone_lr_scale", "expected a value in (0, 1]")
+    if cfg.data.answer_selection not in ANSWER_SELECTIONS:
+        fail("data.answer_selection", f"expected one of {list(ANSWER_SELECTIONS)}")
     if cfg.data.batch_size < 2:
         fail("data.batch_size", "contrastive training needs at least 2 pairs per batch")
     if cfg.trainer.val_check_interval <= 0:

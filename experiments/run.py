@@ -3,7 +3,8 @@
 A run lives in ``<run_root>/<name>/<timestamp>/``: ``config.yaml`` (resolved), ``tokenizer.json``,
 ``checkpoints/last.ckpt``, ``metrics.csv``, ``results.json``, ``plots/`` and, with W&B on,
 ``wandb/``. Reference rows (the untrained backbone and the bag-of-events baseline) are computed
-once per dataset, probe split and backbone, and cached under ``<run_root>/.cache/``.
+once per dataset, probe split and backbone, and cached in ``cache_dir`` (``<run_root>/.cache/``
+unless set), as is the pre-trained backbone every run starts from (``pretraining.py``).
 """
 
 from __future__ import annotations
@@ -40,7 +41,10 @@ from maskstudy.datamodules.datamodules import (
 )
 from maskstudy.lightning_modules.module import ContrastiveMaskingModule, MaskConfig, ModuleConfig
 
-from .config import FIXED_MASKS, ExperimentConfig, resolve_precision, to_dict, to_yaml
+from .config import (
+    FIXED_MASKS, ExperimentConfig, cache_dir, resolve_precision, to_dict, to_yaml,
+)
+from .pretraining import load_pretrained, pretrained_backbone
 
 log = logging.getLogger(__name__)
 
@@ -174,18 +178,21 @@ def _cache_key(cfg: ExperimentConfig, kind: str) -> str:
             parts.append(model["input"])
         if cfg.eval.representation != "projected":
             parts.append(cfg.eval.representation)
+        if cfg.pretrain.steps:
+            parts.append(model["pretrain"])
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def reference_rows(cfg: ExperimentConfig, probe_dm: ProbeDataModule,
-                   source: ProbeSourceAdapter, vocab_size: int) -> dict[str, dict]:
-    """The untrained backbone (causal mask, the run's seed) and the bag-of-events baseline,
-    cached under ``<run_root>/.cache``."""
-    cache_dir = Path(cfg.run_root) / ".cache"
-    cache_dir.mkdir(parents=True, exist_ok=True)
+                   source: ProbeSourceAdapter, vocab_size: int,
+                   backbone_state: dict | None = None) -> dict[str, dict]:
+    """The untrained model (the backbone as pre-trained, no contrastive training; causal mask,
+    the run's seed) and the bag-of-events baseline, cached in the cache directory."""
+    cache = cache_dir(cfg)
+    cache.mkdir(parents=True, exist_ok=True)
     rows = {}
     for kind in ("untrained", "bag_of_events"):
-        path = cache_dir / f"{kind}-{_cache_key(cfg, kind)}.json"
+        path = cache / f"{kind}-{_cache_key(cfg, kind)}.json"
         if path.exists():
             rows[kind] = json.loads(path.read_text())
             continue
@@ -195,6 +202,7 @@ def reference_rows(cfg: ExperimentConfig, probe_dm: ProbeDataModule,
             module_cfg = cfg.module_config()
             module_cfg.mask = MaskConfig(name="causal")  # the decoder as it comes, every recipe alike
             module = ContrastiveMaskingModule(module_cfg, vocab_size=vocab_size)
+            load_pretrained(module, backbone_state)
             per_task = evaluate(module, source, cfg.eval.c,
                                 representation=cfg.eval.representation).per_task
         else:
@@ -360,16 +368,22 @@ def fit(cfg: ExperimentConfig, *, resume: str | Path | None = None,
     if rank_zero:
         shutil.copy(train_dm.tokenizer_path, run_dir / "tokenizer.json")
     source = ProbeSourceAdapter(probe_dm, suite_of(list(cfg.eval.tasks)))
+    # rank 0 computes and caches the backbone and the references; the other ranks read them
+    backbone_state = pretrained_backbone(cfg) if rank_zero else None
+    _barrier()
+    if not rank_zero:
+        backbone_state = pretrained_backbone(cfg)
     refs = {}
     if cfg.eval.references:
-        # rank 0 computes and caches them; the other ranks then read the cache
         if rank_zero:
-            refs = reference_rows(cfg, probe_dm, source, train_dm.vocab_size)
+            refs = reference_rows(cfg, probe_dm, source, train_dm.vocab_size, backbone_state)
         _barrier()
         if not rank_zero:
-            refs = reference_rows(cfg, probe_dm, source, train_dm.vocab_size)
+            refs = reference_rows(cfg, probe_dm, source, train_dm.vocab_size, backbone_state)
     L.seed_everything(cfg.seed, verbose=False)
     module = ContrastiveMaskingModule(cfg.module_config(), vocab_size=train_dm.vocab_size)
+    if resume is None:
+        load_pretrained(module, backbone_state)
     if cfg.trainer.compile:
         module.encoder.backbone.compile()
     probe_cb = LinearProbeEvaluation(

@@ -10,8 +10,10 @@ every parameter's ``values`` (in file order, the last parameter varying fastest)
 draws ``run_cap`` (or ``--count``) points from the distributions with a fixed seed. Each point
 runs as its own process from the file's ``command`` (the W&B macros ``${env}``,
 ``${interpreter}``, ``${program}``, ``${args}``, ``${args_no_hyphens}``, ``${args_json}`` are
-expanded as the agent would), with two extra parameters: ``run_root`` (the point's own
-directory) and ``logging.group`` (the sweep id, so W&B groups the sweep's runs). A point whose
+expanded as the agent would), with three extra parameters: ``run_root`` (the point's own
+directory), ``cache_dir`` (``<out>/.cache``, shared by every point, so the pre-trained
+backbone and the reference rows are computed once) and ``logging.group`` (the sweep id, so
+W&B groups the sweep's runs). A point whose
 run directory holds a ``results.json`` is finished and skipped, so an interrupted sweep picks
 up where it stopped.
 
@@ -206,7 +208,9 @@ def plan(sweep: Sweep, out: Path) -> list[PointRun]:
     for point in sweep.points:
         pid = point_id(point)
         pdir = out / "points" / pid
-        extra = {"run_root": str(pdir.resolve()), "logging.group": sweep.id}
+        # one cache for every point: the pre-trained backbone and references are shared
+        extra = {"run_root": str(pdir.resolve()), "logging.group": sweep.id,
+                 "cache_dir": str((out / ".cache").resolve())}
         run = PointRun(point, pid, pdir, render_command(sweep.spec, {**point, **extra}))
         if finished_run(pdir) is not None:
             run.status = "skipped"

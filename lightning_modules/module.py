@@ -68,6 +68,9 @@ class LossConfig:
 @dataclass
 class OptimConfig:
     lr: float = 2e-4
+    # The backbone's parameters learn at lr * backbone_lr_scale, the parts built for the
+    # encoder (projector, learnable masks, input adapters) at lr.
+    backbone_lr_scale: float = 0.1
     weight_decay: float = 0.01
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     warmup_steps: int = 100
@@ -258,13 +261,16 @@ class ContrastiveMaskingModule(L.LightningModule):
 
     def configure_optimizers(self):
         cfg = self.config.optim
-        decay, no_decay = [], []
+        backbone = {id(p) for p in self.encoder.backbone.parameters()}
+        groups: dict[tuple[bool, bool], list] = {}
         for p in self.parameters():
             if p.requires_grad:
-                (decay if p.dim() >= 2 else no_decay).append(p)
+                groups.setdefault((id(p) in backbone, p.dim() >= 2), []).append(p)
         optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": cfg.weight_decay},
-             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=tuple(cfg.betas))
+            [{"params": params, "weight_decay": cfg.weight_decay if decays else 0.0,
+              "lr": cfg.lr * (cfg.backbone_lr_scale if in_backbone else 1.0)}
+             for (in_backbone, decays), params in sorted(groups.items())],
+            lr=cfg.lr, betas=tuple(cfg.betas))
         schedule = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda step: warmup_cosine(step, cfg.warmup_steps, cfg.total_steps,
                                                   cfg.min_lr_ratio))

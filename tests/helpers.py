@@ -51,7 +51,8 @@ def tiny(world, run_root, *extra):
             "encoder.projector_out=16", "trainer.max_steps=4", "trainer.val_check_interval=2",
             "trainer.limit_val_batches=1", "trainer.log_every_n_steps=1",
             "trainer.enable_progress_bar=false", "trainer.accelerator=cpu",
-            "optim.warmup_steps=1", "schedule.warmup_steps=2", *extra]
+            "optim.warmup_steps=1", "schedule.warmup_steps=2", "pretrain.steps=2",
+            "pretrain.warmup_steps=0", *extra]
 
 
 GENRES = ("Action", "Adventure", "Animation", "Children's", "Comedy", "Documentary", "Drama",

@@ -39,6 +39,22 @@ def test_behaviour_answer_samples_a_subset_by_frequency():
     assert answer.count("searches for") == 3
 
 
+def test_behaviour_answer_without_a_generator_lists_the_most_frequent():
+    """``top`` selection: the k most frequent action types, the same answer every time."""
+    users = UserColumns(table_of(user_row(
+        "u1", future_bill=[(d, "Ele.me", "takeout", 30.0) for d in (1, 2, 3, 4)] +
+                          [(d, "Cafe", "coffee", 5.0) for d in (5, 6, 7)] +
+                          [(9, "Damai", "concert", 600.0)],
+        future_search=[(10, "gym"), (11, "gym")])))
+    agg = aggregate(users, 0, future=True)
+    answer = behaviour_answer(agg, k=3)
+    assert answer == behaviour_answer(agg, k=3)
+    assert "4 takeout payments" in answer and "3 coffee payments" in answer
+    assert "searches for 'gym' x2" in answer and "concert" not in answer
+    sampled = {behaviour_answer(agg, np.random.default_rng(s), k=3) for s in range(20)}
+    assert len(sampled) > 1  # sampling varies the subset; top never does
+
+
 def test_no_future_activity_is_said():
     users = UserColumns(table_of(user_row("u1", bill=[(-5, "A", "movie", 1.0)])))
     assert behaviour_answer(aggregate(users, 0, future=True), np.random.default_rng(0)) == \

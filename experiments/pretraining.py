@@ -1,0 +1,100 @@
+"""The pre-trained backbone every run of a dataset starts from, computed once and cached.
+
+``pretrained_backbone(cfg)`` returns the state dict of the backbone after the ``pretrain``
+stage (``lightning_modules/pretrain.py``) on the dataset's training users, or ``None`` when
+``pretrain.steps`` is 0. It is cached as ``backbone-<key>.pt`` in the cache directory
+(``cache_dir``, default ``<run_root>/.cache``; a sweep gives all its points one), the key
+covering the dataset files, the tokenizer, the text template, the backbone and the stage's
+settings; a file lock makes parallel sweep points wait for one computation instead of
+repeating it. The stage always reads text (a hierarchical recipe's backbone is pre-trained
+on the same text as a text recipe's), with ``pretrain.seed`` for weights and data order, so
+every run seed and every recipe of a dataset share one pre-trained backbone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import hashlib
+import json
+import logging
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+
+from maskstudy.datamodules.datamodules import ContrastiveDataModule
+from maskstudy.datamodules.hierarchical import InputConfig
+from maskstudy.datamodules.schema import dataset_files
+from maskstudy.lightning_modules.backbone import build_backbone
+from maskstudy.lightning_modules.pretrain import pretrain_backbone
+
+from .config import ExperimentConfig, cache_dir, to_dict
+
+log = logging.getLogger(__name__)
+
+
+def text_datamodule(cfg: ExperimentConfig) -> ContrastiveDataModule:
+    """The training pairs as text, in the pre-training stage's own order."""
+    data = dataclasses.replace(cfg.data, seed=cfg.pretrain.seed)
+    dm = ContrastiveDataModule(data, input=InputConfig())
+    dm.setup()
+    return dm
+
+
+def cache_key(cfg: ExperimentConfig, tokenizer: Path) -> str:
+    d = cfg.data
+    files = [(f.name, f.stat().st_size, int(f.stat().st_mtime)) for f in dataset_files(d.path)]
+    model = to_dict(cfg)
+    parts = ["backbone", str(Path(d.path).resolve()), files,
+             hashlib.sha256(tokenizer.read_bytes()).hexdigest(), model["backbone"],
+             model["pretrain"],
+             d.max_tokens, d.caps, d.answer_max_tokens, d.answer_selection, d.topics_per_user,
+             d.behaviour_query, d.anchor, d.batch_size, d.probe_fraction, d.val_fraction,
+             d.split_seed]
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+@contextlib.contextmanager
+def _locked(path: Path):
+    with open(path.with_suffix(".lock"), "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def pretrained_backbone(cfg: ExperimentConfig) -> dict[str, torch.Tensor] | None:
+    """The pre-trained backbone's state dict (cached), or None without pre-training."""
+    if cfg.pretrain.steps == 0:
+        return None
+    dm = text_datamodule(cfg)
+    cache = cache_dir(cfg)
+    cache.mkdir(parents=True, exist_ok=True)
+    path = cache / f"backbone-{cache_key(cfg, dm.tokenizer_path)}.pt"
+    with _locked(path):
+        if path.exists():
+            return torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+        start = time.perf_counter()
+        log.info("pre-training the backbone: %d next-token steps (cached at %s)",
+                 cfg.pretrain.steps, path)
+        L.seed_everything(cfg.pretrain.seed, verbose=False)
+        backbone = build_backbone(cfg.backbone, dm.vocab_size)
+        losses = pretrain_backbone(backbone, iter(dm.train_dataloader()), cfg.pretrain,
+                                   dm.vocab_size)
+        state = {k: v.detach().cpu() for k, v in backbone.state_dict().items()}
+        torch.save({"state_dict": state, "losses": losses,
+                    "seconds": time.perf_counter() - start}, path.with_suffix(".tmp"))
+        path.with_suffix(".tmp").rename(path)
+        log.info("pre-training done in %.0fs: next-token loss %.3f -> %.3f",
+                 time.perf_counter() - start, losses[0], losses[-1])
+        return state
+
+
+def load_pretrained(module, state: dict[str, torch.Tensor] | None) -> None:
+    """Puts the pre-trained weights into a module's backbone."""
+    if state is not None:
+        module.encoder.backbone.load_state_dict(state)

@@ -1,0 +1,103 @@
+"""The next-token pre-training stage: it lowers the next-token loss, is computed once per
+dataset and backbone (shared by seeds, recipes and sweep points), and every run and the
+untrained reference start from it."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from maskstudy.experiments.config import EXPERIMENTS_DIR, ConfigError, cache_dir, load_config
+from maskstudy.experiments.pretraining import pretrained_backbone, text_datamodule
+from maskstudy.experiments.run import fit
+from maskstudy.lightning_modules.backbone import build_backbone
+from maskstudy.lightning_modules.module import ContrastiveMaskingModule, ModuleConfig
+from maskstudy.lightning_modules.pretrain import PretrainConfig, next_token_loss, pretrain_backbone
+from tests.helpers import tiny
+
+
+def config(world, tmp_path, *extra):
+    return load_config(EXPERIMENTS_DIR / "causal.yaml",
+                       tiny(world, tmp_path, "pretrain.steps=12", "pretrain.warmup_steps=2",
+                            *extra))
+
+
+def test_pretraining_lowers_the_next_token_loss(world, tmp_path):
+    cfg = config(world, tmp_path)
+    dm = text_datamodule(cfg)
+    torch.manual_seed(0)
+    backbone = build_backbone(cfg.backbone, dm.vocab_size)
+    batch = next(iter(dm.val_dataloader()))
+    losses = pretrain_backbone(backbone, iter(dm.train_dataloader()),
+                               PretrainConfig(steps=25, lr=3e-3, warmup_steps=2), dm.vocab_size)
+    assert len(losses) == 25
+    assert sum(losses[-5:]) / 5 < 0.7 * losses[0]  # about ln(800) = 6.7 at the start
+    # the stage changed the backbone: a fresh head reads it differently from the random one
+    fresh = build_backbone(cfg.backbone, dm.vocab_size)
+    head = torch.nn.Linear(cfg.backbone.hidden_size, dm.vocab_size, bias=False)
+    with torch.no_grad():
+        assert not torch.allclose(
+            next_token_loss(backbone, head, batch["user_input_ids"], batch["user_attention_mask"]),
+            next_token_loss(fresh, head, batch["user_input_ids"], batch["user_attention_mask"]))
+
+
+def test_pretraining_needs_enough_batches():
+    with pytest.raises(ValueError, match="ran out of batches after 0 of 3 steps"):
+        pretrain_backbone(build_backbone(ModuleConfig().backbone, 50), iter([]),
+                          PretrainConfig(steps=3, warmup_steps=0), 50)
+
+
+def test_one_pretrained_backbone_per_dataset_shared_by_seeds(world, tmp_path):
+    a = pretrained_backbone(config(world, tmp_path, "seed=0"))
+    (cached,) = cache_dir(config(world, tmp_path)).glob("backbone-*.pt")
+    stamp = cached.stat().st_mtime_ns
+    b = pretrained_backbone(config(world, tmp_path, "seed=5"))  # another run seed: same file
+    assert cached.stat().st_mtime_ns == stamp
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    other = pretrained_backbone(config(world, tmp_path, "pretrain.seed=1"))
+    assert len(list(cache_dir(config(world, tmp_path)).glob("backbone-*.pt"))) == 2
+    assert not all(torch.equal(a[k], other[k]) for k in a)
+    assert pretrained_backbone(config(world, tmp_path, "pretrain.steps=0")) is None
+
+
+def test_runs_and_the_untrained_reference_start_from_the_pretrained_backbone(world, tmp_path):
+    cfg = config(world, tmp_path, "trainer.train=false", "eval.references=false")
+    state = pretrained_backbone(cfg)
+    result = fit(cfg)
+    module = ContrastiveMaskingModule(cfg.module_config(), vocab_size=800)
+    ckpt = torch.load(result.run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    module.load_state_dict(ckpt["state_dict"])
+    for key, value in module.encoder.backbone.state_dict().items():
+        assert torch.equal(value, state[key]), key
+    # the untrained reference row is that backbone, probed: equal to an untrained run's AUC
+    with_refs = fit(config(world, tmp_path, "trainer.train=false"))
+    reference = with_refs.results["references"]["untrained"]["metrics"]["eval/avg_auc"]
+    assert reference == pytest.approx(result.results["metrics"]["eval/avg_auc"])
+    assert json.loads((result.run_dir / "results.json").read_text())["learning"]["trained"] is False
+
+
+def test_the_backbone_learns_at_a_scaled_rate(world, tmp_path):
+    cfg = config(world, tmp_path, "optim.backbone_lr_scale=0.1", "optim.lr=0.002")
+    module = ContrastiveMaskingModule(cfg.module_config(), vocab_size=800)
+    optimizer = module.configure_optimizers()["optimizer"]
+    backbone = {id(p) for p in module.encoder.backbone.parameters()}
+    for group in optimizer.param_groups:
+        inside = {id(p) in backbone for p in group["params"]}
+        assert len(inside) == 1  # a group is all backbone or all encoder-built parameters
+        assert group["lr"] == pytest.approx(0.0002 if inside == {True} else 0.002)
+    grouped = sum(len(g["params"]) for g in optimizer.param_groups)
+    assert grouped == sum(1 for p in module.parameters() if p.requires_grad)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("pretrain.steps=-1", "pretrain.steps"),
+    ("pretrain.warmup_steps=50", "pretrain.warmup_steps"),
+    ("optim.backbone_lr_scale=0", "optim.backbone_lr_scale"),
+    ("backbone.lora.enabled=true", "pretrain.steps"),
+    ("data.answer_selection=random", "data.answer_selection"),
+])
+def test_bad_settings_fail_before_training(world, tmp_path, override, message):
+    with pytest.raises(ConfigError, match=message):
+        config(world, tmp_path, override)
