@@ -1,14 +1,20 @@
-"""What makes the encoder learn: the causal recipe with each fix of the defaults taken back.
+"""What makes the encoder learn, in two RESULTS.md sections.
 
     python -m benchmarks.learning [--data data/world] [--steps 160] [--workers 2]
 
-Each row is one ``maskstudy fit causal`` (seed 0) on the default world; the rows differ only
-in the overrides shown. Columns come from the run's ``results.json``: its learning check on
-the validation pairs (retrieval of the user's own answer among the batch, against chance
-1/B; loss against the chance value of the negatives the filter kept; spread of the user
-embeddings against the isotropic 1/sqrt(D)) and its probe AUC on the projected and pooled
-representations, beside the untrained reference of the same backbone. Writes
-``benchmarks/LEARNING.md``; runs go to ``runs/learning/``.
+"How far an answer can be told from its history": before any model, how well a lexical
+matcher (TF-IDF over words, cosine) retrieves each validation user's own behaviour answer
+among a batch of 16 from the user's template text, for each way of building answers and
+history lengths. This bounds how well-posed the contrastive task is.
+
+"What makes the encoder learn": each row is one ``maskstudy fit causal`` (seed 0) on the
+default world; the rows differ only in the overrides shown (the previous defaults, each fix
+added in turn, each fix taken out of the defaults). Columns come from the run's
+``results.json``: its learning check on the validation pairs (retrieval of the user's own
+answer among the batch against chance 1/B; loss against the chance value of the negatives the
+filter kept; spread of the user embeddings against the isotropic 1/sqrt(D)) and its probe
+AUC on the projected and pooled representations, beside the untrained reference of the same
+backbone. Runs go to ``runs/learning/`` and are reused when the script runs again.
 """
 
 from __future__ import annotations
@@ -22,9 +28,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from benchmarks.common import machine, table
+import numpy as np
 
-OUT = Path(__file__).with_name("LEARNING.md")
+from benchmarks.common import publish, table
 
 # The previous defaults, then each fix added in turn, then each fix taken out of the defaults.
 OLD = ["pretrain.steps=0", "optim.backbone_lr_scale=1.0", "data.answer_selection=sampled"]
@@ -78,7 +84,41 @@ def row(label: str, overrides: list[str], res: dict) -> str:
             f"{check['user_spread'] / check['spread_isotropic']:.2f}x | {check['user_rank']:.1f} | "
             f"{'yes' if check['passed'] else 'no'} | "
             f"{m['eval/by_representation/projected/avg_auc']:.4f} | "
-            f"{m['eval/by_representation/pooled/avg_auc']:.4f} | {untrained:.4f} |")
+            f"{m['eval/by_representation/pooled/avg_auc']:.4f} | {untrained:.4f} | "
+            f"{res['train_seconds']:.0f} |")
+
+
+def lexical_retrieval(data: str, overrides: list[str], batches: int = 20) -> float:
+    """Share of validation users whose own answer is the TF-IDF nearest, among the answers of
+    their batch of 16, to their template text."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    from maskstudy.experiments.config import load_config, recipe_path
+    from maskstudy.experiments.run import build_datamodules
+
+    cfg = load_config(recipe_path("causal"), [f"data.path={data}", "data.batch_size=16",
+                                              *overrides])
+    train_dm, _ = build_datamodules(cfg)
+    tok = train_dm.template.tok
+    users, answers = [], []
+    for k, batch in enumerate(train_dm.val_dataloader()):
+        if k >= batches:
+            break
+        for side, out in (("user", users), ("answer", answers)):
+            ids, mask = batch[f"{side}_input_ids"], batch[f"{side}_attention_mask"]
+            out += [tok.decode(ids[i][mask[i].bool()].tolist()) for i in range(len(ids))]
+    vectors = TfidfVectorizer(token_pattern=r"[A-Za-z_]{3,}").fit(users + answers)
+    sims = (vectors.transform(users) @ vectors.transform(answers).T).toarray()
+    hits = [np.mean(sims[i:i + 16, i:i + 16].argmax(1) == np.arange(16))
+            for i in range(0, len(users) - 15, 16)]
+    return float(np.mean(hits))
+
+
+ANSWER_ROWS = {
+    "sampled action types (previous default), 256 tokens": ["data.answer_selection=sampled"],
+    "top action types (default), 256 tokens": [],
+    "top action types, 512 tokens": ["data.max_tokens=512"],
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -89,25 +129,31 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--out", default="runs/learning")
     args = parser.parse_args(argv)
+    command = (f"python -m benchmarks.learning --steps {args.steps} --seed {args.seed} "
+               f"--workers {args.workers}")
+    rows = []
+    for label, overrides in ANSWER_ROWS.items():
+        hit = lexical_retrieval(args.data, overrides)
+        rows.append(f"| {label} | {' '.join(overrides) or '-'} | {hit:.3f} ({hit * 16:.1f}x) |")
+    publish("How far an answer can be told from its history", command,
+            "20 validation batches of 16; chance 1/16 = 0.0625",
+            table(["answers and history", "overrides", "TF-IDF retrieval among 16 (x chance)"],
+                  rows))
     root = Path(args.out)
-    start = time.perf_counter()
     with ThreadPoolExecutor(args.workers) as pool:
         results = dict(zip(ROWS, pool.map(lambda kv: run(*kv, args, root), ROWS.items())))
     header = ["configuration", "overrides", "val retrieval (x chance 1/16)",
               "val loss (x its chance)", "user spread (x isotropic)", "effective rank",
-              "learned", "avg AUC, projected", "avg AUC, pooled", "untrained reference"]
-    body = table(header, [row(label, ROWS[label], res) for label, res in results.items()])
-    OUT.write_text(
-        "# What makes the encoder learn\n\n"
-        f"`python -m benchmarks.learning --steps {args.steps} --seed {args.seed}` "
-        f"(causal recipe, {args.steps} steps, seed {args.seed}, default world "
-        f"`{args.data}`; {time.perf_counter() - start:.0f}s with {args.workers} workers). "
-        f"Machine: {machine()}.\n\n"
-        "Learned: the run passed its learning check (`learning.*`: no collapse, val retrieval "
-        "at least 2x chance, val loss at most 0.9x its chance value). The untrained "
-        "reference is the backbone the run started from, probed without contrastive "
-        "training (pre-trained where the row pre-trains).\n\n" + body + "\n")
-    print(OUT.read_text())
+              "learned", "avg AUC, projected", "avg AUC, pooled", "untrained reference",
+              "train seconds"]
+    publish("What makes the encoder learn", command,
+            f"causal recipe, {args.steps} steps, seed {args.seed}, default world; the fits "
+            f"live in {root} and are reused when the command runs again",
+            "Learned: the run passed its learning check (`learning.*`: no collapse, val "
+            "retrieval at least 2x chance, val loss at most 0.9x its chance value). The "
+            "untrained reference is the backbone the run started from, probed without "
+            "contrastive training (pre-trained where the row pre-trains).\n\n"
+            + table(header, [row(label, ROWS[label], res) for label, res in results.items()]))
     return 0
 
 

@@ -31,6 +31,8 @@ def real_batches(world):
 
 
 def module(vocab, mask="hybrid", options=None, inference=None, **optim):
+    # memorising one batch: the backbone at the full rate (the default scales it down)
+    optim = {"backbone_lr_scale": 1.0, **optim}
     cfg = ModuleConfig(backbone=TINY, mask=MaskConfig(name=mask, options=options or {},
                                                       inference=inference),
                        optim=OptimConfig(lr=3e-3, warmup_steps=2, total_steps=40, **optim))
