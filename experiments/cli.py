@@ -106,7 +106,7 @@ def _fit(args: argparse.Namespace) -> int:
 def _pretrain(args: argparse.Namespace) -> int:
     import logging
 
-    from maskstudy.experiments.config import load_config
+    from maskstudy.experiments.config import cache_dir, load_config
     from maskstudy.experiments.pretraining import pretrained_backbone
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -116,7 +116,7 @@ def _pretrain(args: argparse.Namespace) -> int:
     if state is None:
         print("pretrain.steps is 0: nothing to pre-train")
     else:
-        print(f"pre-trained backbone ready under {cfg.run_root}/.cache "
+        print(f"pre-trained backbone ready in {cache_dir(cfg)} "
               f"({time.perf_counter() - start:.0f}s)")
     return 0
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-SECTIONS = ("Average AUC", "Per-task AUC", "Training", "Mask", "Heat maps")
+SECTIONS = ("Learning", "Average AUC", "Per-task AUC", "Training", "Mask", "Heat maps")
 
 
 def sweep_facts(sweep_dir: str | Path) -> tuple[str, list[str], list[str]]:
@@ -53,6 +53,15 @@ def build_workspace(sweep_id: str, tasks: list[str], domains: list[str], *, enti
                            groupby_aggfunc="mean", groupby_rangefunc="stddev")
 
     sections = [
+        # read first: an AUC is a result only where the encoder learned
+        ws.Section(name="Learning", is_open=True, panels=[
+            lines("val retrieval of the own answer vs chance",
+                  ["val/retrieval_acc", "val/retrieval_chance"]),
+            lines("train loss vs its chance value", ["train/loss", "train/kept_chance"]),
+            lines("user embedding spread vs isotropic",
+                  ["train/user_spread", "train/spread_isotropic"]),
+            lines("effective rank of user embeddings", ["train/user_rank"]),
+            bars("learning check passed (share of runs)", ["learning/passed"])]),
         ws.Section(name="Average AUC", is_open=True, panels=[
             bars("average test AUC per recipe", ["eval/avg_auc"]),
             bars("average KS per recipe", ["eval/avg_ks"]),

@@ -101,3 +101,17 @@ def test_the_backbone_learns_at_a_scaled_rate(world, tmp_path):
 def test_bad_settings_fail_before_training(world, tmp_path, override, message):
     with pytest.raises(ConfigError, match=message):
         config(world, tmp_path, override)
+
+
+def test_the_pretrain_command_fills_the_cache_fit_reads(world, tmp_path, capsys):
+    from maskstudy.experiments.cli import main
+
+    overrides = tiny(world, tmp_path, "pretrain.steps=3", f"cache_dir={tmp_path / 'shared'}")
+    assert main(["pretrain", "causal", *overrides]) == 0
+    assert f"pre-trained backbone ready in {tmp_path / 'shared'}" in capsys.readouterr().out
+    (cached,) = (tmp_path / "shared").glob("backbone-*.pt")
+    assert len(torch.load(cached, weights_only=True)["losses"]) == 3
+    assert main(["pretrain", "causal", *tiny(world, tmp_path, "pretrain.steps=0")]) == 0
+    assert "nothing to pre-train" in capsys.readouterr().out
+    assert main(["pretrain", "causal", *tiny(world, tmp_path, "pretrain.steps=-2")]) == 2
+    assert "pretrain.steps" in capsys.readouterr().err

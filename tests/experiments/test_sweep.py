@@ -308,7 +308,9 @@ def test_dashboard_spec_is_built_offline(tmp_path, capsys):
     assert [s["name"] for s in sections] == list(SECTIONS)
     for key in ("eval/avg_auc", "eval/concert/auc", "eval/login/auc",
                 "eval/user_prediction/avg_auc", "train/loss", "mask/alpha",
-                "mask/future_weight_mean", "mask/heatmap"):
+                "mask/future_weight_mean", "mask/heatmap", "val/retrieval_acc",
+                "val/retrieval_chance", "train/kept_chance", "train/user_spread",
+                "learning/passed"):
         assert key in text, key
     assert "table2-abc" in text and "logging.group" in text  # runs filtered to the sweep
     # the CLI reads the sweep id from a sweep directory
