@@ -67,17 +67,24 @@ def _locked(path: Path):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def pretrained_backbone(cfg: ExperimentConfig) -> dict[str, torch.Tensor] | None:
-    """The pre-trained backbone's state dict (cached), or None without pre-training."""
+def pretrained_backbone(cfg: ExperimentConfig,
+                        tokenizer: Path | None = None) -> dict[str, torch.Tensor] | None:
+    """The pre-trained backbone's state dict (cached), or None without pre-training.
+    ``tokenizer``: the run's tokenizer file, when its data module already found it (else the
+    text data module is set up to find it)."""
     if cfg.pretrain.steps == 0:
         return None
-    dm = text_datamodule(cfg)
+    dm = None
+    if tokenizer is None:
+        dm = text_datamodule(cfg)
+        tokenizer = dm.tokenizer_path
     cache = cache_dir(cfg)
     cache.mkdir(parents=True, exist_ok=True)
-    path = cache / f"backbone-{cache_key(cfg, dm.tokenizer_path)}.pt"
+    path = cache / f"backbone-{cache_key(cfg, Path(tokenizer))}.pt"
     with _locked(path):
         if path.exists():
             return torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+        dm = dm or text_datamodule(cfg)
         start = time.perf_counter()
         log.info("pre-training the backbone: %d next-token steps (cached at %s)",
                  cfg.pretrain.steps, path)

@@ -369,10 +369,10 @@ def fit(cfg: ExperimentConfig, *, resume: str | Path | None = None,
         shutil.copy(train_dm.tokenizer_path, run_dir / "tokenizer.json")
     source = ProbeSourceAdapter(probe_dm, suite_of(list(cfg.eval.tasks)))
     # rank 0 computes and caches the backbone and the references; the other ranks read them
-    backbone_state = pretrained_backbone(cfg) if rank_zero else None
+    backbone_state = pretrained_backbone(cfg, train_dm.tokenizer_path) if rank_zero else None
     _barrier()
     if not rank_zero:
-        backbone_state = pretrained_backbone(cfg)
+        backbone_state = pretrained_backbone(cfg, train_dm.tokenizer_path)
     refs = {}
     if cfg.eval.references:
         if rank_zero:
@@ -524,7 +524,7 @@ def evaluate_checkpoint(checkpoint: str | Path, tasks: list[str] | None = None) 
                                test_fraction=cfg.eval.test_fraction)
     probe_dm.setup()
     source = ProbeSourceAdapter(probe_dm, suite_of(list(cfg.eval.tasks)))
-    result = evaluate(module, source, cfg.eval.c)
+    result = evaluate(module, source, cfg.eval.c, representation=cfg.eval.representation)
     return {"checkpoint": str(checkpoint), "metrics": result.metrics, "tasks": result.per_task}
 
 

@@ -113,3 +113,19 @@ def test_reference_rows_are_shared_across_recipes(world, tmp_path, monkeypatch):
     b = fit(load_config(EXPERIMENTS_DIR / "ggsm.yaml", tiny(world, tmp_path))).results
     assert a["references"] == b["references"]
     assert [p.stat().st_mtime_ns for p in sorted((tmp_path / ".cache").glob("*.json"))] == stamps
+
+
+def test_the_probe_reads_the_representation_asked_for(world, tmp_path, monkeypatch):
+    """eval.representation: pooled makes eval/* describe the hidden state before the
+    projector (a 32-wide state here, against the 16-wide embedding); both are logged."""
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    res = fit(load_config(EXPERIMENTS_DIR / "causal.yaml",
+                          tiny(world, tmp_path, "eval.representation=pooled"))).results
+    m = res["metrics"]
+    assert res["representation"] == "pooled"
+    assert m["eval/avg_auc"] == m["eval/by_representation/pooled/avg_auc"]
+    assert m["eval/avg_auc"] != m["eval/by_representation/projected/avg_auc"]
+    ckpt = next((tmp_path / "causal").glob("*/checkpoints/last.ckpt"))
+    assert main(["eval", str(ckpt), "--json", str(tmp_path / "e.json")]) == 0
+    again = json.loads((tmp_path / "e.json").read_text())["metrics"]
+    assert again["eval/avg_auc"] == pytest.approx(m["eval/avg_auc"])
