@@ -24,6 +24,9 @@ its seed spread and count, and the seeds a 0.004 difference (the spread between 
 recipes) would need; the rule's own false-positive rate is measured on A/A comparisons
 between disjoint seed groups of one recipe.
 
+Each recipe is also set against the untrained model of its input (the backbone it started
+from), paired by seed: what contrastive training added to the probe.
+
 Runs carry a learning check (``results.json`` ``learning``, ``callbacks/learning_check.py``):
 a trained run that failed it (collapsed, or retrieval and loss at chance) is listed in the
 "Did the runs learn?" table and left out of every other table and comparison.
@@ -139,14 +142,46 @@ def references(recipes: dict[str, Recipe]) -> dict[str, Recipe]:
             for kind, ref in (run.results.get("references") or {}).items():
                 if kind not in REFERENCE_NAMES or (kind == "untrained" and "untrained" in recipes):
                     continue
-                name = REFERENCE_NAMES[kind]
-                source = run.results.get("input") or _input_of(run.dir)
-                if kind == "untrained" and source != "text":
-                    name = name.replace("backbone", f"backbone, {source} input")
+                name = (untrained_name(input_of(run)) if kind == "untrained"
+                        else REFERENCE_NAMES[kind])
                 out.setdefault(name, Recipe(name)).runs.setdefault(
                     seed, Run(name, seed, run.dir, {"tasks": ref["tasks"],
                                                    "metrics": ref["metrics"]}))
     return out
+
+
+def untrained_name(source: str) -> str:
+    """The report's name of the untrained reference row of one input."""
+    name = REFERENCE_NAMES["untrained"]
+    return name if source == "text" else name.replace("backbone", f"backbone, {source} input")
+
+
+def input_of(run: Run) -> str:
+    return run.results.get("input") or _input_of(run.dir)
+
+
+def against_untrained(recipes: dict[str, Recipe], refs: dict[str, Recipe]) -> list[dict]:
+    """Each trained recipe against the untrained model of its input, paired by seed: what
+    contrastive training added to the probe AUC (a 95% t interval with 2 or more seeds)."""
+    rows = []
+    for name, rec in recipes.items():
+        if name == "untrained":
+            continue
+        first = rec.runs[min(rec.runs)]
+        ref = refs.get(untrained_name(input_of(first)))
+        if ref is None and input_of(first) == "text":
+            ref = recipes.get("untrained")
+        if ref is None:
+            continue
+        seeds = sorted(set(rec.runs) & set(ref.runs))
+        diffs = [rec.runs[s].results["metrics"]["eval/avg_auc"]
+                 - ref.runs[s].results["metrics"]["eval/avg_auc"] for s in seeds]
+        if not diffs:
+            continue
+        mean, lo, hi = seed_interval(diffs)
+        rows.append({"recipe": name, "reference": ref.name, "seeds": len(seeds), "diff": mean,
+                     "seed_low": lo, "seed_high": hi})
+    return rows
 
 
 def _input_of(run_dir: Path) -> str:
@@ -440,8 +475,25 @@ def learning_markdown(rows: list[dict]) -> list[str]:
     return lines + [""]
 
 
+def untrained_markdown(rows: list[dict]) -> list[str]:
+    if not rows:
+        return []
+    lines = ["## Against the untrained model (average AUC)", "",
+             "What contrastive training added to the probe: each recipe minus the untrained "
+             "model of its input (the backbone it started from), paired by seed.", "",
+             "| recipe | reference | paired seeds | Δ avg AUC | seeds: 95% t interval |",
+             "|---|---|---|---|---|"]
+    for r in rows:
+        iv = ("-" if math.isnan(r["seed_low"])
+              else f"[{r['seed_low']:+.4f}, {r['seed_high']:+.4f}]")
+        lines.append(f"| {r['recipe']} | {r['reference']} | {r['seeds']} | {r['diff']:+.4f} | "
+                     f"{iv} |")
+    return lines + [""]
+
+
 def markdown(recipes, tasks, domains, table, comparisons, stab, sweep_dir,
-             learning: list[dict] | None = None, aa: dict | None = None) -> str:
+             learning: list[dict] | None = None, aa: dict | None = None,
+             gains: list[dict] | None = None) -> str:
     doms = list(dict.fromkeys(domains[t] for t in tasks))
     seeds = sorted({s for r in recipes.values() for s in r.runs})
     trained = {n: r for n, r in recipes.items() if not n.endswith("(reference)")}
@@ -463,6 +515,7 @@ def markdown(recipes, tasks, domains, table, comparisons, stab, sweep_dir,
             cells += [_cell(table[name][c], table[name][c][0] == best[c]) for c in cols + extra]
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
+    lines += untrained_markdown(gains or [])
     if comparisons:
         lines += ["## Against causal (average AUC)", "",
                   "Verdicts are decided across seeds (training noise): a 95% t interval of the "
@@ -594,14 +647,16 @@ def report(sweep_dir: str | Path, out: str | Path | None = None, *, rounds: int 
     table = summary({**refs, **recipes}, tasks, domains)
     comparisons = compare(recipes, rounds)
     aa = aa_false_positive_rate(recipes)
+    gains = against_untrained(recipes, refs)
     stab = stability(recipes)
     text = markdown({**refs, **recipes}, tasks, domains, table, comparisons, stab, sweep_dir,
-                    learning, aa)
+                    learning, aa, gains)
     (out / "report.md").write_text(text)
     write_csv(out / "report.csv", {**refs, **recipes}, table)
     (out / "report.json").write_text(json.dumps(
         {"table": {n: {c: list(v) for c, v in cols.items()} for n, cols in table.items()},
-         "comparisons": comparisons, "aa_false_positive_rate": aa, "learning": learning,
+         "comparisons": comparisons, "against_untrained": gains,
+         "aa_false_positive_rate": aa, "learning": learning,
          "stability": stab}, indent=2) + "\n")
     paths = figures(out / "figures", recipes, table)
     if wandb_table:

@@ -285,7 +285,15 @@ def test_untrained_references_are_kept_per_input(tmp_path):
     assert {n: r.runs[0].results["metrics"]["eval/avg_auc"] for n, r in refs.items()} == {
         "untrained backbone (reference)": 0.6,
         "untrained backbone, hierarchical (learned) input (reference)": 0.75}
-    assert "2 runs, 2 recipes" in report(tmp_path, rounds=50).read_text()  # references apart
+    md = report(tmp_path, rounds=50).read_text()
+    assert "2 runs, 2 recipes" in md  # references apart
+    # each recipe against the untrained model of its own input, paired by seed
+    gains = {g["recipe"]: g for g in json.loads(
+        (tmp_path / "report" / "report.json").read_text())["against_untrained"]}
+    assert gains["causal"]["diff"] == pytest.approx(0.1)
+    assert gains["hier_causal"]["diff"] == pytest.approx(-0.05)
+    assert gains["hier_causal"]["reference"].startswith("untrained backbone, hierarchical")
+    assert "## Against the untrained model (average AUC)" in md
     # Runs written before results named their input: read from their config.yaml.
     run = tmp_path / "hier_causal" / "s0"
     res = json.loads((run / "results.json").read_text())
