@@ -45,7 +45,7 @@ BASE = EXPERIMENTS_DIR / "base.yaml"
 @dataclass
 class TrainerConfig:
     max_steps: int = 300
-    train: bool = True  # false: evaluate the model as initialised (the untrained row)
+    train: bool = True  # false: evaluate the model as pre-trained (the untrained row)
     val_check_interval: int = 100
     limit_val_batches: int = 4
     accelerator: str = "auto"
