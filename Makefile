@@ -7,7 +7,8 @@ TORCH_SPEC ?= torch==2.13.0
 WORLD := data/world
 WORLD_USERS ?= 6000
 # 5 recipes x 160 steps after 150 pre-training steps (the defaults: 300 and 300), two points
-# at a time with one thread each, keep `make study` within 10 minutes on 2 CPU cores.
+# at a time with one thread each: 15.9 min measured on a 2-core AMD EPYC, over its 10-minute
+# target (README, "The study").
 STUDY_STEPS ?= 160
 STUDY_PRETRAIN ?= 150
 # Finished points are kept: a second `make study` only prints the report (delete the
