@@ -93,12 +93,13 @@ def lexical_retrieval(data: str, overrides: list[str], batches: int = 20) -> flo
     their batch of 16, to their template text."""
     from sklearn.feature_extraction.text import TfidfVectorizer
 
+    from maskstudy.datamodules.datamodules import ContrastiveDataModule
     from maskstudy.experiments.config import load_config, recipe_path
-    from maskstudy.experiments.run import build_datamodules
 
     cfg = load_config(recipe_path("causal"), [f"data.path={data}", "data.batch_size=16",
                                               *overrides])
-    train_dm, _ = build_datamodules(cfg)
+    train_dm = ContrastiveDataModule(cfg.data, input=cfg.input)  # no probe set needed
+    train_dm.setup()
     tok = train_dm.template.tok
     users, answers = [], []
     for k, batch in enumerate(train_dm.val_dataloader()):
