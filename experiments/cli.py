@@ -300,7 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     pre = commands.add_parser(
         "pretrain", help="pre-train (or find cached) the backbone a recipe starts from",
         description="Run the recipe's next-token pre-training stage (pretrain.*) on its "
-                    "dataset and cache the backbone under <run_root>/.cache, where fit, "
+                    "dataset and cache the backbone in cache_dir (default <run_root>/.cache), where fit, "
                     "sweeps and the untrained reference find it. fit does this by itself "
                     "when the cache is empty; running it first lets parallel sweep points "
                     "start at once.")

@@ -1,7 +1,8 @@
 """The pre-trained backbone every run of a dataset starts from, computed once and cached.
 
-``pretrained_backbone(cfg)`` returns the state dict of the backbone after the ``pretrain``
-stage (``lightning_modules/pretrain.py``) on the dataset's training users, or ``None`` when
+``pretrained_backbone(cfg)`` returns the backbone after the ``pretrain`` stage
+(``lightning_modules/pretrain.py``) on the dataset's training users, as its state dict and
+cache key (the untrained reference row is keyed on it too), or ``None`` when
 ``pretrain.steps`` is 0. It is cached as ``backbone-<key>.pt`` in the cache directory
 (``cache_dir``, default ``<run_root>/.cache``; a sweep gives all its points one), the key
 covering the dataset files, the tokenizer, the text template, the backbone and the stage's
@@ -36,6 +37,12 @@ from .config import ExperimentConfig, cache_dir, to_dict
 log = logging.getLogger(__name__)
 
 
+@dataclasses.dataclass(frozen=True)
+class PretrainedBackbone:
+    key: str  # what the backbone was pre-trained from and how (see cache_key)
+    state: dict[str, torch.Tensor]
+
+
 def text_datamodule(cfg: ExperimentConfig) -> ContrastiveDataModule:
     """The training pairs as text, in the pre-training stage's own order."""
     data = dataclasses.replace(cfg.data, seed=cfg.pretrain.seed)
@@ -68,8 +75,8 @@ def _locked(path: Path):
 
 
 def pretrained_backbone(cfg: ExperimentConfig,
-                        tokenizer: Path | None = None) -> dict[str, torch.Tensor] | None:
-    """The pre-trained backbone's state dict (cached), or None without pre-training.
+                        tokenizer: Path | None = None) -> PretrainedBackbone | None:
+    """The pre-trained backbone (cached), or None without pre-training.
     ``tokenizer``: the run's tokenizer file, when its data module already found it (else the
     text data module is set up to find it)."""
     if cfg.pretrain.steps == 0:
@@ -80,10 +87,12 @@ def pretrained_backbone(cfg: ExperimentConfig,
         tokenizer = dm.tokenizer_path
     cache = cache_dir(cfg)
     cache.mkdir(parents=True, exist_ok=True)
-    path = cache / f"backbone-{cache_key(cfg, Path(tokenizer))}.pt"
+    key = cache_key(cfg, Path(tokenizer))
+    path = cache / f"backbone-{key}.pt"
     with _locked(path):
         if path.exists():
-            return torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+            return PretrainedBackbone(
+                key, torch.load(path, map_location="cpu", weights_only=True)["state_dict"])
         dm = dm or text_datamodule(cfg)
         start = time.perf_counter()
         log.info("pre-training the backbone: %d next-token steps (cached at %s)",
@@ -98,10 +107,10 @@ def pretrained_backbone(cfg: ExperimentConfig,
         path.with_suffix(".tmp").rename(path)
         log.info("pre-training done in %.0fs: next-token loss %.3f -> %.3f",
                  time.perf_counter() - start, losses[0], losses[-1])
-        return state
+        return PretrainedBackbone(key, state)
 
 
-def load_pretrained(module, state: dict[str, torch.Tensor] | None) -> None:
+def load_pretrained(module, backbone: PretrainedBackbone | None) -> None:
     """Puts the pre-trained weights into a module's backbone."""
-    if state is not None:
-        module.encoder.backbone.load_state_dict(state)
+    if backbone is not None:
+        module.encoder.backbone.load_state_dict(backbone.state)

@@ -44,7 +44,7 @@ from maskstudy.lightning_modules.module import ContrastiveMaskingModule, MaskCon
 from .config import (
     FIXED_MASKS, ExperimentConfig, cache_dir, resolve_precision, to_dict, to_yaml,
 )
-from .pretraining import load_pretrained, pretrained_backbone
+from .pretraining import PretrainedBackbone, load_pretrained, pretrained_backbone
 
 log = logging.getLogger(__name__)
 
@@ -164,7 +164,8 @@ def make_loggers(cfg: ExperimentConfig, run_dir: Path, resume_step: int | None =
     return loggers
 
 
-def _cache_key(cfg: ExperimentConfig, kind: str) -> str:
+def _cache_key(cfg: ExperimentConfig, kind: str,
+               backbone: PretrainedBackbone | None = None) -> str:
     stat = [(f.name, f.stat().st_size, int(f.stat().st_mtime))
             for f in dataset_files(cfg.data.path)]
     d = cfg.data
@@ -178,21 +179,21 @@ def _cache_key(cfg: ExperimentConfig, kind: str) -> str:
             parts.append(model["input"])
         if cfg.eval.representation != "projected":
             parts.append(cfg.eval.representation)
-        if cfg.pretrain.steps:
-            parts.append(model["pretrain"])
+        if backbone is not None:  # the reference is that pre-trained backbone
+            parts.append(backbone.key)
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def reference_rows(cfg: ExperimentConfig, probe_dm: ProbeDataModule,
                    source: ProbeSourceAdapter, vocab_size: int,
-                   backbone_state: dict | None = None) -> dict[str, dict]:
+                   backbone: PretrainedBackbone | None = None) -> dict[str, dict]:
     """The untrained model (the backbone as pre-trained, no contrastive training; causal mask,
     the run's seed) and the bag-of-events baseline, cached in the cache directory."""
     cache = cache_dir(cfg)
     cache.mkdir(parents=True, exist_ok=True)
     rows = {}
     for kind in ("untrained", "bag_of_events"):
-        path = cache / f"{kind}-{_cache_key(cfg, kind)}.json"
+        path = cache / f"{kind}-{_cache_key(cfg, kind, backbone)}.json"
         if path.exists():
             rows[kind] = json.loads(path.read_text())
             continue
@@ -202,7 +203,7 @@ def reference_rows(cfg: ExperimentConfig, probe_dm: ProbeDataModule,
             module_cfg = cfg.module_config()
             module_cfg.mask = MaskConfig(name="causal")  # the decoder as it comes, every recipe alike
             module = ContrastiveMaskingModule(module_cfg, vocab_size=vocab_size)
-            load_pretrained(module, backbone_state)
+            load_pretrained(module, backbone)
             per_task = evaluate(module, source, cfg.eval.c,
                                 representation=cfg.eval.representation).per_task
         else:
@@ -369,21 +370,21 @@ def fit(cfg: ExperimentConfig, *, resume: str | Path | None = None,
         shutil.copy(train_dm.tokenizer_path, run_dir / "tokenizer.json")
     source = ProbeSourceAdapter(probe_dm, suite_of(list(cfg.eval.tasks)))
     # rank 0 computes and caches the backbone and the references; the other ranks read them
-    backbone_state = pretrained_backbone(cfg, train_dm.tokenizer_path) if rank_zero else None
+    backbone = pretrained_backbone(cfg, train_dm.tokenizer_path) if rank_zero else None
     _barrier()
     if not rank_zero:
-        backbone_state = pretrained_backbone(cfg, train_dm.tokenizer_path)
+        backbone = pretrained_backbone(cfg, train_dm.tokenizer_path)
     refs = {}
     if cfg.eval.references:
         if rank_zero:
-            refs = reference_rows(cfg, probe_dm, source, train_dm.vocab_size, backbone_state)
+            refs = reference_rows(cfg, probe_dm, source, train_dm.vocab_size, backbone)
         _barrier()
         if not rank_zero:
-            refs = reference_rows(cfg, probe_dm, source, train_dm.vocab_size, backbone_state)
+            refs = reference_rows(cfg, probe_dm, source, train_dm.vocab_size, backbone)
     L.seed_everything(cfg.seed, verbose=False)
     module = ContrastiveMaskingModule(cfg.module_config(), vocab_size=train_dm.vocab_size)
     if resume is None:
-        load_pretrained(module, backbone_state)
+        load_pretrained(module, backbone)
     if cfg.trainer.compile:
         module.encoder.backbone.compile()
     probe_cb = LinearProbeEvaluation(

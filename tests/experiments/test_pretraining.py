@@ -50,13 +50,13 @@ def test_pretraining_needs_enough_batches():
 
 
 def test_one_pretrained_backbone_per_dataset_shared_by_seeds(world, tmp_path):
-    a = pretrained_backbone(config(world, tmp_path, "seed=0"))
+    a = pretrained_backbone(config(world, tmp_path, "seed=0")).state
     (cached,) = cache_dir(config(world, tmp_path)).glob("backbone-*.pt")
     stamp = cached.stat().st_mtime_ns
-    b = pretrained_backbone(config(world, tmp_path, "seed=5"))  # another run seed: same file
+    b = pretrained_backbone(config(world, tmp_path, "seed=5")).state  # another seed: same file
     assert cached.stat().st_mtime_ns == stamp
     assert all(torch.equal(a[k], b[k]) for k in a)
-    other = pretrained_backbone(config(world, tmp_path, "pretrain.seed=1"))
+    other = pretrained_backbone(config(world, tmp_path, "pretrain.seed=1")).state
     assert len(list(cache_dir(config(world, tmp_path)).glob("backbone-*.pt"))) == 2
     assert not all(torch.equal(a[k], other[k]) for k in a)
     assert pretrained_backbone(config(world, tmp_path, "pretrain.steps=0")) is None
@@ -64,7 +64,7 @@ def test_one_pretrained_backbone_per_dataset_shared_by_seeds(world, tmp_path):
 
 def test_runs_and_the_untrained_reference_start_from_the_pretrained_backbone(world, tmp_path):
     cfg = config(world, tmp_path, "trainer.train=false", "eval.references=false")
-    state = pretrained_backbone(cfg)
+    state = pretrained_backbone(cfg).state
     result = fit(cfg)
     module = ContrastiveMaskingModule(cfg.module_config(), vocab_size=800)
     ckpt = torch.load(result.run_dir / "checkpoints" / "last.ckpt", weights_only=True)
