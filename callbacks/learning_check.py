@@ -15,7 +15,7 @@ logs ``learning/collapsed`` = 1 and warns (``action: warn``) or also stops train
 (``action: stop``); the run still evaluates, and its learning check fails.
 
 ``LearningCheck`` measures, after training, the final model on the validation pairs (the
-module's ``measure_learning``) and decides whether the run learned:
+module's ``measure_learning``; every validation batch unless ``val_batches`` says fewer) and decides whether the run learned:
 
     passed = not collapsed
              and val retrieval accuracy >= min_retrieval_ratio * chance (1 / B)
@@ -50,6 +50,9 @@ class LearningConfig:
     grace_steps: int = 50  # steps before a loss at its chance value counts
     min_retrieval_ratio: float = 2.0  # final val retrieval accuracy over its chance 1/B
     max_loss_ratio: float = 0.9  # final val loss over its kept chance
+    # validation batches the final check measures; None: all of them (a batch of 16 moves
+    # retrieval accuracy in steps of 1/16, so a few batches make a noisy verdict)
+    val_batches: int | None = None
 
     def check(self) -> None:
         """Raises ValueError('learning.<key> <what is wrong>') for an impossible value."""
@@ -64,6 +67,8 @@ class LearningConfig:
             raise ValueError("learning.patience must be at least 1 step")
         if self.grace_steps < 0:
             raise ValueError("learning.grace_steps must be >= 0")
+        if self.val_batches is not None and self.val_batches < 1:
+            raise ValueError("learning.val_batches must be at least 1 batch, or null for all")
 
 
 def spread_floor(thresholds: LearningConfig, isotropic: float,
@@ -138,11 +143,9 @@ class LearningCheck(L.Callback):
     the model on the validation pairs and keeps the verdict in ``summary``."""
 
     def __init__(self, dataloader, thresholds: LearningConfig | None = None, *,
-                 max_batches: int | None = None, detector: CollapseDetector | None = None,
-                 trained: bool = True):
+                 detector: CollapseDetector | None = None, trained: bool = True):
         self.dataloader = dataloader
         self.thresholds = thresholds or LearningConfig()
-        self.max_batches = max_batches
         self.detector = detector
         self.trained = trained
         self.summary: dict | None = None
@@ -154,7 +157,7 @@ class LearningCheck(L.Callback):
                                 if isinstance(v, (int, float, bool))}, step=trainer.global_step)
 
     def check(self, module, step: int = 0) -> dict:
-        m = module.measure_learning(self.dataloader(), self.max_batches)
+        m = module.measure_learning(self.dataloader(), self.thresholds.val_batches)
         t = self.thresholds
         reasons = []
         if self.detector is not None and self.detector.collapsed:

@@ -395,8 +395,7 @@ def fit(cfg: ExperimentConfig, *, resume: str | Path | None = None,
     t = cfg.trainer
     max_steps = t.max_steps if t.train else 0
     detector = CollapseDetector(cfg.learning)
-    learning = LearningCheck(train_dm.val_dataloader, cfg.learning,
-                             max_batches=t.limit_val_batches, detector=detector,
+    learning = LearningCheck(train_dm.val_dataloader, cfg.learning, detector=detector,
                              trained=max_steps > 0)
     callbacks = [detector, learning, probe_cb, *schedule_callbacks(cfg, run_dir / "plots"),
                  *(callbacks or [])]

@@ -8,9 +8,10 @@ import json
 
 import pytest
 
-from maskstudy.callbacks.learning_check import CollapseDetector, LearningConfig
+from maskstudy.callbacks.learning_check import CollapseDetector, LearningCheck, LearningConfig
 from maskstudy.experiments.config import EXPERIMENTS_DIR, ConfigError, load_config
-from maskstudy.experiments.run import fit
+from maskstudy.experiments.run import build_datamodules, fit
+from maskstudy.lightning_modules.module import ContrastiveMaskingModule
 from tests.helpers import tiny
 
 COLLAPSING = ["pretrain.steps=0", "optim.lr=0.05", "optim.backbone_lr_scale=1.0",
@@ -63,7 +64,19 @@ def test_detector_reads_spread_and_chance_from_the_logged_metrics():
 @pytest.mark.parametrize("override, message", [
     ("learning.collapse=maybe", "learning.collapse"),
     ("learning.patience=0", "learning.patience"),
+    ("learning.val_batches=0", "learning.val_batches"),
 ])
 def test_bad_learning_settings_fail_before_training(world, tmp_path, override, message):
     with pytest.raises(ConfigError, match=message):
         load_config(EXPERIMENTS_DIR / "causal.yaml", tiny(world, tmp_path, override))
+
+
+def test_the_check_measures_every_validation_user_unless_told_fewer_batches(world, tmp_path):
+    cfg = load_config(EXPERIMENTS_DIR / "causal.yaml", tiny(world, tmp_path))
+    train_dm, _ = build_datamodules(cfg)
+    module = ContrastiveMaskingModule(cfg.module_config(), vocab_size=train_dm.vocab_size)
+    sizes = [len(b["user_input_ids"]) for b in train_dm.val_dataloader()]
+    assert len(sizes) > 1
+    every = LearningCheck(train_dm.val_dataloader, LearningConfig()).check(module)
+    first = LearningCheck(train_dm.val_dataloader, LearningConfig(val_batches=1)).check(module)
+    assert every["users"] == sum(sizes) and first["users"] == sizes[0]
