@@ -267,14 +267,22 @@ class RunResult:
     results: dict
 
 
+def probe_datamodule(cfg: ExperimentConfig, template=None) -> ProbeDataModule:
+    """The probe users of ``cfg`` as its model reads them (``cfg.input``); ``template``: one
+    already validated and tokenised, shared with the training data module."""
+    shared = {"validate": False} if template is not None else {}
+    dm = ProbeDataModule(cfg.data, tasks=list(cfg.eval.tasks), input=cfg.input,
+                         test_fraction=cfg.eval.test_fraction, **shared)
+    if template is not None:
+        dm.template = template
+    dm.setup()
+    return dm
+
+
 def build_datamodules(cfg: ExperimentConfig) -> tuple[ContrastiveDataModule, ProbeDataModule]:
     train_dm = ContrastiveDataModule(cfg.data, input=cfg.input)
     train_dm.setup()
-    probe_dm = ProbeDataModule(cfg.data, tasks=list(cfg.eval.tasks), input=cfg.input,
-                               test_fraction=cfg.eval.test_fraction, validate=False)
-    probe_dm.template = train_dm.template  # validated and tokenised once
-    probe_dm.setup()
-    return train_dm, probe_dm
+    return train_dm, probe_datamodule(cfg, train_dm.template)
 
 
 class OutOfMemory(RuntimeError):
@@ -520,10 +528,7 @@ def evaluate_checkpoint(checkpoint: str | Path, tasks: list[str] | None = None) 
     cfg, module, run_dir = load_run(checkpoint)
     if tasks:
         cfg.eval.tasks = tasks
-    probe_dm = ProbeDataModule(cfg.data, tasks=list(cfg.eval.tasks),
-                               test_fraction=cfg.eval.test_fraction)
-    probe_dm.setup()
-    source = ProbeSourceAdapter(probe_dm, suite_of(list(cfg.eval.tasks)))
+    source = ProbeSourceAdapter(probe_datamodule(cfg), suite_of(list(cfg.eval.tasks)))
     result = evaluate(module, source, cfg.eval.c, representation=cfg.eval.representation)
     return {"checkpoint": str(checkpoint), "metrics": result.metrics, "tasks": result.per_task}
 
@@ -537,7 +542,7 @@ def embed_checkpoint(checkpoint: str | Path, out: str | Path, split: str = "all"
     cfg, module, _ = load_run(checkpoint)
     if data:
         cfg.data.path = data
-    dm = UserDataModule(cfg.data)
+    dm = UserDataModule(cfg.data, input=cfg.input)
     dm.setup()
     ids, embs = [], []
     with torch.no_grad():

@@ -6,12 +6,14 @@ from __future__ import annotations
 import csv
 import json
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
 from maskstudy.experiments.cli import main
 from maskstudy.experiments.config import EXPERIMENTS_DIR, load_config
-from maskstudy.experiments.run import fit
+from maskstudy.callbacks.linear_probe import embed_probe_users
+from maskstudy.experiments.run import ProbeSourceAdapter, build_datamodules, fit, load_run
 from tests.helpers import tiny, write_tiny_text_encoder
 from tests.wandb_records import history, records, wait_until_closed
 
@@ -87,17 +89,32 @@ def test_metrics_reach_csv_and_offline_wandb(world, tmp_path, monkeypatch):
     assert {"mask", "data", "trainer"} <= config_keys
 
 
-def test_eval_and_embed_from_a_checkpoint(world, tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("recipe", ["causal", "hier_causal"])
+def test_eval_and_embed_from_a_checkpoint(recipe, world, tmp_path, monkeypatch, capsys):
+    """``eval`` and ``embed`` read the checkpoint as its run did, whatever the input mode:
+    the same probe AUC as the run's own evaluation, and the same embeddings."""
     monkeypatch.setenv("WANDB_MODE", "disabled")
-    run = fit(load_config(EXPERIMENTS_DIR / "causal.yaml", tiny(world, tmp_path))).run_dir
-    ckpt = run / "checkpoints" / "last.ckpt"
+    cfg = load_config(EXPERIMENTS_DIR / f"{recipe}.yaml", tiny(world, tmp_path))
+    result = fit(cfg)
+    ckpt = result.run_dir / "checkpoints" / "last.ckpt"
+    assert main(["eval", str(ckpt), "--json", str(tmp_path / "all.json")]) == 0
+    again = json.loads((tmp_path / "all.json").read_text())["metrics"]
+    assert again["eval/avg_auc"] == pytest.approx(result.results["metrics"]["eval/avg_auc"])
     assert main(["eval", str(ckpt), "--tasks", "concert", "login", "--json",
                  str(tmp_path / "e.json")]) == 0
     out = json.loads((tmp_path / "e.json").read_text())
     assert list(out["tasks"]) == ["concert", "login"]
+
     assert main(["embed", str(ckpt), "--out", str(tmp_path / "u.parquet")]) == 0
     table = pq.read_table(tmp_path / "u.parquet")
     assert table.num_rows == 600 and len(table.column("embedding")[0]) == 16
+    _, module, _ = load_run(ckpt)
+    own = embed_probe_users(module, ProbeSourceAdapter(build_datamodules(cfg)[1], "ggsm"))
+    rows = dict(zip(table.column("user_id").to_pylist(), table.column("embedding").to_pylist()))
+    probe_ids = build_datamodules(cfg)[1].probe.user_ids
+    exported = np.array([rows[u] for u in probe_ids], dtype=np.float32)
+    np.testing.assert_allclose(exported, own["projected"], atol=1e-5)
+
     assert main(["eval", str(tmp_path / "missing.ckpt")]) == 2
     assert "no such file" in capsys.readouterr().err
 
