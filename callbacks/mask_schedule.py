@@ -46,7 +46,7 @@ import torch
 import torch.distributed as dist
 
 from maskstudy.lightning_modules.hierarchical import slots_of
-from maskstudy.lightning_modules.masks import HISTORY, MlpOpeningMask, SoftFutureMask, WindowMask
+from maskstudy.lightning_modules.masks import SoftFutureMask, WindowMask, masked_stats
 
 WARMUP, RAMP, OPEN = 0, 1, 2
 
@@ -206,18 +206,6 @@ class GradientGuidedPrewarmup(L.Callback):
         plt.close(fig)
 
 
-def masked_stats(values: torch.Tensor, where: torch.Tensor):
-    """(mean, min, max) of ``values`` where ``where`` holds (broadcast), 0 where it never
-    holds; tensors, without the host sync that boolean indexing costs."""
-    where = where.expand_as(values)
-    count = where.sum()
-    mean = (values * where).sum() / count.clamp_min(1)
-    empty = count == 0
-    low = torch.where(empty, 0.0, torch.where(where, values, torch.inf).amin())
-    high = torch.where(empty, 0.0, torch.where(where, values, -torch.inf).amax())
-    return mean, low, high
-
-
 def _log_histogram(trainer, key: str, values: torch.Tensor, where: torch.Tensor,
                    step: int) -> None:
     """A W&B histogram of ``values[where]`` (W&B loggers only; CSV has no histogram type)."""
@@ -277,35 +265,14 @@ class WindowScheduler(L.Callback):
 
 
 class MaskMonitor(L.Callback):
-    """Logs ``mask/phase``, ``mask/alpha``, ``mask/future_weight_mean`` and
-    ``mask/future_weight_min`` (over the positions of the current batch) every step; for a
-    window mask ``mask/reach``; for the mlp mask the mean and min of w_i over the batch's
-    history queries."""
+    """Logs, every step, what the mask reports of its own state (``mask/*``: for soft masks
+    the ramp's ``phase`` and ``alpha`` and ``future_weight_mean``/``_min`` over the batch's
+    keys; for a window mask its ``reach``; for the mlp mask w_i over the history queries)."""
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        mask = pl_module.mask
-        if isinstance(mask, MlpOpeningMask):
-            with torch.no_grad():
-                embeds = pl_module.encoder.input_embeddings(batch["user_input_ids"],
-                                                            slots_of(batch))
-                w = torch.sigmoid(mask.logits(embeds))
-            mean, low, _ = masked_stats(w, batch["user_segment_ids"] == HISTORY)
-            pl_module.log_dict({"mask/future_weight_mean": mean, "mask/future_weight_min": low},
-                               on_step=True, batch_size=1)
-            return
-        if isinstance(mask, WindowMask):
-            pl_module.log_dict({"mask/alpha": mask.alpha.float(), "mask/phase": mask.phase.float(),
-                                "mask/reach": mask.reach.float()}, on_step=True, batch_size=1)
-            return
-        if not isinstance(mask, SoftFutureMask):
-            return
-        attention_mask = batch["user_attention_mask"]
-        w = mask.weights().detach()[:, mask.key_index(attention_mask)]  # (layers, B, L)
-        mean, low, _ = masked_stats(w, attention_mask.bool())
-        metrics = {"mask/future_weight_mean": mean, "mask/future_weight_min": low}
-        if not mask.learnable:
-            metrics |= {"mask/alpha": mask.alpha.float(), "mask/phase": mask.phase.float()}
-        pl_module.log_dict(metrics, on_step=True, batch_size=1)
+        metrics = pl_module.mask.monitor_metrics(batch, pl_module.encoder)
+        if metrics:
+            pl_module.log_dict(metrics, on_step=True, batch_size=1)
 
 
 class FutureAttentionMonitor(L.Callback):

@@ -37,7 +37,6 @@ from maskstudy.lightning_modules.module import (
 )
 
 PRECISIONS = ["auto", *get_args(_PRECISION_INPUT_STR), *get_args(_PRECISION_INPUT_STR_ALIAS)]
-FIXED_MASKS = ("causal", "bidirectional", "hybrid")  # masks without trained or scheduled state
 EXPERIMENTS_DIR = Path(__file__).resolve().parent
 BASE = EXPERIMENTS_DIR / "base.yaml"
 
@@ -241,28 +240,23 @@ def check(cfg: ExperimentConfig, where: str = "config") -> None:
                 fail("input.text_encoder", str(e))
         elif not Path(cfg.input.text_encoder).is_dir():
             fail("input.text_encoder", f"{cfg.input.text_encoder}: no such model directory")
-    if cfg.mask.name not in MASKS:
-        fail("mask.name", f"unknown mask {cfg.mask.name!r}; expected one of {sorted(MASKS)}")
-    if cfg.mask.inference is not None and cfg.mask.inference not in FIXED_MASKS:
-        fail("mask.inference", f"{cfg.mask.inference!r}: the inference mask has no trained "
-                               f"state, so it is one of {list(FIXED_MASKS)}")
-    options = dict(cfg.mask.options)
-    if options.get("layers") == "all":
-        options["layers"] = cfg.backbone.layers
-    if cfg.mask.name == "mlp":
-        if "hidden_size" in options:
-            fail("mask.options.hidden_size", "set from the backbone; remove it")
-        options["hidden_size"] = cfg.backbone.hidden_size
     try:
-        build_mask(cfg.mask.name, **options)
+        mask = build_mask(cfg.mask.name, cfg.mask.options, target=cfg.mask.target,
+                          hidden_size=cfg.backbone.hidden_size, layers=cfg.backbone.layers)
     except ValueError as e:
-        fail("mask.options", str(e))
+        fail("mask.target" if cfg.mask.target else "mask.options"
+             if cfg.mask.name in MASKS else "mask.name", str(e))
+    if cfg.mask.inference is not None:
+        serving = sorted(n for n, c in MASKS.items() if c.serves_inference())
+        if cfg.mask.inference not in serving:
+            fail("mask.inference", f"{cfg.mask.inference!r}: the inference mask has no trained "
+                                   f"state and no token of its own, so it is one of {serving}")
     if cfg.encoder.pooling not in POOLINGS:
         fail("encoder.pooling", f"unknown pooling {cfg.encoder.pooling!r}; expected one of "
                                 f"{list(POOLINGS)}")
-    if cfg.encoder.pooling == "global_token" and not MASKS[cfg.mask.name].global_token:
-        fail("encoder.pooling", f"global_token pooling reads the global-query token, which "
-                                f"only mask.name: global_query inserts (not {cfg.mask.name!r})")
+    if cfg.encoder.pooling == "global_token" and not mask.global_token:
+        fail("encoder.pooling", f"global_token pooling reads a global token, which mask "
+                                f"{cfg.mask.name!r} does not insert (global_query does)")
     if cfg.encoder.pooling == "user_token" and not cfg.data.anchor:
         fail("encoder.pooling", "user_token pooling needs the <USER> anchor, but "
                                 "data.anchor is false")
@@ -294,13 +288,12 @@ def check(cfg: ExperimentConfig, where: str = "config") -> None:
     if cfg.trainer.val_check_interval <= 0:
         fail("trainer.val_check_interval", "must be a positive number of steps")
     sched = cfg.schedule
-    if sched.prewarmup and (cfg.mask.name != "soft" or cfg.mask.options.get("learnable")):
-        fail("schedule", "pre-warmup and ramps drive a soft mask: set mask.name: soft "
-                         "(not learnable)")
-    if sched.ramp != "none" and (cfg.mask.name not in ("soft", "window")
-                                 or cfg.mask.options.get("learnable")):
-        fail("schedule", "pre-warmup and ramps drive a soft mask: set mask.name: soft "
-                         "(not learnable), or window for the growing-window ramp")
+    if sched.prewarmup and not mask.prewarmable:
+        fail("schedule", f"the pre-warmup sets a soft mask's weights; mask {cfg.mask.name!r} "
+                         f"has none to set (set mask.name: soft, not learnable)")
+    if sched.ramp != "none" and not mask.rampable:
+        fail("schedule", f"a ramp opens a mask that can be opened; mask {cfg.mask.name!r} "
+                         f"cannot (set mask.name: soft, not learnable, or window)")
     if sched.source not in ("auto", "final", "last_layer_input"):
         fail("schedule.source", "expected auto, final or last_layer_input")
     if sched.variant not in ("paper", "calibrated"):

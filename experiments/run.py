@@ -31,19 +31,17 @@ from lightning.pytorch.utilities import rank_zero_only
 from maskstudy.callbacks.learning_check import CollapseDetector, LearningCheck
 from maskstudy.callbacks.linear_probe import LinearProbeEvaluation, evaluate, scores, summarise
 from maskstudy.callbacks.mask_schedule import (
-    FutureAttentionMonitor, GradientGuidedPrewarmup, LinearMaskScheduler, MaskHeatmap,
-    MaskMonitor, WindowScheduler,
+    FutureAttentionMonitor, GradientGuidedPrewarmup, MaskHeatmap, MaskMonitor,
 )
 from maskstudy.datamodules import baseline
 from maskstudy.datamodules.schema import dataset_files
 from maskstudy.datamodules.datamodules import (
     ContrastiveDataModule, ProbeDataModule, UserDataModule,
 )
+from maskstudy.lightning_modules.masks import AttentionMask
 from maskstudy.lightning_modules.module import ContrastiveMaskingModule, MaskConfig, ModuleConfig
 
-from .config import (
-    FIXED_MASKS, ExperimentConfig, cache_dir, resolve_precision, to_dict, to_yaml,
-)
+from .config import ExperimentConfig, cache_dir, resolve_precision, to_dict, to_yaml
 from .pretraining import PretrainedBackbone, load_pretrained, pretrained_backbone
 
 log = logging.getLogger(__name__)
@@ -241,20 +239,21 @@ class SampleTable(L.Callback):
                 logger.log_table("data/samples", columns=["user", "answer"], data=data, step=0)
 
 
-def schedule_callbacks(cfg: ExperimentConfig, plots: Path | None = None) -> list:
-    """The recipe's mask schedule and mask monitors."""
+def schedule_callbacks(cfg: ExperimentConfig, mask: AttentionMask,
+                       plots: Path | None = None) -> list:
+    """The recipe's mask schedule and mask monitors, as the mask asks for them."""
     s = cfg.schedule
     out: list = []
     if s.prewarmup:
         out.append(GradientGuidedPrewarmup(s.warmup_steps, variant=s.variant, ema=s.ema,
                                            source=s.source, out_dir=plots))
-    if s.ramp != "none" and cfg.mask.name == "window":
-        out.append(WindowScheduler(s.warmup_steps, s.total_steps, cfg.data.max_tokens,
-                                   shape=s.ramp))
-    elif s.ramp != "none":
-        out.append(LinearMaskScheduler(s.warmup_steps, s.total_steps, shape=s.ramp))
-    if cfg.mask.name in ("soft", "window", "mlp"):  # masks whose weights move
+    if s.ramp != "none":
+        out.append(mask.ramp_scheduler(s.warmup_steps, s.total_steps, s.ramp,
+                                       cfg.data.max_tokens))
+    if mask.stateful:
         out.append(MaskMonitor())
+    if mask.heatmap and cfg.logging.mask_heatmap_every > 0:
+        out.append(MaskHeatmap(plots, cfg.logging.mask_heatmap_every))
     if cfg.logging.future_attention_every > 0:
         out.append(FutureAttentionMonitor(cfg.logging.future_attention_every,
                                           cfg.logging.future_attention_users))
@@ -405,12 +404,10 @@ def fit(cfg: ExperimentConfig, *, resume: str | Path | None = None,
     detector = CollapseDetector(cfg.learning)
     learning = LearningCheck(train_dm.val_dataloader, cfg.learning, detector=detector,
                              trained=max_steps > 0)
-    callbacks = [detector, learning, probe_cb, *schedule_callbacks(cfg, run_dir / "plots"),
-                 *(callbacks or [])]
+    callbacks = [detector, learning, probe_cb,
+                 *schedule_callbacks(cfg, module.mask, run_dir / "plots"), *(callbacks or [])]
     if cfg.logging.sample_tables:
         callbacks.append(SampleTable(train_dm.template.tok))
-    if cfg.mask.name not in FIXED_MASKS and cfg.logging.mask_heatmap_every > 0:
-        callbacks.append(MaskHeatmap(run_dir / "plots", cfg.logging.mask_heatmap_every))
     checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0,
                                  every_n_train_steps=cfg.trainer.val_check_interval)
     trainer = L.Trainer(

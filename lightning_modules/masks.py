@@ -9,7 +9,8 @@ A mask is an additive float bias over (query i, key j), broadcast over heads:
 
 Padding keys are always blocked. Biases depend on positions and segments (and, for ``mlp``, on
 the token embeddings), so each strategy builds its bias once per forward with tensor ops: no
-Python loops over positions and no host syncs. Strategies are registered by name and selected by configs:
+Python loops over positions and no host syncs. Configs select a strategy by its name in
+``MASKS`` or, for a mask class of one's own, by ``module:Class`` (``mask.target``):
 
     causal          0 for j <= i, blocked for j > i
     bidirectional   0 everywhere
@@ -36,6 +37,7 @@ bias ``forward`` builds (tested), so ``backbone.attention: flex`` trains the sam
 
 from __future__ import annotations
 
+import importlib
 import math
 from dataclasses import dataclass
 from typing import Callable
@@ -116,15 +118,41 @@ class AttentionMask(nn.Module):
     """Base class. ``forward`` returns the bias: (B, 1, L, L), or (layers, B, 1, L, L) for
     per-layer strategies (``per_layer = True``).
 
-    Masks with ``reads_embeddings`` also take ``inputs_embeds`` (B, L, H), the token
-    embeddings the backbone receives; masks with ``global_token`` ask the encoder to insert a
-    learnable global token (segment ``GLOBAL``) before the history.
+    A mask says what the rest of the framework needs to know about it, so no code outside
+    this family asks for a mask by name:
+
+    - ``reads_embeddings``: ``forward`` also takes ``inputs_embeds`` (B, L, H), the token
+      embeddings the backbone receives.
+    - ``global_token``: the encoder inserts a learnable global token (segment ``GLOBAL``)
+      before the history.
+    - ``stateful``: its weights are trained or moved by a schedule; it gets the mask monitor
+      (:meth:`monitor_metrics`) and cannot stand in as an inference mask.
+    - ``heatmap``: heat maps of its pattern are drawn during training (the pattern moves, or
+      is not one of the plain causal, hybrid and bidirectional ones).
+    - ``prewarmable`` / ``rampable``: a GG-SM pre-warmup may set its weights / a ramp may
+      open it (:meth:`ramp_scheduler` gives the callback that does).
+    - :meth:`complete_options`: options that come from the backbone (sizes).
     """
 
     name = "base"
     per_layer = False
     reads_embeddings = False
     global_token = False
+    stateful = False
+    heatmap = False
+    prewarmable = False
+    rampable = False
+
+    @classmethod
+    def complete_options(cls, options: dict, *, hidden_size: int, layers: int) -> dict:
+        """``options`` with what the backbone decides filled in (default: as given)."""
+        return dict(options)
+
+    @classmethod
+    def serves_inference(cls) -> bool:
+        """Whether this mask may be ``mask.inference``: it has no state to train, and the
+        sequence it reads is the one the training mask read (no token of its own)."""
+        return not cls.stateful and not cls.global_token
 
     def forward(self, segment_ids: torch.Tensor, attention_mask: torch.Tensor,
                 dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -136,8 +164,14 @@ class AttentionMask(nn.Module):
         raise NotImplementedError(f"mask {self.name!r} has no FlexAttention form; use "
                                   f"backbone.attention: sdpa")
 
-    def describe(self) -> dict:
-        return {"name": self.name}
+    def ramp_scheduler(self, start_step: int, end_step: int, shape: str, max_tokens: int):
+        """The callback that opens this mask from ``start_step`` to ``end_step``."""
+        raise ValueError(f"mask {self.name!r} has no ramp; schedule.ramp needs a mask that "
+                         f"can be opened (soft, not learnable; window)")
+
+    def monitor_metrics(self, batch: dict, encoder) -> dict[str, torch.Tensor]:
+        """``mask/*`` values the mask monitor logs each step (stateful masks)."""
+        return {}
 
 
 class CausalMask(AttentionMask):
@@ -163,6 +197,18 @@ class BidirectionalMask(AttentionMask):
     def flex(self, segment_ids, attention_mask, dtype=torch.float32):
         keys = attention_mask.bool()
         return FlexMask(lambda b, h, q, kv: keys[b, kv])
+
+
+def masked_stats(values: torch.Tensor, where: torch.Tensor):
+    """(mean, min, max) of ``values`` where ``where`` holds (broadcast), 0 where it never
+    holds; tensors, without the host sync that boolean indexing costs."""
+    where = where.expand_as(values)
+    count = where.sum()
+    mean = (values * where).sum() / count.clamp_min(1)
+    empty = count == 0
+    low = torch.where(empty, 0.0, torch.where(where, values, torch.inf).amin())
+    high = torch.where(empty, 0.0, torch.where(where, values, -torch.inf).amax())
+    return mean, low, high
 
 
 def history_pairs(segment_ids: torch.Tensor) -> torch.Tensor:
@@ -235,6 +281,16 @@ class SoftFutureMask(AttentionMask):
     """
 
     name = "soft"
+    stateful = True
+    heatmap = True
+
+    @classmethod
+    def complete_options(cls, options, *, hidden_size, layers):
+        """``layers: all`` is one weight table per backbone layer."""
+        options = dict(options)
+        if options.get("layers") == "all":
+            options["layers"] = layers
+        return options
 
     def __init__(self, positions: int | None = None, layers: int = 1, init: float = 0.5,
                  learnable: bool = False, scope: str = "all", index: str = "absolute"):
@@ -249,6 +305,7 @@ class SoftFutureMask(AttentionMask):
         self.scope = scope
         self.index = index
         self.learnable = learnable
+        self.prewarmable = self.rampable = not learnable  # schedules set the weights
         self.per_layer = layers > 1
         shape = (layers, positions or 1)
         if learnable:
@@ -316,10 +373,21 @@ class SoftFutureMask(AttentionMask):
 
         return FlexMask(lambda b, h, q, kv: keys[b, kv] & ((kv <= q) | opened(b, q, kv)), score_mod)
 
-    def describe(self) -> dict:
-        w = self.weights().detach()
-        return {"name": self.name, "scope": self.scope, "index": self.index,
-                "learnable": self.learnable, "layers": w.shape[0], "positions": w.shape[1]}
+    def ramp_scheduler(self, start_step, end_step, shape, max_tokens):
+        from maskstudy.callbacks.mask_schedule import LinearMaskScheduler
+
+        return LinearMaskScheduler(start_step, end_step, shape=shape)
+
+    def monitor_metrics(self, batch, encoder):
+        """The mean and min weight over the batch's real keys; for a scheduled mask also the
+        ramp's ``alpha`` and ``phase``."""
+        attention_mask = batch["user_attention_mask"]
+        w = self.weights().detach()[:, self.key_index(attention_mask)]  # (layers, B, L)
+        mean, low, _ = masked_stats(w, attention_mask.bool())
+        metrics = {"mask/future_weight_mean": mean, "mask/future_weight_min": low}
+        if not self.learnable:
+            metrics |= {"mask/alpha": self.alpha.float(), "mask/phase": self.phase.float()}
+        return metrics
 
 
 class WindowMask(AttentionMask):
@@ -329,6 +397,9 @@ class WindowMask(AttentionMask):
     """
 
     name = "window"
+    stateful = True
+    heatmap = True
+    rampable = True
 
     def __init__(self, reach: int = 0):
         super().__init__()
@@ -347,8 +418,15 @@ class WindowMask(AttentionMask):
         keys, pos, reach = attention_mask.bool(), real_positions(attention_mask), self.reach
         return FlexMask(lambda b, h, q, kv: keys[b, kv] & (pos[b, kv] <= pos[b, q] + reach))
 
-    def describe(self) -> dict:
-        return {"name": self.name, "reach": int(self.reach)}
+    def ramp_scheduler(self, start_step, end_step, shape, max_tokens):
+        """The window grows to ``max_tokens``: the ramp ends bidirectional."""
+        from maskstudy.callbacks.mask_schedule import WindowScheduler
+
+        return WindowScheduler(start_step, end_step, max_tokens, shape=shape)
+
+    def monitor_metrics(self, batch, encoder):
+        return {"mask/alpha": self.alpha.float(), "mask/phase": self.phase.float(),
+                "mask/reach": self.reach.float()}
 
 
 class MlpOpeningMask(AttentionMask):
@@ -366,6 +444,15 @@ class MlpOpeningMask(AttentionMask):
 
     name = "mlp"
     reads_embeddings = True
+    stateful = True
+    heatmap = True
+
+    @classmethod
+    def complete_options(cls, options, *, hidden_size, layers):
+        """The MLP reads token embeddings of the backbone's width."""
+        if "hidden_size" in options:
+            raise ValueError("mlp mask hidden_size is set from the backbone; remove it")
+        return {**options, "hidden_size": hidden_size}
 
     def __init__(self, hidden_size: int, inner: int = 64, init: float = 0.5,
                  scope: str = "history"):
@@ -405,8 +492,15 @@ class MlpOpeningMask(AttentionMask):
 
         return FlexMask(lambda b, h, q, kv: keys[b, kv] & ((kv <= q) | opened(b, q, kv)), score_mod)
 
-    def describe(self) -> dict:
-        return {"name": self.name, "scope": self.scope, "inner": self.net[1].out_features}
+    @torch.no_grad()
+    def monitor_metrics(self, batch, encoder):
+        """The mean and min of w_i over the batch's history queries."""
+        from maskstudy.lightning_modules.hierarchical import slots_of
+
+        embeds = encoder.input_embeddings(batch["user_input_ids"], slots_of(batch))
+        w = torch.sigmoid(self.logits(embeds))
+        mean, low, _ = masked_stats(w, batch["user_segment_ids"] == HISTORY)
+        return {"mask/future_weight_mean": mean, "mask/future_weight_min": low}
 
 
 class GlobalQueryMask(AttentionMask):
@@ -418,6 +512,7 @@ class GlobalQueryMask(AttentionMask):
 
     name = "global_query"
     global_token = True
+    heatmap = True
 
     def forward(self, segment_ids, attention_mask, dtype=torch.float32):
         causal = causal_allowed(attention_mask.shape[-1], attention_mask.device)
@@ -440,15 +535,36 @@ MASKS: dict[str, Callable[..., AttentionMask]] = {
 }
 
 
-def register_mask(name: str, factory: Callable[..., AttentionMask]) -> None:
-    """Adds a strategy to the registry (later issues' masks register themselves here)."""
-    MASKS[name] = factory
-
-
-def build_mask(name: str, **options) -> AttentionMask:
-    if name not in MASKS:
-        raise ValueError(f"unknown mask {name!r}: expected one of {sorted(MASKS)}")
+def mask_class(name: str, target: str | None = None) -> type[AttentionMask]:
+    """The class of a configured mask: ``target`` (``package.module:Class``, a mask of one's
+    own) when given, else ``MASKS[name]``."""
+    if target is None:
+        if name not in MASKS:
+            raise ValueError(f"unknown mask {name!r}: expected one of {sorted(MASKS)}, or "
+                             f"mask.target: package.module:Class")
+        return MASKS[name]
+    module_name, _, attr = target.partition(":")
+    if not module_name or not attr:
+        raise ValueError(f"mask.target {target!r}: expected package.module:Class")
     try:
-        return MASKS[name](**options)
+        cls = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as e:
+        raise ValueError(f"mask.target {target!r}: {e}") from e
+    if not (isinstance(cls, type) and issubclass(cls, AttentionMask)):
+        raise ValueError(f"mask.target {target!r} is not an AttentionMask subclass")
+    return cls
+
+
+def build_mask(name: str, options: dict | None = None, *, target: str | None = None,
+               hidden_size: int | None = None, layers: int | None = None) -> AttentionMask:
+    """The configured strategy. With the backbone's ``hidden_size`` and ``layers``, the
+    options the backbone decides are filled in (:meth:`AttentionMask.complete_options`);
+    without them the options are taken as given."""
+    cls = mask_class(name, target)
+    options = dict(options or {})
+    if hidden_size is not None and layers is not None:
+        options = cls.complete_options(options, hidden_size=hidden_size, layers=layers)
+    try:
+        return cls(**options)
     except TypeError as e:
         raise ValueError(f"mask {name!r}: bad options {options}: {e}") from e

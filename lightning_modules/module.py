@@ -45,9 +45,10 @@ from .masks import AttentionMask, build_mask
 
 @dataclass
 class MaskConfig:
-    name: str = "causal"
+    name: str = "causal"  # a mask of MASKS (masks.py), or the label of ``target``
     options: dict = field(default_factory=dict)  # passed to the strategy (e.g. soft: init, scope)
     inference: str | None = None  # mask for embed_users(); None: the training mask as it stands
+    target: str | None = None  # package.module:Class, an AttentionMask of one's own
 
 
 @dataclass
@@ -133,7 +134,9 @@ class ContrastiveMaskingModule(L.LightningModule):
         self.config = config = config or ModuleConfig()
         self.save_hyperparameters({"config": asdict(config), "vocab_size": vocab_size})
         backbone = build_backbone(config.backbone, vocab_size)
-        mask = self.build_mask(config.mask.name, config.mask.options, backbone)
+        sizes = {"hidden_size": hidden_size(backbone), "layers": num_layers(backbone)}
+        mask = build_mask(config.mask.name, config.mask.options, target=config.mask.target,
+                          **sizes)
         input_layer = (HierarchicalInput(config.input, hidden_size(backbone))
                        if config.input.mode == "hierarchical" else None)
         self.encoder = ContrastiveEncoder(
@@ -141,18 +144,7 @@ class ContrastiveMaskingModule(L.LightningModule):
             projector_dims=(config.encoder.projector_inner, config.encoder.projector_out),
             answer_mask=config.encoder.answer_mask, input_layer=input_layer)
         self.inference_mask = (None if config.mask.inference is None
-                               else self.build_mask(config.mask.inference, {}, backbone))
-
-    @staticmethod
-    def build_mask(name: str, options: dict, backbone) -> AttentionMask:
-        """The configured strategy; sizes that come from the backbone are filled in here
-        (soft ``layers: all``, the mlp mask's ``hidden_size``)."""
-        options = dict(options)
-        if name == "soft" and options.get("layers") == "all":
-            options["layers"] = num_layers(backbone)
-        if name == "mlp":
-            options["hidden_size"] = hidden_size(backbone)
-        return build_mask(name, **options)
+                               else build_mask(config.mask.inference, **sizes))
 
     @property
     def mask(self) -> AttentionMask:

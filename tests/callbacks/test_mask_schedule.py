@@ -119,8 +119,13 @@ def test_bad_schedules():
 
 
 def test_schedule_config_errors(world):
-    with pytest.raises(ValueError, match="key 'schedule': pre-warmup and ramps drive a soft mask"):
+    with pytest.raises(ValueError, match="key 'schedule': a ramp opens a mask that can be "
+                                         "opened; mask 'causal' cannot"):
         load_config(EXPERIMENTS_DIR / "causal.yaml", [f"data.path={world}", "schedule.ramp=linear"])
+    with pytest.raises(ValueError, match="key 'schedule': the pre-warmup sets a soft mask's "
+                                         "weights; mask 'soft' has none"):
+        load_config(EXPERIMENTS_DIR / "ggsm.yaml",
+                    [f"data.path={world}", "mask.options.learnable=true"])
     with pytest.raises(ValueError, match="key 'schedule.warmup_steps'"):
         load_config(EXPERIMENTS_DIR / "ggsm.yaml", [f"data.path={world}", "schedule.warmup_steps=400"])
 

@@ -100,7 +100,8 @@ def test_overrides_apply(data_ok):
     ("encoder.pooling=global_token", "key 'encoder.pooling': global_token pooling reads"),
     ("mask.inference=soft", "key 'mask.inference': 'soft': the inference mask has no trained"),
     ("mask.name=mlp mask.options.init=0", "key 'mask.options': mlp mask init=0"),
-    ("mask.name=mlp mask.options.hidden_size=8", "key 'mask.options.hidden_size': set from"),
+    ("mask.name=mlp mask.options.hidden_size=8",
+     "key 'mask.options': mlp mask hidden_size is set from the backbone"),
 ])
 def test_bad_values_name_the_key(override, message, data_ok):
     overrides = override.split()

@@ -107,9 +107,9 @@ def test_mlp_is_trained_end_to_end(backend):
 
 def test_mlp_option_errors():
     with pytest.raises(ValueError, match=r"init=1.0.*\(0, 1\)"):
-        build_mask("mlp", hidden_size=8, init=1.0)
+        build_mask("mlp", {"hidden_size": 8, "init": 1.0})
     with pytest.raises(ValueError, match="scope"):
-        build_mask("mlp", hidden_size=8, scope="query")
+        build_mask("mlp", {"hidden_size": 8, "scope": "query"})
 
 
 # --- (c) global query -------------------------------------------------------------------

@@ -118,7 +118,7 @@ def test_uniform_zero_weight_is_blocked_not_log_zero():
 @pytest.mark.parametrize("pad", [1, 4])
 def test_padding_content_and_amount_never_matter(backend, name, options, pad):
     model = tiny_model(backend)
-    mask = build_mask(name, **options)
+    mask = build_mask(name, options)
     ids, seg, att = batch(pad=0)
     reference = hidden(model, mask, ids, seg, att)
     for left in (False, True):
@@ -179,9 +179,9 @@ def test_registry_errors():
     with pytest.raises(ValueError, match="unknown mask 'causl'"):
         build_mask("causl")
     with pytest.raises(ValueError, match="scope"):
-        build_mask("soft", scope="everything")
+        build_mask("soft", {"scope": "everything"})
     with pytest.raises(ValueError, match="bad options"):
-        build_mask("causal", init=0.3)
+        build_mask("causal", {"init": 0.3})
 
 
 def test_bias_is_broadcast_over_heads_and_built_without_loops():
