@@ -71,7 +71,35 @@ def importance_weights(importance: torch.Tensor, variant: str = "paper") -> torc
         count = seen.sum()
         mean = torch.where(count > 0, (importance * seen).sum() / count.clamp_min(1), 1.0)
         return 2 * torch.sigmoid(importance / mean.clamp_min(1e-12)) - 1
-    raise ValueError(f"pre-warmup variant {variant!r}: expected 'paper' or 'calibrated'")
+    raise ValueError(f"schedule.variant {variant!r}: expected one of {list(VARIANTS)}")
+
+
+SOURCES = ("auto", "final", "last_layer_input")
+VARIANTS = ("paper", "calibrated")
+RAMPS = ("linear", "cosine")
+
+
+def check_prewarmup(warmup_steps: int, variant: str, ema: float | None, source: str) -> None:
+    """Raises ValueError('schedule.<key> <what is wrong>'): the pre-warmup's settings (the
+    ``schedule`` config section and the callback share this check)."""
+    if source not in SOURCES:
+        raise ValueError(f"schedule.source {source!r}: expected one of {list(SOURCES)}")
+    if variant not in VARIANTS:
+        raise ValueError(f"schedule.variant {variant!r}: expected one of {list(VARIANTS)}")
+    if warmup_steps < 1:
+        raise ValueError(f"schedule.warmup_steps {warmup_steps}: the pre-warmup needs at "
+                         f"least 1 step")
+    if ema is not None and not 0 <= ema < 1:
+        raise ValueError(f"schedule.ema {ema}: expected a decay in [0, 1) or null")
+
+
+def check_ramp(start_step: int, end_step: int, shape: str) -> None:
+    """Raises ValueError('schedule.<key> <what is wrong>') for a ramp that cannot run."""
+    if shape not in RAMPS:
+        raise ValueError(f"schedule.ramp {shape!r}: expected none or one of {list(RAMPS)}")
+    if not 0 <= start_step < end_step:
+        raise ValueError(f"schedule.warmup_steps {start_step} >= schedule.total_steps "
+                         f"{end_step}: the ramp must have room (0 <= start < end)")
 
 
 def _soft_mask(pl_module) -> SoftFutureMask:
@@ -88,14 +116,7 @@ class GradientGuidedPrewarmup(L.Callback):
 
     def __init__(self, warmup_steps: int, *, variant: str = "paper", ema: float | None = None,
                  source: str = "auto", out_dir=None):
-        if source not in ("auto", "final", "last_layer_input"):
-            raise ValueError(f"importance source {source!r}: expected auto, final or "
-                             f"last_layer_input")
-        if warmup_steps < 1:
-            raise ValueError(f"warmup_steps={warmup_steps}: expected at least 1")
-        if ema is not None and not 0 <= ema < 1:
-            raise ValueError(f"ema={ema}: expected a decay in [0, 1)")
-        importance_weights(torch.zeros(1), variant)  # validates the variant
+        check_prewarmup(warmup_steps, variant, ema, source)
         self.warmup_steps = warmup_steps
         self.out_dir = out_dir  # importance.npy/.png at the freeze
         self.source = source
@@ -224,11 +245,7 @@ class LinearMaskScheduler(L.Callback):
     cosine. On a uniform soft mask started at 0 this is the scheduler-only baseline."""
 
     def __init__(self, start_step: int, end_step: int, *, shape: str = "linear"):
-        if not 0 <= start_step < end_step:
-            raise ValueError(f"ramp from step {start_step} to {end_step}: expected "
-                             f"0 <= start < end")
-        if shape not in ("linear", "cosine"):
-            raise ValueError(f"ramp shape {shape!r}: expected 'linear' or 'cosine'")
+        check_ramp(start_step, end_step, shape)
         self.start_step, self.end_step, self.shape = start_step, end_step, shape
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
@@ -248,7 +265,7 @@ class WindowScheduler(L.Callback):
     ``end_step`` (``max_reach`` at least the longest sequence makes the end bidirectional)."""
 
     def __init__(self, start_step: int, end_step: int, max_reach: int, *, shape: str = "linear"):
-        LinearMaskScheduler(start_step, end_step, shape=shape)  # same argument checks
+        check_ramp(start_step, end_step, shape)
         if max_reach < 1:
             raise ValueError(f"max_reach={max_reach}: expected at least 1")
         self.start_step, self.end_step = start_step, end_step

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from .pairs import BEHAVIOUR_QUERY, topics_for, user_pairs
+from .pairs import ANSWER_SELECTIONS, BEHAVIOUR_QUERY, topics_for, user_pairs
 from .records import UserColumns
 from .schema import (
     dataset_files, dataset_modalities, segments, tabular_names, validate_dataset,
@@ -45,7 +45,9 @@ from .hierarchical import (
     EventTextCache, HierarchicalTemplate, HierarchicalUser, InputConfig, default_text_encoder,
     event_texts,
 )
-from .template import PAD_SEGMENT, TemplateConfig, UserTemplate, render_events, render_tabular
+from .template import (
+    DEFAULT_CAPS, PAD_SEGMENT, TemplateConfig, UserTemplate, render_events, render_tabular,
+)
 from .tokenizer import load_tokenizer, save_tokenizer, train_tokenizer
 
 log = logging.getLogger(__name__)
@@ -125,29 +127,47 @@ class Collator:
 class DataConfig:
     """Everything that turns a dataset directory into batches."""
 
-    path: str = "data/world"
+    path: str = "data/world"  # a users*.parquet directory (make world generates it)
     tokenizer: str | None = None  # tokenizer.json or a pretrained model dir; None: <path>/tokenizer.json
     vocab_size: int = 4096
-    max_tokens: int = 512
-    caps: dict[str, int] = field(default_factory=lambda: dict(TemplateConfig().caps))
-    answer_max_tokens: int = 96
-    topics_per_user: int = 2  # query-answer pairs per user, besides the behaviour pair
-    answer_selection: str = "top"  # behaviour answers: top (most frequent) | sampled (by frequency)
+    max_tokens: int = 256  # user-tower tokens, query and anchor included
+    caps: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_CAPS))  # events per segment
+    answer_max_tokens: int = 64
+    # Query-answer pairs per user besides the behaviour pair. 0 for the tiny from-scratch
+    # model, which with topic pairs learns to match the query to the topic without reading the
+    # history (docs/learning.md); pretrained backbones can afford the paper's mix (2).
+    topics_per_user: int = 0
+    # Behaviour answers list the next period's most frequent action types (top), so one
+    # user's answer depends on that user alone; sampled draws them in proportion to frequency
+    # (the paper's wording), so one user's answer varies between epochs.
+    answer_selection: str = "top"  # top | sampled
     behaviour_query: str = BEHAVIOUR_QUERY
     probe_query: str = ""  # instruction used when embedding users for probes
     anchor: bool = True  # end the user sequence with <USER> (needed by user_token pooling)
-    probe_fraction: float = 0.3
+    probe_fraction: float = 0.3  # users held out of training for the probes
     val_fraction: float = 0.05
     split_seed: int = 0
-    seed: int = 0
+    seed: int | None = None  # shuffling and answer draws; None: the experiment's seed (0 alone)
     batch_size: int = 16
     eval_batch_size: int = 64
-    num_workers: int = 0
+    num_workers: int = 1
     shuffle_buffer: int = 256
     left_padding: bool = False
     pad_to_multiple_of: int = 1
-    validate: bool = True
+    validate: bool = True  # check the dataset's files before the first batch
     tokenizer_users: int = 2000  # users whose text trains a new tokenizer
+
+    def check(self) -> None:
+        """Raises ValueError('data.<key> <what is wrong>')."""
+        if self.answer_selection not in ANSWER_SELECTIONS:
+            raise ValueError(f"data.answer_selection expected one of {list(ANSWER_SELECTIONS)}")
+        if self.batch_size < 2:
+            raise ValueError("data.batch_size contrastive training needs at least 2 pairs "
+                             "per batch")
+        for key in ("probe_fraction", "val_fraction"):
+            if not 0 <= getattr(self, key) < 1:
+                raise ValueError(f"data.{key} expected a share in [0, 1)")
+        TemplateConfig(self.max_tokens, dict(self.caps), self.anchor).check()
 
 
 def _sample_seed(seed: int, epoch: int, user_id: str) -> list[int]:
@@ -168,6 +188,9 @@ class UserDataModule(L.LightningDataModule):
         # A copy: the caller's config (an experiment's) is never changed behind its back.
         cfg = dataclasses.replace(config or DataConfig(), **overrides)
         cfg.caps = dict(cfg.caps)
+        if cfg.seed is None:  # outside an experiment, which sets its own seed here
+            cfg.seed = 0
+        cfg.check()
         self.cfg = cfg
         self.files = dataset_files(cfg.path)
         self.modalities = dataset_modalities(cfg.path)
@@ -192,8 +215,7 @@ class UserDataModule(L.LightningDataModule):
         if self.template is None:
             self.prepare_data()
             tok = load_tokenizer(self.tokenizer_path, segments(self.modalities))
-            config = TemplateConfig(max_tokens=self.cfg.max_tokens, caps=dict(self.cfg.caps),
-                                    anchor=self.cfg.anchor)
+            config = TemplateConfig(self.cfg.max_tokens, dict(self.cfg.caps), self.cfg.anchor)
             names = tabular_names(self.cfg.path)
             if self.input.mode == "text":
                 self.template = UserTemplate(tok, names, config, self.modalities)

@@ -41,17 +41,22 @@ KNOWN_SEGMENTS = segments(EVENT_FIELDS)
 
 @dataclass(frozen=True)
 class TemplateConfig:
-    max_tokens: int = 512  # the whole user-tower sequence, query and anchor included
-    caps: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_CAPS))
-    anchor: bool = True  # end with <USER>; without it the sequence ends with the query
+    """The template's share of ``DataConfig`` (which owns the defaults)."""
+
+    max_tokens: int  # the whole user-tower sequence, query and anchor included
+    caps: dict[str, int]  # events kept per segment, newest first
+    anchor: bool  # end with <USER>; without it the sequence ends with the query
 
     def __post_init__(self) -> None:
+        self.check()
+
+    def check(self) -> None:
         unknown = set(self.caps) - set(KNOWN_SEGMENTS)
         if unknown:
-            raise ValueError(f"template caps: unknown segment(s) {sorted(unknown)}; "
+            raise ValueError(f"data.caps unknown segment(s) {sorted(unknown)}; "
                              f"expected keys among {list(KNOWN_SEGMENTS)}")
         if self.max_tokens < 2 * len(SEGMENTS) + 8:  # the default world's segments
-            raise ValueError(f"template max_tokens={self.max_tokens}: too small for the "
+            raise ValueError(f"data.max_tokens {self.max_tokens} is too small for the "
                              f"{2 * len(SEGMENTS)} boundary tags plus query and anchor")
 
 
@@ -132,10 +137,10 @@ class UserTemplate:
     """Turns users of a :class:`UserColumns` into token ids and segment ids."""
 
     def __init__(self, tokenizer: Tokenizer, tabular_names: list[str],
-                 config: TemplateConfig | None = None,
+                 config: TemplateConfig,
                  modalities: tuple[str, ...] = EVENT_MODALITIES):
         self.tok = tokenizer
-        self.cfg = config or TemplateConfig()
+        self.cfg = config
         self.modalities = tuple(modalities)
         self.segments = segments(self.modalities)
         self.ids: SpecialIds = special_ids(tokenizer, self.segments)

@@ -127,19 +127,20 @@ def _print_run(result, note: str = "") -> None:
           f"eval/avg_ks {m.get('eval/avg_ks', float('nan')):.4f}")
 
 
-def recipe_and_overrides(items: list[str]) -> tuple[Path, list[str]]:
-    """``fit``'s arguments: a recipe file or ``recipe=NAME`` (as W&B sweep agents pass it),
-    then ``key=value`` overrides; ``--key=value`` (the ``${args}`` macro's form) works too."""
-    from maskstudy.experiments.config import ConfigError, recipe_path
+def recipe_and_overrides(items: list[str]) -> tuple[str | None, list[str]]:
+    """``fit``'s arguments: at most one recipe (a file, a name or ``recipe=NAME``, as W&B
+    sweep agents pass it), then group choices (``mask=ggsm``) and ``key=value`` overrides;
+    ``--key=value`` (the ``${args}`` macro's form) works too."""
+    from maskstudy.experiments.config import ConfigError
 
-    items = [i[2:] if i.startswith("--") and "=" in i else i for i in items]
+    items = [i[2:] if i.startswith("--") and "=" in i else i for i in items if i]
     recipes = [i for i in items if "=" not in i]
     named = [i.split("=", 1)[1] for i in items if i.startswith("recipe=")]
     overrides = [i for i in items if "=" in i and not i.startswith("recipe=")]
-    if len(recipes) + len(named) != 1:
-        raise ConfigError(f"fit: expected one recipe (a file or recipe=NAME), got "
-                          f"{recipes + named or 'none'}")
-    return recipe_path((recipes + named)[0]), overrides
+    if len(recipes) + len(named) > 1:
+        raise ConfigError(f"expected at most one recipe (a file or recipe=NAME), got "
+                          f"{recipes + named}")
+    return (recipes + named or [None])[0], overrides
 
 
 @_config_error
@@ -290,11 +291,14 @@ def build_parser() -> argparse.ArgumentParser:
     fit = commands.add_parser(
         "fit", help="train one recipe and evaluate it",
         description="Train a recipe (experiments/*.yaml) and evaluate it with linear probes. "
-                    "Overrides are OmegaConf dotlists, e.g. trainer.max_steps=50 "
-                    "mask.name=hybrid. The run goes to <run_root>/<name>/<timestamp>/.")
-    fit.add_argument("config", metavar="RECIPE",
-                     help="a recipe file (experiments/hybrid.yaml) or name (hybrid, recipe=hybrid)")
-    fit.add_argument("overrides", nargs="*", help="key=value overrides")
+                    "Config groups are chosen as group=option (mask=ggsm data=movielens "
+                    "input=hierarchical; options in experiments/<group>/ and the directories "
+                    "of MASKSTUDY_CONFIG_PATH), keys as OmegaConf dotlists "
+                    "(trainer.max_steps=50). The run goes to <run_root>/<name>/<timestamp>/.")
+    fit.add_argument("config", metavar="RECIPE", nargs="?",
+                     help="a recipe file (experiments/hybrid.yaml) or name (hybrid, "
+                          "recipe=hybrid); none: the groups' choices alone")
+    fit.add_argument("overrides", nargs="*", help="group=option choices and key=value overrides")
     fit.set_defaults(func=_fit)
 
     pre = commands.add_parser(
@@ -304,8 +308,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "sweeps and the untrained reference find it. fit does this by itself "
                     "when the cache is empty; running it first lets parallel sweep points "
                     "start at once.")
-    pre.add_argument("config", metavar="RECIPE", help="a recipe file or name")
-    pre.add_argument("overrides", nargs="*", help="key=value overrides")
+    pre.add_argument("config", metavar="RECIPE", nargs="?",
+                     help="a recipe file or name; none: the groups' choices alone")
+    pre.add_argument("overrides", nargs="*", help="group=option choices and key=value overrides")
     pre.set_defaults(func=_pretrain)
 
     resume = commands.add_parser(

@@ -1,15 +1,29 @@
-"""Experiment configs: a structured schema, recipe inheritance and dotlist overrides.
+"""Experiment configs: one schema with every default, config groups, recipes and overrides.
 
-``experiments/base.yaml`` holds every default. A recipe names what it ``extends`` (a path
-relative to itself) and holds only its differences. Command-line overrides are OmegaConf
-dotlists (``trainer.max_steps=50 mask.name=hybrid``). Everything is merged onto the schema
-below, so an unknown key, a wrong type or an impossible value fails before training starts,
-naming the key.
+The dataclasses below (and the section dataclasses they hold) own every default; each section
+checks its own values (``check()``), and :func:`check` keeps only the rules that span
+sections. A config is composed, in this order, from
+
+1. the schema's defaults;
+2. one option of each group, ``<group>/<option>.yaml`` (``data``, ``input``, ``mask``): the
+   recipe's choices (its ``defaults: {mask: ggsm}``), overridden by ``group=option`` on the
+   command line, defaulting to ``data=world input=text mask=causal``;
+3. the recipe's own keys (``experiments/<recipe>.yaml``);
+4. ``key=value`` overrides (OmegaConf dotlists: ``trainer.max_steps=50``).
+
+Group options and recipes are looked up in the directories of ``MASKSTUDY_CONFIG_PATH``
+(``os.pathsep``-separated; a user's own groups and recipes) before ``experiments/``; an option
+may also be a file path (``mask=my/mask.yaml``). The composed config records the choices
+(``choices``), and its ``name`` is the recipe's (or the mask option's), prefixed by every data
+and input option that differs from the recipe's own (``maskstudy fit ggsm data=movielens``
+is ``movielens_ggsm``). An unknown key, a wrong type or an impossible value fails before
+training starts, naming the key.
 """
 
 from __future__ import annotations
 
 import copy
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_args
@@ -21,15 +35,13 @@ from omegaconf.errors import OmegaConfBaseException
 
 from maskstudy.callbacks.learning_check import LearningConfig
 from maskstudy.callbacks.linear_probe import REPRESENTATIONS
+from maskstudy.callbacks.mask_schedule import RAMPS, check_prewarmup, check_ramp
 from maskstudy.datamodules.datamodules import DataConfig
 from maskstudy.datamodules.hierarchical import InputConfig, default_text_encoder
-from maskstudy.datamodules.pairs import ANSWER_SELECTIONS
 from maskstudy.datamodules.probe import check_task_columns
 from maskstudy.datamodules.schema import dataset_files
 from maskstudy.datamodules.tasks import resolve_tasks
-from maskstudy.lightning_modules.attention import IMPLEMENTATIONS
 from maskstudy.lightning_modules.backbone import BackboneConfig
-from maskstudy.lightning_modules.encoder import ANSWER_MASKS, POOLINGS
 from maskstudy.lightning_modules.masks import MASKS, build_mask
 from maskstudy.lightning_modules.pretrain import PretrainConfig
 from maskstudy.lightning_modules.module import (
@@ -38,41 +50,66 @@ from maskstudy.lightning_modules.module import (
 
 PRECISIONS = ["auto", *get_args(_PRECISION_INPUT_STR), *get_args(_PRECISION_INPUT_STR_ALIAS)]
 EXPERIMENTS_DIR = Path(__file__).resolve().parent
-BASE = EXPERIMENTS_DIR / "base.yaml"
+GROUPS = ("data", "input", "mask")  # composed in this order
+DEFAULT_CHOICES = {"data": "world", "input": "text", "mask": "causal"}
+CONFIG_PATH_ENV = "MASKSTUDY_CONFIG_PATH"
 
 
 @dataclass
 class TrainerConfig:
     max_steps: int = 300
     train: bool = True  # false: evaluate the model as pre-trained (the untrained row)
-    val_check_interval: int = 100
-    limit_val_batches: int = 4
+    val_check_interval: int = 100  # steps between validation passes and checkpoints
+    limit_val_batches: int = 4  # validation batches of each pass (the final check reads all)
     accelerator: str = "auto"
     devices: Any = 1
     strategy: str = "auto"
     precision: str = "auto"  # auto: bf16-mixed on a CUDA GPU with bf16, else 32-true
-    compile: bool = False  # torch.compile the backbone
+    compile: bool = False  # torch.compile the backbone (long GPU runs; the first steps compile)
     accumulate_grad_batches: int = 1
     deterministic: bool = False
     log_every_n_steps: int = 10
     num_sanity_val_steps: int = 0
     enable_progress_bar: bool = True
 
+    def check(self) -> None:
+        if self.max_steps < 0:
+            raise ValueError("trainer.max_steps expected >= 0 (0: evaluate the untrained model)")
+        if self.val_check_interval <= 0:
+            raise ValueError("trainer.val_check_interval must be a positive number of steps")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"trainer.precision {self.precision!r}: expected one of "
+                             f"{PRECISIONS}")
+
+    @property
+    def trains(self) -> bool:
+        return self.train and self.max_steps > 0
+
 
 @dataclass
 class EvalConfig:
-    tasks: list[str] = field(default_factory=lambda: ["ggsm"])
+    tasks: list[str] = field(default_factory=lambda: ["ggsm"])  # task names or suites: ggsm, qanchor, all
     every_n_steps: int = 0  # 0: evaluate at the end of training only
     test_fraction: float = 0.3
     c: float = 1.0  # inverse L2 strength of the probe's logistic regression
     references: bool = True  # untrained-backbone and bag-of-events rows (cached per dataset)
     representation: str = "projected"  # projected | pooled: what eval/* describes (both probed)
 
+    def check(self) -> None:
+        if self.representation not in REPRESENTATIONS:
+            raise ValueError(f"eval.representation expected one of {list(REPRESENTATIONS)}")
+        if not 0 < self.test_fraction < 1:
+            raise ValueError("eval.test_fraction expected a value in (0, 1)")
+        try:
+            resolve_tasks(list(self.tasks))
+        except ValueError as e:
+            raise ValueError(f"eval.tasks {e}") from e
+
 
 @dataclass
 class ScheduleConfig:
-    """GG-SM pre-warmup and the ramp to full attention (soft masks; the ramp also drives the
-    growing window of a ``window`` mask)."""
+    """GG-SM pre-warmup and the ramp to full attention (masks that say they are
+    ``prewarmable`` / ``rampable``: soft, and window for the growing-window ramp)."""
 
     prewarmup: bool = False  # gradient-guided weights for the first warmup_steps steps
     variant: str = "paper"  # paper: sigmoid(g); calibrated: 2 sigmoid(g / mean g) - 1
@@ -80,7 +117,15 @@ class ScheduleConfig:
     source: str = "auto"  # where h_j is read: auto | final | last_layer_input
     warmup_steps: int = 0  # T_warm, optimiser steps
     ramp: str = "none"  # none | linear | cosine: frozen weights -> 1 from T_warm to T_total
-    total_steps: int = 0  # T_total
+    total_steps: int | None = None  # T_total; None: trainer.max_steps
+
+    def check(self) -> None:
+        if self.ramp != "none" and self.ramp not in RAMPS:
+            raise ValueError(f"schedule.ramp {self.ramp!r}: expected none or one of {list(RAMPS)}")
+        if self.prewarmup:
+            check_prewarmup(self.warmup_steps, self.variant, self.ema, self.source)
+        if self.ramp != "none" and self.total_steps is not None:
+            check_ramp(self.warmup_steps, self.total_steps, self.ramp)
 
 
 @dataclass
@@ -95,14 +140,21 @@ class LoggingConfig:
     sample_tables: bool = False  # never send user behaviour text to W&B unless enabled
     future_attention_every: int = 50  # steps between samples of attention on later keys; 0: off
     future_attention_users: int = 4  # sequences of the batch in each sample
-    mask_heatmap_every: int = 100  # steps between mask heat maps (masks other than causal/bidirectional/hybrid); 0: off
+    mask_heatmap_every: int = 100  # steps between heat maps of masks that draw them; 0: off
+
+    def check(self) -> None:
+        if self.future_attention_every < 0 or self.future_attention_users < 1:
+            raise ValueError("logging.future_attention_every expected steps >= 0 (0: off) "
+                             "and future_attention_users >= 1")
+        if self.mode not in ("auto", "online", "offline", "disabled"):
+            raise ValueError("logging.mode expected auto, online, offline or disabled")
 
 
 @dataclass
 class ExperimentConfig:
-    name: str = "base"
+    name: str = "causal"  # the run's name: runs go to <run_root>/<name>/<timestamp>/
     description: str = ""
-    extends: Any = None  # a file or a list of files, relative to the recipe
+    choices: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_CHOICES))  # group options it was composed from
     seed: int = 0
     run_root: str = "runs"
     cache_dir: str | None = None  # reference rows and pre-trained backbones; None: <run_root>/.cache
@@ -119,6 +171,22 @@ class ExperimentConfig:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     learning: LearningConfig = field(default_factory=LearningConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+    def __post_init__(self) -> None:
+        # Values that follow others unless set: the data's seed is the run's, and the LR
+        # decay and the mask ramp end where training ends.
+        if self.data.seed is None:
+            self.data.seed = self.seed
+        if self.optim.total_steps is None:
+            self.optim.total_steps = self.trainer.max_steps
+        if self.schedule.total_steps is None:
+            self.schedule.total_steps = self.trainer.max_steps
+
+    def sections(self) -> list:
+        """Every section that checks itself."""
+        return [self.data, self.input, self.backbone, self.pretrain, self.encoder, self.loss,
+                self.optim, self.trainer, self.eval, self.schedule, self.learning,
+                self.logging]
 
     def module_config(self) -> ModuleConfig:
         """A deep copy: the module may change its config without touching the experiment's."""
@@ -152,17 +220,49 @@ class ConfigError(ValueError):
     """A config problem, found before training; the message names the file and key."""
 
 
-def _load_chain(path: Path, seen: tuple[Path, ...] = ()) -> list[DictConfig]:
-    """The recipe and everything it extends, base first. ``extends`` is one file or a list
-    (a recipe plus a dataset file, say); each file enters the chain once, where it first
-    appears, so two parents that both extend base.yaml do not merge it twice."""
-    return [node for _, node in _load_files(path, seen)]
+def config_dirs() -> list[Path]:
+    """Where recipes and group options are looked up: ``MASKSTUDY_CONFIG_PATH``'s
+    directories, then ``experiments/``."""
+    extra = [Path(d) for d in os.environ.get(CONFIG_PATH_ENV, "").split(os.pathsep) if d]
+    return [*extra, EXPERIMENTS_DIR]
 
 
-def _load_files(path: Path, seen: tuple[Path, ...]) -> list[tuple[Path, DictConfig]]:
-    path = path.resolve()
-    if path in seen:
-        raise ConfigError(f"{path}: 'extends' forms a cycle")
+def group_options(group: str) -> list[str]:
+    """The options of a config group, over every config directory."""
+    return sorted({p.stem for d in config_dirs() for p in (d / group).glob("*.yaml")})
+
+
+def group_file(group: str, option: str) -> Path:
+    """``<dir>/<group>/<option>.yaml`` in the first config directory that has it, or
+    ``option`` itself when it is a YAML file path."""
+    if option.endswith((".yaml", ".yml")):
+        path = Path(option)
+        if not path.exists():
+            raise ConfigError(f"{group}={option}: no such config file")
+        return path
+    for d in config_dirs():
+        path = d / group / f"{option}.yaml"
+        if path.exists():
+            return path
+    raise ConfigError(f"{group}={option}: unknown option of group '{group}'; expected one of "
+                      f"{group_options(group)} (or a .yaml file)")
+
+
+def recipe_path(recipe: str | Path) -> Path:
+    """A recipe file as given, or a recipe name (``ggsm``) as ``<dir>/<name>.yaml`` in the
+    first config directory that has it."""
+    path = Path(recipe)
+    if path.suffix in (".yaml", ".yml"):
+        return path
+    for d in config_dirs():
+        if (d / f"{recipe}.yaml").exists():
+            return d / f"{recipe}.yaml"
+    names = sorted({p.stem for d in config_dirs() for p in d.glob("*.yaml")})
+    raise ConfigError(f"recipe {recipe!r}: no such recipe; expected one of {names} or a "
+                      f"group choice (mask=..., data=..., input=...)")
+
+
+def _load(path: Path) -> DictConfig:
     if not path.exists():
         raise ConfigError(f"{path}: no such config file")
     try:
@@ -171,15 +271,7 @@ def _load_files(path: Path, seen: tuple[Path, ...]) -> list[tuple[Path, DictConf
         raise ConfigError(f"{path}: not valid YAML ({e})") from e
     if not isinstance(node, DictConfig):
         raise ConfigError(f"{path}: expected a mapping at the top level")
-    parents = node.get("extends") or []
-    if isinstance(parents, str):
-        parents = [parents]
-    chain: list[tuple[Path, DictConfig]] = []
-    for parent in parents:
-        for file, loaded in _load_files(path.parent / parent, seen + (path,)):
-            if all(file != f for f, _ in chain):
-                chain.append((file, loaded))
-    return chain + [(path, node)]
+    return node
 
 
 def _explain(e: OmegaConfBaseException, where: str) -> ConfigError:
@@ -188,45 +280,79 @@ def _explain(e: OmegaConfBaseException, where: str) -> ConfigError:
     return ConfigError(f"{where}: key '{key}': {msg}" if key else f"{where}: {msg}")
 
 
-def load_config(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
-    """Recipe file + overrides, merged onto the schema, resolved and checked."""
-    path = Path(path)
-    schema = OmegaConf.structured(ExperimentConfig)
-    merged = schema
-    for node in _load_chain(path):
+def split_overrides(overrides: list[str]) -> tuple[dict[str, str], list[str]]:
+    """(group choices ``group=option``, ``key=value`` overrides)."""
+    bad = [o for o in overrides if "=" not in o]
+    if bad:
+        raise ConfigError(f"overrides {bad}: expected key=value or group=option")
+    choices, keys = {}, []
+    for item in overrides:
+        key, value = item.split("=", 1)
+        if key in GROUPS:
+            choices[key] = value
+        else:
+            keys.append(item)
+    return choices, keys
+
+
+def compose(recipe: str | Path | None, overrides: list[str] | None = None) -> DictConfig:
+    """The merged (unresolved) config of a recipe, group choices and overrides."""
+    path = recipe_path(recipe) if recipe is not None else None
+    node = _load(path) if path is not None else OmegaConf.create({})
+    where = str(path) if path is not None else "config"
+    own = node.pop("defaults", None) or {}
+    if not isinstance(own, (dict, DictConfig)) or set(own) - set(GROUPS):
+        raise ConfigError(f"{where}: key 'defaults': expected a mapping of groups "
+                          f"{list(GROUPS)} to options")
+    cli, keys = split_overrides(list(overrides or []))
+    choices = {**DEFAULT_CHOICES, **{k: str(v) for k, v in own.items()}, **cli}
+    merged = OmegaConf.structured(ExperimentConfig)
+    for group in GROUPS:
+        option = group_file(group, choices[group])
         try:
-            merged = OmegaConf.merge(merged, node)
+            merged = OmegaConf.merge(merged, _load(option))
         except OmegaConfBaseException as e:
-            raise _explain(e, str(path)) from e
-    if overrides:
-        bad = [o for o in overrides if "=" not in o]
-        if bad:
-            raise ConfigError(f"overrides {bad}: expected key=value")
-        try:
-            merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(list(overrides)))
-        except OmegaConfBaseException as e:
-            raise _explain(e, "command-line override") from e
+            raise _explain(e, str(option)) from e
+    try:
+        merged = OmegaConf.merge(merged, node)
+        explicit_name = "name" in node
+        if keys:
+            dotlist = OmegaConf.from_dotlist(keys)
+            explicit_name = explicit_name or "name" in dotlist
+            merged = OmegaConf.merge(merged, dotlist)
+    except OmegaConfBaseException as e:
+        raise _explain(e, where if not keys else "command-line override") from e
+    if not explicit_name:
+        base = path.stem if path is not None else Path(choices["mask"]).stem
+        own_choice = {**DEFAULT_CHOICES, **own}
+        prefix = [Path(choices[g]).stem for g in ("data", "input") if choices[g] != own_choice[g]]
+        merged.name = "_".join([*prefix, base])
+    if "choices" not in node:
+        merged.choices = {**choices, **({"recipe": path.stem} if path is not None else {})}
+    return merged
+
+
+def load_config(recipe: str | Path | None, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Recipe (a file, a name or None) + group choices + overrides, merged onto the schema,
+    resolved and checked."""
+    merged = compose(recipe, overrides)
+    where = str(recipe) if recipe is not None else "config"
     try:
         OmegaConf.resolve(merged)
         config: ExperimentConfig = OmegaConf.to_object(merged)
     except OmegaConfBaseException as e:
-        raise _explain(e, str(path)) from e
-    check(config, str(path))
+        raise _explain(e, where) from e
+    check(config, where)
     return config
 
 
-def recipe_path(recipe: str) -> Path:
-    """A recipe file as given, or a recipe name (``ggsm``) as ``experiments/<name>.yaml``."""
-    path = Path(recipe)
-    return path if path.suffix in (".yaml", ".yml") else EXPERIMENTS_DIR / f"{recipe}.yaml"
-
-
 def check(cfg: ExperimentConfig, where: str = "config") -> None:
-    """Values the schema's types cannot catch; each error names its key."""
+    """Every section's own check, then the rules that span sections; each error names its
+    key."""
     def fail(key: str, msg: str) -> None:
         raise ConfigError(f"{where}: key '{key}': {msg}")
 
-    for section in (cfg.input, cfg.learning, cfg.pretrain):
+    for section in cfg.sections():
         try:
             section.check()
         except ValueError as e:
@@ -244,98 +370,44 @@ def check(cfg: ExperimentConfig, where: str = "config") -> None:
         mask = build_mask(cfg.mask.name, cfg.mask.options, target=cfg.mask.target,
                           hidden_size=cfg.backbone.hidden_size, layers=cfg.backbone.layers)
     except ValueError as e:
-        fail("mask.target" if cfg.mask.target else "mask.options"
-             if cfg.mask.name in MASKS else "mask.name", str(e))
+        key = ("mask.target" if cfg.mask.target else
+               "mask.options" if cfg.mask.name in MASKS else "mask.name")
+        fail(key, str(e))
     if cfg.mask.inference is not None:
         serving = sorted(n for n, c in MASKS.items() if c.serves_inference())
         if cfg.mask.inference not in serving:
             fail("mask.inference", f"{cfg.mask.inference!r}: the inference mask has no trained "
                                    f"state and no token of its own, so it is one of {serving}")
-    if cfg.encoder.pooling not in POOLINGS:
-        fail("encoder.pooling", f"unknown pooling {cfg.encoder.pooling!r}; expected one of "
-                                f"{list(POOLINGS)}")
     if cfg.encoder.pooling == "global_token" and not mask.global_token:
         fail("encoder.pooling", f"global_token pooling reads a global token, which mask "
                                 f"{cfg.mask.name!r} does not insert (global_query does)")
     if cfg.encoder.pooling == "user_token" and not cfg.data.anchor:
         fail("encoder.pooling", "user_token pooling needs the <USER> anchor, but "
                                 "data.anchor is false")
-    if cfg.encoder.answer_mask not in ANSWER_MASKS:
-        fail("encoder.answer_mask", f"expected one of {list(ANSWER_MASKS)}")
-    if cfg.trainer.max_steps < 0:
-        fail("trainer.max_steps", "expected >= 0 (0: evaluate the untrained model)")
-    trains = cfg.trainer.train and cfg.trainer.max_steps > 0
+    trains = cfg.trainer.trains
     if trains and cfg.optim.total_steps <= 0:
         fail("optim.total_steps", "must be positive")
     if trains and cfg.optim.warmup_steps >= cfg.optim.total_steps:
         fail("optim.warmup_steps", f"{cfg.optim.warmup_steps} >= optim.total_steps "
                                    f"{cfg.optim.total_steps}: warmup must end before training")
-    if cfg.optim.lr <= 0:
-        fail("optim.lr", "must be positive")
-    if cfg.optim.nonfinite not in ("stop", "skip"):
-        fail("optim.nonfinite", "expected stop or skip")
-    if cfg.loss.temperature <= 0:
-        fail("loss.temperature", "must be positive")
     if cfg.pretrain.steps and cfg.backbone.lora.enabled:
         fail("pretrain.steps", "LoRA adapts a backbone that is already pre-trained; set "
                                "pretrain.steps=0 with backbone.lora.enabled")
-    if not 0 < cfg.optim.backbone_lr_scale <= 1:
-        fail("optim.backbone_lr_scale", "expected a value in (0, 1]")
-    if cfg.data.answer_selection not in ANSWER_SELECTIONS:
-        fail("data.answer_selection", f"expected one of {list(ANSWER_SELECTIONS)}")
-    if cfg.data.batch_size < 2:
-        fail("data.batch_size", "contrastive training needs at least 2 pairs per batch")
-    if cfg.trainer.val_check_interval <= 0:
-        fail("trainer.val_check_interval", "must be a positive number of steps")
-    sched = cfg.schedule
-    if sched.prewarmup and not mask.prewarmable:
+    if cfg.schedule.prewarmup and not mask.prewarmable:
         fail("schedule", f"the pre-warmup sets a soft mask's weights; mask {cfg.mask.name!r} "
                          f"has none to set (set mask.name: soft, not learnable)")
-    if sched.ramp != "none" and not mask.rampable:
+    if cfg.schedule.ramp != "none" and not mask.rampable:
         fail("schedule", f"a ramp opens a mask that can be opened; mask {cfg.mask.name!r} "
                          f"cannot (set mask.name: soft, not learnable, or window)")
-    if sched.source not in ("auto", "final", "last_layer_input"):
-        fail("schedule.source", "expected auto, final or last_layer_input")
-    if sched.variant not in ("paper", "calibrated"):
-        fail("schedule.variant", "expected paper or calibrated")
-    if sched.ramp not in ("none", "linear", "cosine"):
-        fail("schedule.ramp", "expected none, linear or cosine")
-    if sched.prewarmup and sched.warmup_steps < 1:
-        fail("schedule.warmup_steps", "the pre-warmup needs at least one step")
-    if sched.ramp != "none" and not 0 <= sched.warmup_steps < sched.total_steps:
-        fail("schedule.warmup_steps", f"{sched.warmup_steps} >= schedule.total_steps "
-                                      f"{sched.total_steps}: the ramp must have room")
-    if sched.ema is not None and not 0 <= sched.ema < 1:
-        fail("schedule.ema", "expected a decay in [0, 1) or null")
-    if cfg.logging.future_attention_every < 0 or cfg.logging.future_attention_users < 1:
-        fail("logging.future_attention_every", "expected steps >= 0 (0: off) and "
-                                               "future_attention_users >= 1")
-    if cfg.logging.mode not in ("auto", "online", "offline", "disabled"):
-        fail("logging.mode", "expected auto, online, offline or disabled")
-    if cfg.backbone.attention not in IMPLEMENTATIONS:
-        fail("backbone.attention", f"expected one of {list(IMPLEMENTATIONS)}")
     if cfg.backbone.attention == "flex" and trains and not uses_cuda(cfg.trainer.accelerator):
         fail("backbone.attention", "flex trains on a CUDA GPU only (FlexAttention has no "
                                    "backward on a CPU); use sdpa here")
-    if cfg.trainer.precision not in PRECISIONS:
-        fail("trainer.precision", f"{cfg.trainer.precision!r}: expected one of {PRECISIONS}")
-    if cfg.backbone.name_or_path is None and (
-            cfg.backbone.hidden_size % cfg.backbone.heads or cfg.backbone.heads % cfg.backbone.kv_heads):
-        fail("backbone.hidden_size", "hidden_size must divide by heads and heads by kv_heads")
-    if cfg.eval.representation not in REPRESENTATIONS:
-        fail("eval.representation", f"expected one of {list(REPRESENTATIONS)}")
-    if not 0 < cfg.eval.test_fraction < 1:
-        fail("eval.test_fraction", "expected a value in (0, 1)")
-    try:
-        tasks = resolve_tasks(list(cfg.eval.tasks))
-    except ValueError as e:
-        fail("eval.tasks", str(e))
     if not Path(cfg.data.path).exists():
         command = "movielens" if "movielens" in cfg.eval.tasks else "synth"
         fail("data.path", f"{cfg.data.path}: no such file or directory (build one with "
                           f"`maskstudy data {command} --out {cfg.data.path}`)")
     try:
-        check_task_columns(tasks, dataset_files(cfg.data.path)[0])
+        check_task_columns(resolve_tasks(list(cfg.eval.tasks)), dataset_files(cfg.data.path)[0])
     except FileNotFoundError as e:
         fail("data.path", str(e))
     except ValueError as e:

@@ -12,7 +12,7 @@ for each recipe against ``causal`` two paired comparisons of the average AUC:
                   difference of average AUCs; 95% percentile interval and the two-sided
                   p = 2 min(P(d* <= 0), P(d* >= 0))
 
-Recipes of a dataset file (``experiments/datasets/<dataset>.yaml``) are named
+Runs on a data option other than the default (``data=movielens``) are named
 ``<dataset>_<recipe>``; when every run of the sweep carries the same such prefix, the report
 names recipes without it, so ``movielens_causal`` is the ``causal`` baseline.
 
@@ -82,7 +82,7 @@ def collect(sweep_dir: str | Path) -> dict[str, Recipe]:
             raise ValueError(f"{path}: not valid JSON ({e})") from e
         if "metrics" not in res or "tasks" not in res:
             continue
-        for key in ("name", "seed"):
+        for key in ("name", "seed", "input"):
             if key not in res:
                 raise ValueError(f"{path}: key '{key}' missing: not a maskstudy results file")
         pred = None
@@ -118,10 +118,10 @@ def learned_only(recipes: dict[str, Recipe]) -> dict[str, Recipe]:
 
 
 def dataset_prefix(names: list[str]) -> str:
-    """``<dataset>_`` when every recipe name starts with the name of one dataset file."""
-    from maskstudy.experiments.config import EXPERIMENTS_DIR
+    """``<dataset>_`` when every recipe name starts with one option of the ``data`` group."""
+    from maskstudy.experiments.config import group_options
 
-    for dataset in sorted(p.stem for p in (EXPERIMENTS_DIR / "datasets").glob("*.yaml")):
+    for dataset in group_options("data"):
         if all(n.startswith(f"{dataset}_") for n in names):
             return f"{dataset}_"
     return ""
@@ -157,7 +157,7 @@ def untrained_name(source: str) -> str:
 
 
 def input_of(run: Run) -> str:
-    return run.results.get("input") or _input_of(run.dir)
+    return run.results["input"]
 
 
 def against_untrained(recipes: dict[str, Recipe], refs: dict[str, Recipe]) -> list[dict]:
@@ -182,18 +182,6 @@ def against_untrained(recipes: dict[str, Recipe], refs: dict[str, Recipe]) -> li
         rows.append({"recipe": name, "reference": ref.name, "seeds": len(seeds), "diff": mean,
                      "seed_low": lo, "seed_high": hi})
     return rows
-
-
-def _input_of(run_dir: Path) -> str:
-    """A run's input from its config.yaml (runs written before results named it)."""
-    import yaml
-
-    from maskstudy.datamodules.hierarchical import InputConfig
-
-    path = run_dir / "config.yaml"
-    if not path.exists():
-        return "text"
-    return InputConfig(**((yaml.safe_load(path.read_text()) or {}).get("input") or {})).label
 
 
 def _rank(name: str) -> tuple[int, str]:

@@ -327,10 +327,9 @@ def check_same_model(cfg: ExperimentConfig, checkpoint: Path, state: dict) -> No
     if saved is None:
         raise CheckpointError(f"checkpoint {checkpoint}: no maskstudy module config inside")
     wanted = dataclasses.asdict(cfg.module_config())
-    defaults = dataclasses.asdict(ModuleConfig())  # sections older checkpoints lack
     for section in ("backbone", "mask", "encoder", "input"):
         for key, value in wanted[section].items():
-            found = saved.get(section, defaults[section]).get(key)
+            found = saved.get(section, {}).get(key)
             if found != value:
                 raise CheckpointError(
                     f"checkpoint {checkpoint}: key '{section}.{key}' is "
@@ -369,8 +368,8 @@ def fit(cfg: ExperimentConfig, *, resume: str | Path | None = None,
     else:
         run_dir = shared_run_dir(cfg)
     rank_zero = rank_zero_only.rank == 0
-    if rank_zero:  # the saved config is fully resolved: it extends nothing
-        (run_dir / "config.yaml").write_text(to_yaml(dataclasses.replace(cfg, extends=None)))
+    if rank_zero:  # fully resolved, with the group choices it was composed from
+        (run_dir / "config.yaml").write_text(to_yaml(cfg))
     L.seed_everything(cfg.seed, verbose=False)
     train_dm, probe_dm = build_datamodules(cfg)
     if rank_zero:

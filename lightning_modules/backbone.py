@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from torch import nn
 from transformers import AutoModel, Qwen2Config
 
-from .attention import implementation
+from .attention import IMPLEMENTATIONS, implementation
 
 
 @dataclass
@@ -30,7 +30,7 @@ class LoraConfig:
 @dataclass
 class BackboneConfig:
     name_or_path: str | None = None  # None: the tiny Qwen2 below, randomly initialised
-    attention: str = "sdpa"  # sdpa | eager
+    attention: str = "sdpa"  # sdpa | eager | flex (FlexAttention; trains on a CUDA GPU only)
     hidden_size: int = 128
     layers: int = 4
     heads: int = 4
@@ -41,12 +41,18 @@ class BackboneConfig:
     gradient_checkpointing: bool = False
     lora: LoraConfig = field(default_factory=LoraConfig)
 
+    def check(self) -> None:
+        """Raises ValueError('backbone.<key> <what is wrong>')."""
+        if self.attention not in IMPLEMENTATIONS:
+            raise ValueError(f"backbone.attention expected one of {list(IMPLEMENTATIONS)}")
+        if self.name_or_path is None and (self.hidden_size % self.heads
+                                          or self.heads % self.kv_heads):
+            raise ValueError(f"backbone.hidden_size {self.hidden_size} must divide by heads "
+                             f"({self.heads}) and heads by kv_heads ({self.kv_heads})")
+
 
 def tiny_qwen2_config(cfg: BackboneConfig, vocab_size: int) -> Qwen2Config:
-    if cfg.hidden_size % cfg.heads or cfg.heads % cfg.kv_heads:
-        raise ValueError(f"backbone: hidden_size={cfg.hidden_size}, heads={cfg.heads}, "
-                         f"kv_heads={cfg.kv_heads}: hidden_size must divide by heads and "
-                         f"heads by kv_heads")
+    cfg.check()
     return Qwen2Config(
         vocab_size=vocab_size, hidden_size=cfg.hidden_size, num_hidden_layers=cfg.layers,
         num_attention_heads=cfg.heads, num_key_value_heads=cfg.kv_heads,

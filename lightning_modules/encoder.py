@@ -82,6 +82,17 @@ def insert_global_token(embeds: torch.Tensor, attention_mask: torch.Tensor,
     return out, att.masked_fill(is_global, 1), seg.masked_fill(is_global, GLOBAL)
 
 
+def check_encoder_options(pooling: str, answer_mask: str) -> None:
+    """Raises ValueError('encoder.<key> <what is wrong>') for an unknown pooling or answer
+    mask (the ``encoder`` config section and the encoder itself share this check)."""
+    if pooling not in POOLINGS:
+        raise ValueError(f"encoder.pooling unknown pooling {pooling!r}; expected one of "
+                         f"{list(POOLINGS)}")
+    if answer_mask not in ANSWER_MASKS:
+        raise ValueError(f"encoder.answer_mask {answer_mask!r}: expected one of "
+                         f"{list(ANSWER_MASKS)}")
+
+
 class Projector(nn.Sequential):
     def __init__(self, hidden: int, inner: int = 512, out: int = 128):
         super().__init__(nn.Linear(hidden, inner), nn.GELU(), nn.Linear(inner, out))
@@ -92,10 +103,7 @@ class ContrastiveEncoder(nn.Module):
                  pooling: str = "user_token", projector_dims: tuple[int, int] = (512, 128),
                  answer_mask: str = "same", input_layer: nn.Module | None = None):
         super().__init__()
-        if pooling not in POOLINGS:
-            raise ValueError(f"unknown pooling {pooling!r}: expected one of {POOLINGS}")
-        if answer_mask not in ANSWER_MASKS:
-            raise ValueError(f"unknown answer_mask {answer_mask!r}: expected one of {ANSWER_MASKS}")
+        check_encoder_options(pooling, answer_mask)
         if pooling == "global_token" and not mask.global_token:
             raise ValueError(f"global_token pooling needs a mask with a global token "
                              f"(global_query), not {mask.name!r}")

@@ -34,7 +34,7 @@ import torch
 from maskstudy.datamodules.hierarchical import InputConfig
 
 from .backbone import BackboneConfig, build_backbone, hidden_size, num_layers
-from .encoder import ContrastiveEncoder
+from .encoder import ContrastiveEncoder, check_encoder_options
 from .hierarchical import HierarchicalInput, slots_of
 from .learning import (
     effective_rank, isotropic_spread, loss_chance, retrieval_chance, spread,
@@ -53,32 +53,50 @@ class MaskConfig:
 
 @dataclass
 class EncoderConfig:
-    pooling: str = "user_token"
+    pooling: str = "user_token"  # user_token | last | mean | weighted_mean | global_token
     projector_inner: int = 512
     projector_out: int = 128
-    answer_mask: str = "same"
+    answer_mask: str = "same"  # same | causal | bidirectional: the answer tower's mask
+
+    def check(self) -> None:
+        """Raises ValueError('encoder.<key> <what is wrong>')."""
+        check_encoder_options(self.pooling, self.answer_mask)
+        if self.projector_inner < 1 or self.projector_out < 1:
+            raise ValueError("encoder.projector_out projector sizes must be at least 1")
 
 
 @dataclass
 class LossConfig:
-    temperature: float = 0.02
-    margin: float = 0.1
+    temperature: float = 0.05
+    margin: float = 0.1  # false-negative filter: drop negatives above the positive + margin
     gather: bool = True  # negatives from every DDP rank
+
+    def check(self) -> None:
+        if self.temperature <= 0:
+            raise ValueError("loss.temperature must be positive")
 
 
 @dataclass
 class OptimConfig:
-    lr: float = 2e-4
+    lr: float = 1e-3
     # The backbone's parameters learn at lr * backbone_lr_scale, the parts built for the
     # encoder (projector, learnable masks, input adapters) at lr.
     backbone_lr_scale: float = 0.1
     weight_decay: float = 0.01
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    warmup_steps: int = 100
-    total_steps: int = 2000
-    min_lr_ratio: float = 0.0
+    warmup_steps: int = 30
+    total_steps: int | None = None  # end of the cosine decay; None: the trainer's max_steps
+    min_lr_ratio: float = 0.1
     grad_clip: float | None = 1.0
     nonfinite: str = "stop"  # a NaN/inf loss or gradient: stop (raise) or skip the step
+
+    def check(self) -> None:
+        if self.lr <= 0:
+            raise ValueError("optim.lr must be positive")
+        if not 0 < self.backbone_lr_scale <= 1:
+            raise ValueError("optim.backbone_lr_scale expected a value in (0, 1]")
+        if self.nonfinite not in ("stop", "skip"):
+            raise ValueError("optim.nonfinite expected stop or skip")
 
 
 @dataclass
@@ -263,8 +281,9 @@ class ContrastiveMaskingModule(L.LightningModule):
               "lr": cfg.lr * (cfg.backbone_lr_scale if in_backbone else 1.0)}
              for (in_backbone, decays), params in sorted(groups.items())],
             lr=cfg.lr, betas=tuple(cfg.betas))
+        total = cfg.total_steps if cfg.total_steps is not None else self.trainer.max_steps
         schedule = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: warmup_cosine(step, cfg.warmup_steps, cfg.total_steps,
+            optimizer, lambda step: warmup_cosine(step, cfg.warmup_steps, total,
                                                   cfg.min_lr_ratio))
         return {"optimizer": optimizer,
                 "lr_scheduler": {"scheduler": schedule, "interval": "step", "frequency": 1}}

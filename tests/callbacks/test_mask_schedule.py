@@ -114,7 +114,7 @@ def test_bad_schedules():
         GradientGuidedPrewarmup(0)
     with pytest.raises(ValueError, match="0 <= start < end"):
         LinearMaskScheduler(5, 5)
-    with pytest.raises(ValueError, match="shape"):
+    with pytest.raises(ValueError, match="schedule.ramp .step.: expected none or one of"):
         LinearMaskScheduler(0, 5, shape="step")
 
 

@@ -9,6 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 from tokenizers import Tokenizer, models, pre_tokenizers
 
+from maskstudy.datamodules.datamodules import DataConfig
 from maskstudy.datamodules.records import UserColumns
 from maskstudy.datamodules.schema import EVENT_MODALITIES, SEGMENTS
 from maskstudy.datamodules.template import (
@@ -26,6 +27,8 @@ def tok(world):
 
 
 def make_template(tok, **cfg):
+    defaults = DataConfig()
+    cfg = {"max_tokens": defaults.max_tokens, "caps": defaults.caps, "anchor": True, **cfg}
     return UserTemplate(tok, ["a", "b"], TemplateConfig(**cfg))
 
 
@@ -99,9 +102,9 @@ def test_water_fill():
 
 def test_bad_template_config():
     with pytest.raises(ValueError, match="unknown segment"):
-        TemplateConfig(caps={"bills": 3})
+        TemplateConfig(256, {"bills": 3}, True)
     with pytest.raises(ValueError, match="too small"):
-        TemplateConfig(max_tokens=10)
+        TemplateConfig(10, {}, True)
 
 
 def test_answers_end_with_eos(tok):

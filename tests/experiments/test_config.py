@@ -1,10 +1,19 @@
-"""Recipes compose from base.yaml; every config mistake fails before training, naming its key."""
+"""Configs compose from the schema's defaults, group options, recipes and overrides; every
+config mistake fails before training, naming its key."""
 
 from __future__ import annotations
 
+import dataclasses
+import textwrap
+
 import pytest
 
-from maskstudy.experiments.config import EXPERIMENTS_DIR, ConfigError, load_config, to_yaml
+from maskstudy.datamodules.datamodules import DataConfig
+from maskstudy.experiments.config import (
+    DEFAULT_CHOICES, EXPERIMENTS_DIR, GROUPS, ConfigError, ExperimentConfig, group_options,
+    load_config, to_yaml,
+)
+from maskstudy.lightning_modules.module import OptimConfig
 from tests.helpers import write_tiny_text_encoder
 
 RECIPES = sorted(p for p in EXPERIMENTS_DIR.glob("*.yaml"))
@@ -16,56 +25,70 @@ def data_ok(world):
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.stem)
-def test_every_recipe_composes(recipe, request, tmp_path):
-    data = request.getfixturevalue("movielens" if recipe.stem.startswith("movielens_")
-                                   else "world")
-    data_ok = [f"data.path={data}"]
-    if recipe.stem.startswith("hier_text_"):  # no sentence-encoder package needed
-        data_ok.append(f"input.text_encoder={write_tiny_text_encoder(tmp_path / 'enc')}")
+def test_every_recipe_composes(recipe, data_ok):
     cfg = load_config(recipe, data_ok)
-    assert cfg.name == recipe.stem
-    assert cfg.optim.total_steps == cfg.trainer.max_steps  # interpolated
-    if recipe.stem.startswith("movielens_"):
-        mask_recipe = recipe.stem.removeprefix("movielens_")
-        assert list(cfg.extends) == [f"{mask_recipe}.yaml", "datasets/movielens.yaml"]
-    elif recipe.stem.startswith("hier_"):
-        text = recipe.stem.startswith("hier_text_")
-        mask_recipe = recipe.stem.removeprefix("hier_text_" if text else "hier_")
-        inputs = "inputs/hierarchical_text.yaml" if text else "inputs/hierarchical.yaml"
-        assert list(cfg.extends) == [f"{mask_recipe}.yaml", inputs]
-        assert cfg.input.event_encoder == ("text" if text else "learned")
-        assert cfg.input.mode == "hierarchical"
-        assert cfg.mask == load_config(EXPERIMENTS_DIR / f"{mask_recipe}.yaml", data_ok).mask
-    elif recipe.stem != "base":
-        assert cfg.extends == "base.yaml"
+    assert cfg.name == recipe.stem and cfg.choices["recipe"] == recipe.stem
+    assert cfg.optim.total_steps == cfg.trainer.max_steps  # follows unless set
+    assert cfg.description  # every mask option describes itself
 
 
-def test_recipes_hold_only_their_differences():
-    base_keys = {"data", "backbone", "encoder", "loss", "optim", "trainer", "eval", "logging"}
+def test_recipes_pick_from_groups_and_hold_only_their_differences():
+    """A recipe is its group choices plus the keys that make it what it is: no recipe
+    repeats a mask, a dataset or an input."""
     for recipe in RECIPES:
-        if recipe.stem == "base":
-            continue
-        text = recipe.read_text()
-        if recipe.stem.startswith(("movielens_", "hier_")):  # a mask recipe plus one file
-            top = {line.split(":")[0] for line in text.splitlines()
-                   if line and not line.startswith((" ", "#"))}
-            assert top == {"extends", "name", "description"}, (recipe, top)
-            continue
-        assert text.splitlines()[0].startswith("# Paper row:"), recipe
-        top = {line.split(":")[0] for line in text.splitlines()
-               if line and not line.startswith((" ", "#"))}
-        assert not (top & base_keys) - {"eval", "trainer"}, (recipe, top)
+        lines = [line for line in recipe.read_text().splitlines()
+                 if line and not line.startswith((" ", "#"))]
+        top = {line.split(":")[0] for line in lines}
+        assert "defaults" in top, recipe
+        assert not top & {"mask", "data", "input", "schedule"}, (recipe, top)
+    for group in GROUPS:
+        assert DEFAULT_CHOICES[group] in group_options(group)
 
 
-def test_a_recipe_extends_a_mask_recipe_and_a_dataset_file(movielens):
-    """``extends: [ggsm.yaml, datasets/movielens.yaml]``: base.yaml, which both reach, is
-    merged once, first, so the dataset file cannot reset GG-SM's mask to base's causal."""
-    data = [f"data.path={movielens}"]
-    cfg = load_config(EXPERIMENTS_DIR / "movielens_ggsm.yaml", data)
-    ggsm = load_config(EXPERIMENTS_DIR / "ggsm.yaml", data + ["eval.tasks=[movielens]"])
+def test_groups_combine_on_the_command_line(movielens):
+    """``mask=ggsm data=movielens input=hierarchical`` with no recipe file: the mask option's
+    settings, MovieLens' data and tasks, one token per event; the name says the choices."""
+    cfg = load_config(None, ["mask=ggsm", "data=movielens", "input=hierarchical",
+                             f"data.path={movielens}"])
+    ggsm = load_config("ggsm", [f"data.path={movielens}", "eval.tasks=[movielens]"])
     assert cfg.mask == ggsm.mask and cfg.schedule == ggsm.schedule and cfg.mask.name == "soft"
     assert list(cfg.eval.tasks) == ["movielens"] and cfg.data.caps["rating"] == 250
-    assert cfg.data.probe_fraction == 0.5 and cfg.name == "movielens_ggsm"
+    assert cfg.input.mode == "hierarchical" and cfg.data.probe_fraction == 0.5
+    assert cfg.name == "movielens_hierarchical_ggsm"
+    assert cfg.choices == {"data": "movielens", "input": "hierarchical", "mask": "ggsm"}
+    named = load_config("untrained", [f"data.path={movielens}", "data=movielens"])
+    assert named.name == "movielens_untrained" and not named.trainer.train
+    assert "choices:" in to_yaml(cfg) and "input: hierarchical" in to_yaml(cfg)
+
+
+def test_a_saved_config_loads_back_as_it_was(tmp_path, movielens):
+    cfg = load_config("ggsm", ["data=movielens", f"data.path={movielens}", "seed=3"])
+    (tmp_path / "config.yaml").write_text(to_yaml(cfg))
+    assert load_config(tmp_path / "config.yaml") == cfg
+
+
+def test_a_users_config_directory_adds_groups_and_recipes(tmp_path, monkeypatch, data_ok):
+    (tmp_path / "mask").mkdir()
+    (tmp_path / "mask" / "wide_soft.yaml").write_text(textwrap.dedent("""\
+        description: soft weights opened half-way from the start
+        mask: {name: soft, options: {positions: 64, init: 0.5}}
+        """))
+    (tmp_path / "mine.yaml").write_text("defaults: {mask: wide_soft}\ntrainer: {max_steps: 70}\n")
+    monkeypatch.setenv("MASKSTUDY_CONFIG_PATH", str(tmp_path))
+    cfg = load_config("mine", data_ok)
+    assert cfg.mask.options == {"positions": 64, "init": 0.5} and cfg.trainer.max_steps == 70
+    assert cfg.name == "mine" and cfg.choices["mask"] == "wide_soft"
+    assert load_config(None, [*data_ok, "mask=wide_soft"]).name == "wide_soft"
+    assert "wide_soft" in group_options("mask") and "ggsm" in group_options("mask")
+
+
+def test_python_built_configs_run_the_same_experiment(data_ok):
+    """The defaults have one owner: a section built in Python equals the composed one."""
+    composed = load_config(None, data_ok)
+    built = ExperimentConfig(data=dataclasses.replace(DataConfig(), path=data_ok[0].split("=")[1]),
+                             description=composed.description)
+    assert dataclasses.replace(built, choices=composed.choices) == composed
+    assert OptimConfig().lr == composed.optim.lr and DataConfig().max_tokens == composed.data.max_tokens
 
 
 def test_overrides_apply(data_ok):
@@ -80,6 +103,7 @@ def test_overrides_apply(data_ok):
     ("data.batchsize=3", "key 'data.batchsize'"),
     ("trainer.max_steps=abc", "key 'trainer.max_steps'"),
     ("mask.name=hybird", "key 'mask.name': unknown mask 'hybird'"),
+    ("mask.target=nomodule", "key 'mask.target': mask.target 'nomodule': expected"),
     ("mask.inference=bidi", "key 'mask.inference'"),
     ("optim.warmup_steps=400", "key 'optim.warmup_steps': 400 >= optim.total_steps 300"),
     ("data.anchor=false", "key 'encoder.pooling': user_token pooling needs the <USER> anchor"),
@@ -112,20 +136,23 @@ def test_bad_values_name_the_key(override, message, data_ok):
 
 
 def test_bad_files(tmp_path, data_ok):
-    (tmp_path / "a.yaml").write_text("extends: b.yaml\n")
-    (tmp_path / "b.yaml").write_text("extends: a.yaml\n")
-    with pytest.raises(ConfigError, match="cycle"):
-        load_config(tmp_path / "a.yaml")
     (tmp_path / "bad.yaml").write_text("name: [unclosed\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(tmp_path / "bad.yaml")
-    (tmp_path / "typo.yaml").write_text(f"extends: {EXPERIMENTS_DIR / 'base.yaml'}\nmodel:\n  x: 1\n")
+    (tmp_path / "typo.yaml").write_text("defaults: {mask: hybrid}\nmodel:\n  x: 1\n")
     with pytest.raises(ConfigError, match="key 'model'"):
         load_config(tmp_path / "typo.yaml", data_ok)
+    (tmp_path / "groups.yaml").write_text("defaults: {masks: hybrid}\n")
+    with pytest.raises(ConfigError, match="key 'defaults': expected a mapping of groups"):
+        load_config(tmp_path / "groups.yaml", data_ok)
     with pytest.raises(ConfigError, match="no such config file"):
         load_config(tmp_path / "missing.yaml")
     with pytest.raises(ConfigError, match="expected key=value"):
         load_config(EXPERIMENTS_DIR / "causal.yaml", ["trainer.max_steps"])
+    with pytest.raises(ConfigError, match="mask=hybird: unknown option of group 'mask'"):
+        load_config(None, [*data_ok, "mask=hybird"])
+    with pytest.raises(ConfigError, match="recipe 'hybird': no such recipe"):
+        load_config("hybird", data_ok)
 
 
 def test_cli_fit_stops_before_training_on_a_bad_key(capsys, data_ok):

@@ -17,18 +17,24 @@ from maskstudy.experiments.run import ProbeSourceAdapter, build_datamodules, fit
 from tests.helpers import tiny, write_tiny_text_encoder
 from tests.wandb_records import history, records, wait_until_closed
 
-RECIPES = sorted(p for p in EXPERIMENTS_DIR.glob("*.yaml"))
+RECIPES = sorted(p.stem for p in EXPERIMENTS_DIR.glob("*.yaml"))
+# every recipe on the defaults, and every other option of the data and input groups once
+EXPERIMENTS = [(r, ()) for r in RECIPES] + [
+    ("untrained", ("data=movielens",)), ("ggsm", ("data=movielens",)),
+    ("scheduler", ("input=hierarchical",)), ("hybrid_gq", ("input=hierarchical",)),
+    ("ggsm", ("input=hierarchical_text",))]
 
 
-@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.stem)
-def test_every_recipe_runs(recipe, request, tmp_path, monkeypatch):
+@pytest.mark.parametrize("recipe,choices", EXPERIMENTS,
+                         ids=lambda x: x if isinstance(x, str) else "-".join(x) or "defaults")
+def test_every_experiment_runs(recipe, choices, request, tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "disabled")
-    on_movielens = recipe.stem.startswith("movielens_")
+    on_movielens = "data=movielens" in choices
     data = request.getfixturevalue("movielens" if on_movielens else "world")
     # the untrained rows evaluate only, whatever trainer.max_steps says
-    steps = 0 if recipe.stem.endswith("untrained") else 4
-    overrides = tiny(data, tmp_path)
-    if recipe.stem.startswith("hier_text_"):  # a tiny stand-in for the sentence encoder
+    steps = 0 if recipe == "untrained" else 4
+    overrides = [*choices, *tiny(data, tmp_path)]
+    if "input=hierarchical_text" in choices:  # a tiny stand-in for the sentence encoder
         encoder = write_tiny_text_encoder(tmp_path / "encoder")
         overrides += [f"input.text_encoder={encoder}", "input.text_dim=32",
                       f"input.cache_dir={tmp_path / 'event_cache'}"]
@@ -40,8 +46,9 @@ def test_every_recipe_runs(recipe, request, tmp_path, monkeypatch):
                  "checkpoints/last.ckpt", "plots/loss.png", "plots/auc.png"):
         assert (run / name).exists(), name
     res = json.loads((run / "results.json").read_text())
-    assert res["name"] == recipe.stem and res["step"] == steps
-    assert res["input"] == ("text" if not recipe.stem.startswith("hier_") else
+    assert res["name"] == "_".join([c.split("=")[1] for c in choices] + [recipe])
+    assert res["step"] == steps
+    assert res["input"] == ("text" if cfg.input.mode == "text" else
                             f"hierarchical ({cfg.input.event_encoder})")
     assert len(res["tasks"]) == (14 if on_movielens else 9)
     assert 0 <= res["metrics"]["eval/avg_auc"] <= 1
@@ -89,12 +96,12 @@ def test_metrics_reach_csv_and_offline_wandb(world, tmp_path, monkeypatch):
     assert {"mask", "data", "trainer"} <= config_keys
 
 
-@pytest.mark.parametrize("recipe", ["causal", "hier_causal"])
-def test_eval_and_embed_from_a_checkpoint(recipe, world, tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("input", ["text", "hierarchical"])
+def test_eval_and_embed_from_a_checkpoint(input, world, tmp_path, monkeypatch, capsys):
     """``eval`` and ``embed`` read the checkpoint as its run did, whatever the input mode:
     the same probe AUC as the run's own evaluation, and the same embeddings."""
     monkeypatch.setenv("WANDB_MODE", "disabled")
-    cfg = load_config(EXPERIMENTS_DIR / f"{recipe}.yaml", tiny(world, tmp_path))
+    cfg = load_config("causal", [f"input={input}", *tiny(world, tmp_path)])
     result = fit(cfg)
     ckpt = result.run_dir / "checkpoints" / "last.ckpt"
     assert main(["eval", str(ckpt), "--json", str(tmp_path / "all.json")]) == 0

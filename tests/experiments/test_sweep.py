@@ -99,13 +99,14 @@ def test_command_macros_expand_as_the_agent_does():
 
 
 def test_fit_takes_recipe_names_and_hyphenated_args(tmp_path):
-    path, overrides = recipe_and_overrides(["recipe=ggsm", "seed=2", "--trainer.max_steps=5"])
-    assert path == EXPERIMENTS_DIR / "ggsm.yaml" and overrides == ["seed=2", "trainer.max_steps=5"]
-    assert recipe_and_overrides(["experiments/causal.yaml", "a=1"])[0].name == "causal.yaml"
-    assert recipe_and_overrides(["movielens_ggsm"])[0] == EXPERIMENTS_DIR / "movielens_ggsm.yaml"
+    recipe, overrides = recipe_and_overrides(["recipe=ggsm", "seed=2", "--trainer.max_steps=5"])
+    assert recipe == "ggsm" and overrides == ["seed=2", "trainer.max_steps=5"]
+    assert recipe_and_overrides(["experiments/causal.yaml", "a=1"])[0] == "experiments/causal.yaml"
+    assert recipe_and_overrides(["mask=ggsm", "data=movielens"]) == (
+        None, ["mask=ggsm", "data=movielens"])
     from maskstudy.experiments.config import ConfigError
-    with pytest.raises(ConfigError, match="expected one recipe"):
-        recipe_and_overrides(["seed=1"])
+    with pytest.raises(ConfigError, match="expected at most one recipe"):
+        recipe_and_overrides(["causal", "recipe=ggsm"])
 
 
 # --- running, resuming ----------------------------------------------------------------------
@@ -167,7 +168,7 @@ def fabricate(root, name, seed, aucs, scores=None, labels=None, test=None, learn
     tasks = {f"t{k}": {"auc": a, "ks": a / 2} for k, a in enumerate(aucs)}
     domains = {"t0": "d1", "t1": "d1", "t2": "d2"}
     metrics = {"eval/avg_auc": float(np.mean(aucs)), "eval/avg_ks": float(np.mean(aucs)) / 2}
-    results = {"name": name, "seed": seed, "tasks": tasks, "metrics": metrics,
+    results = {"name": name, "seed": seed, "input": "text", "tasks": tasks, "metrics": metrics,
                "domains": domains}
     if learning is not None:
         results["learning"] = learning
@@ -273,8 +274,8 @@ def test_untrained_references_are_kept_per_input(tmp_path):
     """Text and hierarchical runs carry different untrained references; the report shows both."""
     ref = {"tasks": {f"t{k}": {"auc": 0.6, "ks": 0.3} for k in range(3)},
            "metrics": {"eval/avg_auc": 0.6, "eval/avg_ks": 0.3}}
-    for name, source, value in (("causal", "text", 0.6), ("hier_causal", "hierarchical (learned)",
-                                                          0.75)):
+    for name, source, value in (("causal", "text", 0.6),
+                                ("hierarchical_causal", "hierarchical (learned)", 0.75)):
         run = fabricate(tmp_path, name, 0, [0.7, 0.7, 0.7])
         res = json.loads((run / "results.json").read_text())
         untrained = json.loads(json.dumps(ref))
@@ -291,17 +292,9 @@ def test_untrained_references_are_kept_per_input(tmp_path):
     gains = {g["recipe"]: g for g in json.loads(
         (tmp_path / "report" / "report.json").read_text())["against_untrained"]}
     assert gains["causal"]["diff"] == pytest.approx(0.1)
-    assert gains["hier_causal"]["diff"] == pytest.approx(-0.05)
-    assert gains["hier_causal"]["reference"].startswith("untrained backbone, hierarchical")
+    assert gains["hierarchical_causal"]["diff"] == pytest.approx(-0.05)
+    assert gains["hierarchical_causal"]["reference"].startswith("untrained backbone, hierarchical")
     assert "## Against the untrained model (average AUC)" in md
-    # Runs written before results named their input: read from their config.yaml.
-    run = tmp_path / "hier_causal" / "s0"
-    res = json.loads((run / "results.json").read_text())
-    del res["input"]
-    (run / "results.json").write_text(json.dumps(res))
-    (run / "config.yaml").write_text("input:\n  mode: hierarchical\n  event_encoder: text\n")
-    assert "untrained backbone, hierarchical (text) input (reference)" in references(
-        collect(tmp_path))
 
 
 # --- the dashboard --------------------------------------------------------------------------
