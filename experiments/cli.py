@@ -103,6 +103,18 @@ def _fit(args: argparse.Namespace) -> int:
 
 
 @_config_error
+def _config(args: argparse.Namespace) -> int:
+    from maskstudy.experiments.config import group_options, load_config, to_yaml, GROUPS
+
+    if args.groups:
+        for group in GROUPS:
+            print(f"{group}: {' '.join(group_options(group))}")
+        return 0
+    print(to_yaml(load_config(*recipe_and_overrides([args.config, *args.overrides]))), end="")
+    return 0
+
+
+@_config_error
 def _pretrain(args: argparse.Namespace) -> int:
     import logging
 
@@ -300,6 +312,15 @@ def build_parser() -> argparse.ArgumentParser:
                           "recipe=hybrid); none: the groups' choices alone")
     fit.add_argument("overrides", nargs="*", help="group=option choices and key=value overrides")
     fit.set_defaults(func=_fit)
+
+    conf = commands.add_parser(
+        "config", help="print the composed config of a recipe, choices and overrides",
+        description="Compose and check a config as fit would, and print it as YAML (what the "
+                    "run's config.yaml will hold); --groups lists every group's options.")
+    conf.add_argument("config", metavar="RECIPE", nargs="?", help="a recipe file or name")
+    conf.add_argument("overrides", nargs="*", help="group=option choices and key=value overrides")
+    conf.add_argument("--groups", action="store_true", help="list the options of each group")
+    conf.set_defaults(func=_config)
 
     pre = commands.add_parser(
         "pretrain", help="pre-train (or find cached) the backbone a recipe starts from",

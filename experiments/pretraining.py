@@ -22,6 +22,7 @@ import json
 import logging
 import time
 from pathlib import Path
+from typing import Callable
 
 import lightning as L
 import torch
@@ -74,11 +75,13 @@ def _locked(path: Path):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def pretrained_backbone(cfg: ExperimentConfig,
-                        tokenizer: Path | None = None) -> PretrainedBackbone | None:
+def pretrained_backbone(cfg: ExperimentConfig, tokenizer: Path | None = None, *,
+                        on_step: Callable[[int, int], None] | None = None
+                        ) -> PretrainedBackbone | None:
     """The pre-trained backbone (cached), or None without pre-training.
     ``tokenizer``: the run's tokenizer file, when its data module already found it (else the
-    text data module is set up to find it)."""
+    text data module is set up to find it). ``on_step(step, steps)``: called after every
+    pre-training step, when this call pre-trains."""
     if cfg.pretrain.steps == 0:
         return None
     dm = None
@@ -100,7 +103,7 @@ def pretrained_backbone(cfg: ExperimentConfig,
         L.seed_everything(cfg.pretrain.seed, verbose=False)
         backbone = build_backbone(cfg.backbone, dm.vocab_size)
         losses = pretrain_backbone(backbone, iter(dm.train_dataloader()), cfg.pretrain,
-                                   dm.vocab_size)
+                                   dm.vocab_size, on_step=on_step)
         state = {k: v.detach().cpu() for k, v in backbone.state_dict().items()}
         torch.save({"state_dict": state, "losses": losses,
                     "seconds": time.perf_counter() - start}, path.with_suffix(".tmp"))

@@ -43,6 +43,7 @@ from maskstudy.lightning_modules.module import ContrastiveMaskingModule, MaskCon
 
 from .config import ExperimentConfig, cache_dir, resolve_precision, to_dict, to_yaml
 from .pretraining import PretrainedBackbone, load_pretrained, pretrained_backbone
+from .progress import ProgressFile, TrainingProgress
 
 log = logging.getLogger(__name__)
 
@@ -368,21 +369,26 @@ def fit(cfg: ExperimentConfig, *, resume: str | Path | None = None,
     else:
         run_dir = shared_run_dir(cfg)
     rank_zero = rank_zero_only.rank == 0
+    progress = ProgressFile(run_dir) if rank_zero else None
     if rank_zero:  # fully resolved, with the group choices it was composed from
         (run_dir / "config.yaml").write_text(to_yaml(cfg))
+        progress.update("setup")
     L.seed_everything(cfg.seed, verbose=False)
     train_dm, probe_dm = build_datamodules(cfg)
     if rank_zero:
         shutil.copy(train_dm.tokenizer_path, run_dir / "tokenizer.json")
     source = ProbeSourceAdapter(probe_dm, suite_of(list(cfg.eval.tasks)))
     # rank 0 computes and caches the backbone and the references; the other ranks read them
-    backbone = pretrained_backbone(cfg, train_dm.tokenizer_path) if rank_zero else None
+    backbone = (pretrained_backbone(cfg, train_dm.tokenizer_path,
+                                    on_step=lambda k, n: progress.update("pretrain", k, n))
+                if rank_zero else None)
     _barrier()
     if not rank_zero:
         backbone = pretrained_backbone(cfg, train_dm.tokenizer_path)
     refs = {}
     if cfg.eval.references:
         if rank_zero:
+            progress.update("references")
             refs = reference_rows(cfg, probe_dm, source, train_dm.vocab_size, backbone)
         _barrier()
         if not rank_zero:
@@ -405,6 +411,8 @@ def fit(cfg: ExperimentConfig, *, resume: str | Path | None = None,
                              trained=max_steps > 0)
     callbacks = [detector, learning, probe_cb,
                  *schedule_callbacks(cfg, module.mask, run_dir / "plots"), *(callbacks or [])]
+    if rank_zero:
+        callbacks.append(TrainingProgress(progress))
     if cfg.logging.sample_tables:
         callbacks.append(SampleTable(train_dm.template.tok))
     checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0,
@@ -431,6 +439,8 @@ def fit(cfg: ExperimentConfig, *, resume: str | Path | None = None,
         raise
     train_seconds = time.perf_counter() - start
     if max_steps == 0:  # the untrained model: Lightning runs no training hooks at all
+        if rank_zero:
+            progress.update("eval")
         learning.summary = learning.check(module)
         probe_cb.on_train_end(trainer, module)
     # last.ckpt is the final model even when max_steps is not a multiple of the interval.
@@ -445,6 +455,7 @@ def fit(cfg: ExperimentConfig, *, resume: str | Path | None = None,
     (run_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     _plots(run_dir, results)
     _finish_wandb()
+    progress.update("done")
     return RunResult(run_dir, results)
 
 

@@ -32,12 +32,14 @@ import shlex
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import yaml
+
+from .progress import PRINT_EVERY, eta_seconds, minutes, read_progress
 
 METHODS = ("grid", "random")
 MACROS = ("${env}", "${interpreter}", "${program}", "${args}", "${args_no_hyphens}",
@@ -199,8 +201,9 @@ class PointRun:
     id: str
     dir: Path
     command: list[str]
-    status: str = "pending"  # pending | skipped (already finished) | done | failed
+    status: str = "pending"  # pending | running | skipped (already finished) | done | failed
     seconds: float = 0.0
+    started: float = 0.0  # time.time() when it started running
 
 
 def plan(sweep: Sweep, out: Path) -> list[PointRun]:
@@ -219,6 +222,7 @@ def plan(sweep: Sweep, out: Path) -> list[PointRun]:
 
 
 def _execute(run: PointRun, workers: int = 1) -> PointRun:
+    run.status, run.started = "running", time.time()
     run.dir.mkdir(parents=True, exist_ok=True)
     (run.dir / "point.json").write_text(json.dumps(
         {"id": run.id, "parameters": run.point, "command": run.command}, indent=2) + "\n")
@@ -279,8 +283,51 @@ def run_sweep(path: str | Path, out: str | Path | None = None, *, workers: int =
         return runs
     out.mkdir(parents=True, exist_ok=True)
     _write_state(sweep, out, runs)
+    start = time.time()
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        for r in pool.map(lambda r: _execute(r, workers), todo):
-            echo(f"  {r.id}  {r.status} in {r.seconds:.0f}s ({r.dir / 'log.txt'})")
-            _write_state(sweep, out, runs)
+        waiting = {pool.submit(_execute, r, workers) for r in todo}
+        while waiting:
+            finished, waiting = wait(waiting, timeout=PRINT_EVERY, return_when=FIRST_COMPLETED)
+            for future in finished:
+                r = future.result()
+                echo(f"  {r.id}  {r.status} in {r.seconds:.0f}s ({r.dir / 'log.txt'})")
+                _write_state(sweep, out, runs)
+            if waiting:
+                echo(status_line(todo, start, workers))
     return runs
+
+
+def _label(point: dict) -> str:
+    """A point's short name: its recipe and group choices, then its seed."""
+    parts = [str(point[k]) for k in ("recipe", "data", "input", "mask") if k in point]
+    return "/".join(parts or [point_id(point)]) + (f" s{point['seed']}" if "seed" in point else "")
+
+
+def status_line(runs: list[PointRun], start: float, workers: int) -> str:
+    """One line on a sweep in progress: counts, each running point's stage, step and ETA,
+    elapsed and remaining time (from the points finished so far, else the running ones'
+    ETAs)."""
+    now = time.time()
+    done = [r for r in runs if r.status in ("done", "failed")]
+    running = [r for r in runs if r.status == "running"]
+    pending = [r for r in runs if r.status == "pending"]
+    parts, etas = [], []
+    for r in running:
+        p = read_progress(r.dir)
+        if p is None:
+            parts.append(f"{_label(r.point)} starting")
+            continue
+        eta = eta_seconds(p, now)
+        etas.append(eta)
+        steps = f" {p['step']}/{p['steps']}" if p.get("steps") else ""
+        parts.append(f"{_label(r.point)} {p['stage']}{steps} (ETA {minutes(eta)})")
+    if done:
+        per_point = sum(r.seconds for r in done) / len(done)
+        remaining = per_point * (len(pending) + 0.5 * len(running)) / max(1, workers)
+    elif etas and all(e is not None for e in etas) and not pending:
+        remaining = max(etas)
+    else:
+        remaining = None
+    return (f"[{minutes(now - start)} elapsed, ~{minutes(remaining)} left] {len(done)} done, "
+            f"{len(running)} running, {len(pending)} pending" +
+            (": " + "; ".join(parts) if parts else ""))

@@ -180,19 +180,22 @@ class ContrastiveMaskingModule(L.LightningModule):
     def _loss(self, batch: dict) -> LossOutput:
         return self._loss_and_users(batch)[0]
 
-    def _loss_and_users(self, batch: dict) -> tuple[LossOutput, torch.Tensor]:
-        """(loss output, user embeddings)."""
+    def _loss_and_users(self, batch: dict, gather: bool | None = None
+                        ) -> tuple[LossOutput, torch.Tensor]:
+        """(loss output, user embeddings); ``gather``: negatives from every DDP rank (None:
+        ``loss.gather``)."""
         users, answers, hidden = self(batch)
         self.last_user_hidden = hidden  # callbacks (GG-SM) read its gradient
         cfg = self.config.loss
         out = contrastive_loss(users, answers, temperature=cfg.temperature, margin=cfg.margin,
-                               gather=cfg.gather)
+                               gather=cfg.gather if gather is None else gather)
         return out, users
 
-    def chance_levels(self, batch_size: int) -> dict[str, float]:
+    def chance_levels(self, batch_size: int, gather: bool | None = None) -> dict[str, float]:
         """Reference lines: what the learning metrics read for an encoder that learned nothing
         (``batch_size`` local; the loss's negatives span every rank when gathered)."""
-        world = self.trainer.world_size if self._trainer is not None and self.config.loss.gather else 1
+        gather = self.config.loss.gather if gather is None else gather
+        world = self.trainer.world_size if self._trainer is not None and gather else 1
         return {"loss_chance": loss_chance(batch_size * world),
                 "retrieval_chance": retrieval_chance(batch_size),
                 "spread_isotropic": isotropic_spread(self.config.encoder.projector_out)}
@@ -306,7 +309,9 @@ class ContrastiveMaskingModule(L.LightningModule):
     def measure_learning(self, batches, max_batches: int | None = None) -> dict[str, float]:
         """The learning metrics of the current model over ``batches`` (contrastive batches,
         the first ``max_batches``): batch means of the loss, its kept chance, similarities and
-        retrieval accuracy with its chance, and spread and effective rank over all users."""
+        retrieval accuracy with its chance, and spread and effective rank over all users.
+        Negatives stay within each batch of this process (no DDP gather), so ranks holding
+        different numbers of batches never wait on each other."""
         was_training = self.training
         self.eval()
         sums: dict[str, float] = {}
@@ -317,11 +322,11 @@ class ContrastiveMaskingModule(L.LightningModule):
                     break
                 batch = {key: v.to(self.device) if torch.is_tensor(v) else v
                          for key, v in batch.items()}
-                out, u = self._loss_and_users(batch)
+                out, u = self._loss_and_users(batch, gather=False)
                 values = {"loss": out.loss, "kept_chance": out.kept_chance,
                           "pos_sim": out.pos_sim, "neg_sim": out.neg_sim,
                           "retrieval_acc": out.retrieval_acc,
-                          **self.chance_levels(len(u))}
+                          **self.chance_levels(len(u), gather=False)}
                 for key, v in values.items():
                     sums[key] = sums.get(key, 0.0) + float(v)
                 users.append(u.float())

@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import itertools
 import logging
+import time
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
@@ -68,10 +69,13 @@ def next_token_loss(backbone: nn.Module, head: nn.Module, input_ids: torch.Tenso
 
 
 def pretrain_backbone(backbone: nn.Module, batches: Iterable[dict], cfg: PretrainConfig,
-                      vocab_size: int, every: int = 50) -> list[float]:
+                      vocab_size: int, *, log_every: float = 20.0,
+                      on_step: Callable[[int, int], None] | None = None) -> list[float]:
     """Trains ``backbone`` in place for ``cfg.steps`` steps on the user sequences and answers
     of contrastive batches (``user_input_ids``, ``answer_input_ids`` and their masks), the two
-    losses averaged per step. Returns the loss per step."""
+    losses averaged per step. Logs the loss at the first and last step and at least every
+    ``log_every`` seconds; ``on_step(step, steps)`` follows every step. Returns the loss per
+    step."""
     head = nn.Linear(hidden_size(backbone), vocab_size, bias=False)
     params = [p for p in backbone.parameters() if p.requires_grad] + list(head.parameters())
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.01)
@@ -80,6 +84,7 @@ def pretrain_backbone(backbone: nn.Module, batches: Iterable[dict], cfg: Pretrai
                                               cfg.min_lr_ratio))
     backbone.train()
     losses = []
+    start = last_log = time.monotonic()
     for step, batch in enumerate(itertools.islice(batches, cfg.steps)):
         loss = (next_token_loss(backbone, head, batch["user_input_ids"],
                                 batch["user_attention_mask"])
@@ -91,8 +96,14 @@ def pretrain_backbone(backbone: nn.Module, batches: Iterable[dict], cfg: Pretrai
         optimizer.step()
         schedule.step()
         losses.append(loss.item())
-        if step % every == 0 or step == cfg.steps - 1:
-            log.info("pretrain step %d/%d: next-token loss %.3f", step + 1, cfg.steps, losses[-1])
+        if on_step is not None:
+            on_step(step + 1, cfg.steps)
+        now = time.monotonic()
+        if step == 0 or step == cfg.steps - 1 or now - last_log >= log_every:
+            last_log = now
+            left = (now - start) / (step + 1) * (cfg.steps - step - 1)
+            log.info("pretrain step %d/%d: next-token loss %.3f (%.0fs left)", step + 1,
+                     cfg.steps, losses[-1], left)
     if len(losses) < cfg.steps:
         raise ValueError(f"pre-training ran out of batches after {len(losses)} of "
                          f"{cfg.steps} steps")

@@ -51,6 +51,8 @@ def test_every_experiment_runs(recipe, choices, request, tmp_path, monkeypatch):
     assert res["input"] == ("text" if cfg.input.mode == "text" else
                             f"hierarchical ({cfg.input.event_encoder})")
     assert len(res["tasks"]) == (14 if on_movielens else 9)
+    progress = json.loads((run / "progress.json").read_text())
+    assert progress["stage"] == "done"
     assert 0 <= res["metrics"]["eval/avg_auc"] <= 1
     assert set(res["references"]) == {"untrained", "bag_of_events"}
     check = res["learning"]  # every run is measured on the validation pairs at its end

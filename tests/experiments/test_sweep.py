@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -15,8 +16,9 @@ from maskstudy.experiments.report import (
     aa_false_positive_rate, bootstrap_difference, collect, detectable_effect, loss_spikes,
     references, report, resampled_auc, seed_interval, seeds_needed,
 )
+from maskstudy.experiments.progress import ProgressFile
 from maskstudy.experiments.sweep import (
-    SweepError, expand, load_sweep, point_id, render_command, run_sweep,
+    PointRun, SweepError, expand, load_sweep, point_id, render_command, run_sweep, status_line,
 )
 from tests.helpers import tiny
 
@@ -128,9 +130,14 @@ def test_sweep_runs_points_and_resumes_without_rerunning(world, tmp_path, monkey
     done.mkdir(parents=True)
     (done / "results.json").write_text(json.dumps({"name": "causal", "seed": 0}))
     lines = []
+    monkeypatch.setattr("maskstudy.experiments.sweep.PRINT_EVERY", 0.5)
     runs = run_sweep(path, out, overrides=overrides, echo=lines.append)
     assert [r.status for r in runs] == ["skipped", "done"]
     assert "2 points, 1 finished, 1 to run" in lines[0]
+    # while the point ran, a status line every PRINT_EVERY seconds said where it was
+    status = [line for line in lines if line.startswith("[")]
+    assert status and all("0 done, 1 running, 0 pending" in line for line in status)
+    assert any("hybrid s0 train " in line or "hybrid s0 eval" in line for line in status), status
     hybrid = runs[1]
     (run_dir,) = [p.parent for p in hybrid.dir.glob("hybrid/*/results.json")]
     res = json.loads((run_dir / "results.json").read_text())
@@ -142,6 +149,21 @@ def test_sweep_runs_points_and_resumes_without_rerunning(world, tmp_path, monkey
     # nothing left to do: a rerun starts no process
     again = run_sweep(path, out, overrides=overrides, echo=lambda *_: None)
     assert [r.status for r in again] == ["skipped", "skipped"]
+
+
+def test_status_line_counts_points_and_reads_their_progress(tmp_path):
+    runs = [PointRun({"recipe": r, "seed": 0}, r, tmp_path / r, []) for r in ("a", "b", "c", "d")]
+    runs[0].status, runs[0].seconds = "done", 100.0
+    runs[1].status = runs[2].status = "running"
+    now = time.time()
+    progress = ProgressFile(tmp_path / "b" / "b" / "t0")
+    progress.path.parent.mkdir(parents=True)
+    progress.update("train", 0, 100)
+    progress.started = now - 50
+    progress.update("train", 50, 100)  # half-way after 50 s: 50 s to go
+    line = status_line(runs, start=now - 150, workers=2)
+    assert line.startswith("[2.5m elapsed, ~1.7m left] 1 done, 2 running, 1 pending")
+    assert "b s0 train 50/100 (ETA 50s)" in line and "c s0 starting" in line
 
 
 def test_a_failing_point_is_reported_and_retried(tmp_path, capsys):
