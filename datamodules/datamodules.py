@@ -386,6 +386,3 @@ class ProbeDataModule(UserDataModule):
                             cycle=False, shuffle=False, seed=self.cfg.seed,
                             rank_sharded=not all_ranks)
         return self._loader(stream, self.cfg.eval_batch_size, self.collator.probe)
-
-    def predict_dataloader(self) -> DataLoader:
-        return self.probe_dataloader()

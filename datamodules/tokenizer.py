@@ -40,6 +40,11 @@ class SpecialIds:
     open: dict[str, int]
     close: dict[str, int]
 
+    def all(self) -> list[int]:
+        """Every special token id the template writes, sorted (the rows a pretrained
+        backbone's embedding never learned)."""
+        return sorted({self.pad, self.eos, self.user, *self.open.values(), *self.close.values()})
+
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int = 4096,
                     segments: tuple[str, ...] = SEGMENTS) -> Tokenizer:

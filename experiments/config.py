@@ -173,10 +173,13 @@ class ExperimentConfig:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
     def __post_init__(self) -> None:
-        # Values that follow others unless set: the data's seed is the run's, and the LR
-        # decay and the mask ramp end where training ends.
+        # Values that follow others unless set: the data's seed is the run's, a pretrained
+        # backbone reads its own tokenizer, and the LR decay and the mask ramp end where
+        # training ends.
         if self.data.seed is None:
             self.data.seed = self.seed
+        if self.data.tokenizer is None and self.backbone.name_or_path is not None:
+            self.data.tokenizer = self.backbone.name_or_path  # a pretrained model's own
         if self.optim.total_steps is None:
             self.optim.total_steps = self.trainer.max_steps
         if self.schedule.total_steps is None:

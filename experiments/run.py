@@ -15,7 +15,6 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 import time
 import warnings
 from dataclasses import dataclass
@@ -35,6 +34,7 @@ from maskstudy.callbacks.mask_schedule import (
 )
 from maskstudy.datamodules import baseline
 from maskstudy.datamodules.schema import dataset_files
+from maskstudy.datamodules.tokenizer import save_tokenizer
 from maskstudy.datamodules.datamodules import (
     ContrastiveDataModule, ProbeDataModule, UserDataModule,
 )
@@ -375,8 +375,8 @@ def fit(cfg: ExperimentConfig, *, resume: str | Path | None = None,
         progress.update("setup")
     L.seed_everything(cfg.seed, verbose=False)
     train_dm, probe_dm = build_datamodules(cfg)
-    if rank_zero:
-        shutil.copy(train_dm.tokenizer_path, run_dir / "tokenizer.json")
+    if rank_zero:  # as loaded: a pretrained model's tokenizer with the template's tokens added
+        save_tokenizer(train_dm.template.tok, run_dir / "tokenizer.json")
     source = ProbeSourceAdapter(probe_dm, suite_of(list(cfg.eval.tasks)))
     # rank 0 computes and caches the backbone and the references; the other ranks read them
     backbone = (pretrained_backbone(cfg, train_dm.tokenizer_path,
@@ -394,7 +394,8 @@ def fit(cfg: ExperimentConfig, *, resume: str | Path | None = None,
         if not rank_zero:
             refs = reference_rows(cfg, probe_dm, source, train_dm.vocab_size, backbone)
     L.seed_everything(cfg.seed, verbose=False)
-    module = ContrastiveMaskingModule(cfg.module_config(), vocab_size=train_dm.vocab_size)
+    module = ContrastiveMaskingModule(cfg.module_config(), vocab_size=train_dm.vocab_size,
+                                      special_token_ids=train_dm.template.ids.all())
     if resume is None:
         load_pretrained(module, backbone)
     if cfg.trainer.compile:
@@ -524,7 +525,8 @@ def load_run(checkpoint: str | Path) -> tuple[ExperimentConfig, ContrastiveMaski
     state = checkpoint_state(checkpoint)  # weights_only=True
     check_same_model(cfg, checkpoint, state)
     hp = state["hyper_parameters"]
-    module = ContrastiveMaskingModule(hp["config"], vocab_size=hp["vocab_size"])
+    module = ContrastiveMaskingModule(hp["config"], vocab_size=hp["vocab_size"],
+                                      special_token_ids=hp["special_token_ids"])
     module.load_state_dict(state["state_dict"])
     if (run_dir / "tokenizer.json").exists():
         cfg.data.tokenizer = str(run_dir / "tokenizer.json")

@@ -11,6 +11,7 @@ never needs vocabulary logits.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Sequence
 
 from torch import nn
 from transformers import AutoModel, Qwen2Config
@@ -61,8 +62,11 @@ def tiny_qwen2_config(cfg: BackboneConfig, vocab_size: int) -> Qwen2Config:
     )
 
 
-def build_backbone(cfg: BackboneConfig, vocab_size: int) -> nn.Module:
-    """The base decoder (``AutoModel``), wired to maskstudy's attention implementation."""
+def build_backbone(cfg: BackboneConfig, vocab_size: int,
+                   special_token_ids: Sequence[int] = ()) -> nn.Module:
+    """The base decoder (``AutoModel``), wired to maskstudy's attention implementation.
+    ``special_token_ids``: the template's special tokens, whose embedding rows stay trainable
+    under LoRA (a pretrained model never learned them)."""
     attn = implementation(cfg.attention)
     if cfg.name_or_path is None:
         model = AutoModel.from_config(tiny_qwen2_config(cfg, vocab_size), attn_implementation=attn)
@@ -79,17 +83,20 @@ def build_backbone(cfg: BackboneConfig, vocab_size: int) -> nn.Module:
         else:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
     if cfg.lora.enabled:
-        model = _with_lora(model, cfg.lora)
+        model = _with_lora(model, cfg.lora, special_token_ids)
     return model
 
 
-def _with_lora(model: nn.Module, cfg: LoraConfig) -> nn.Module:
+def _with_lora(model: nn.Module, cfg: LoraConfig, special_token_ids: Sequence[int]) -> nn.Module:
+    """LoRA adapters on ``cfg.targets``; the rows of ``special_token_ids`` in the input
+    embedding train too (peft's trainable tokens), every other weight is frozen."""
     try:
         import peft
     except ImportError as e:
         raise ImportError("backbone.lora.enabled needs peft: pip install 'maskstudy[lora]'") from e
+    tokens = {"trainable_token_indices": list(special_token_ids)} if special_token_ids else {}
     config = peft.LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
-                             target_modules=list(cfg.targets), bias="none")
+                             target_modules=list(cfg.targets), bias="none", **tokens)
     return peft.get_peft_model(model, config)
 
 

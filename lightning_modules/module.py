@@ -145,13 +145,15 @@ def _from_dict(cls, data):
 
 
 class ContrastiveMaskingModule(L.LightningModule):
-    def __init__(self, config: ModuleConfig | dict | None = None, vocab_size: int = 4096):
+    def __init__(self, config: ModuleConfig | dict | None = None, vocab_size: int = 4096,
+                 special_token_ids: list[int] | tuple[int, ...] = ()):
         super().__init__()
         if isinstance(config, dict):
             config = _from_dict(ModuleConfig, config)
         self.config = config = config or ModuleConfig()
-        self.save_hyperparameters({"config": asdict(config), "vocab_size": vocab_size})
-        backbone = build_backbone(config.backbone, vocab_size)
+        self.save_hyperparameters({"config": asdict(config), "vocab_size": vocab_size,
+                                   "special_token_ids": list(special_token_ids)})
+        backbone = build_backbone(config.backbone, vocab_size, special_token_ids)
         sizes = {"hidden_size": hidden_size(backbone), "layers": num_layers(backbone)}
         mask = build_mask(config.mask.name, config.mask.options, target=config.mask.target,
                           **sizes)

@@ -82,6 +82,14 @@ def test_a_users_config_directory_adds_groups_and_recipes(tmp_path, monkeypatch,
     assert "wide_soft" in group_options("mask") and "ggsm" in group_options("mask")
 
 
+def test_a_pretrained_backbone_reads_its_own_tokenizer_unless_told(data_ok, tmp_path):
+    pretrained = [*data_ok, f"backbone.name_or_path={tmp_path}", "pretrain.steps=0"]
+    assert load_config("causal", pretrained).data.tokenizer == str(tmp_path)
+    chosen = load_config("causal", [*pretrained, f"data.tokenizer={tmp_path / 't.json'}"])
+    assert chosen.data.tokenizer == str(tmp_path / "t.json")
+    assert load_config("causal", data_ok).data.tokenizer is None  # the dataset's own BPE
+
+
 def test_python_built_configs_run_the_same_experiment(data_ok):
     """The defaults have one owner: a section built in Python equals the composed one."""
     composed = load_config(None, data_ok)

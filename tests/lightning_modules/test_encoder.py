@@ -126,6 +126,29 @@ def test_lora_trains_only_adapters():
                for n, p in model.named_parameters() if "lora_B" in n or "lora_A" in n)
 
 
+def test_lora_trains_the_template_tokens_rows_and_nothing_else_of_the_embedding():
+    """A pretrained model never learned the template's special tokens: under LoRA their
+    embedding rows train (peft's trainable tokens), every other row stays as it was."""
+    pytest.importorskip("peft")
+    cfg = BackboneConfig(hidden_size=32, layers=2, heads=4, kv_heads=2, intermediate_size=64,
+                         lora=LoraConfig(enabled=True, r=4, alpha=8))
+    special = [5, 7]
+    model = build_backbone(cfg, vocab_size=VOCAB, special_token_ids=special)
+    embed = model.get_input_embeddings()
+    probe_ids = torch.tensor([5, 7, 9, 11])
+    before = embed(probe_ids).detach().clone()
+    enc = ContrastiveEncoder(model, HybridMask(), hidden_size=32, projector_dims=(16, 8))
+    params = [p for p in enc.parameters() if p.requires_grad]
+    ids = torch.tensor([[5, 9, 7, 11, 3], [7, 11, 9, 5, 3]])
+    users, _ = enc.encode_users(ids, MASK, SEG)
+    users.sum().backward()
+    torch.optim.SGD(params, lr=1.0).step()
+    after = embed(probe_ids).detach()
+    assert not torch.allclose(after[:2], before[:2])  # the special tokens' rows moved ...
+    torch.testing.assert_close(after[2:], before[2:])  # ... no other row did
+
+
+
 def test_gradient_checkpointing_gives_the_same_gradients():
     grads = []
     for checkpointing in (False, True):
