@@ -23,7 +23,6 @@ and ``dataloader()`` yielding batches with ``probe_index``.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -170,17 +169,16 @@ def save_predictions(path: Path, source: ProbeSource, test_scores: np.ndarray) -
 
 class LinearProbeEvaluation(L.Callback):
     """Evaluates at every ``every_n_steps`` optimiser steps (0: only at the end) and at the
-    end of training, on global rank 0; writes ``results.json`` into ``out_dir``."""
+    end of training, on global rank 0; the final evaluation's test scores go to
+    ``out_dir/predictions.npz``, its summary to :meth:`results`."""
 
     def __init__(self, source: ProbeSource, *, every_n_steps: int = 0, c: float = 1.0,
-                 out_dir: str | Path | None = None, extra_results: dict | None = None,
-                 representation: str = "projected"):
+                 out_dir: str | Path | None = None, representation: str = "projected"):
         self.source = source
         self.representation = representation
         self.every_n_steps = every_n_steps
         self.c = c
         self.out_dir = Path(out_dir) if out_dir else None
-        self.extra_results = extra_results or {}
         self.history: list[Evaluation] = []
 
     def _run(self, trainer: L.Trainer, module) -> Evaluation | None:
@@ -218,10 +216,13 @@ class LinearProbeEvaluation(L.Callback):
                 logger.log_table("eval/results", columns=["task", "auc", "ks", "domain"],
                                  data=rows, step=trainer.global_step)
         if self.out_dir is not None:
-            payload = {"step": result.step, "representation": result.representation,
-                       "metrics": result.metrics,
-                       "tasks": result.per_task, "eval_seconds": result.seconds,
-                       "history": [{"step": e.step, "avg_auc": e.metrics["eval/avg_auc"]}
-                                   for e in self.history], **self.extra_results}
-            (self.out_dir / "results.json").write_text(json.dumps(payload, indent=2) + "\n")
             save_predictions(self.out_dir / "predictions.npz", self.source, result.test_scores)
+
+    def results(self) -> dict:
+        """The final evaluation (the last one made): step, representation, metrics, per-task
+        AUC and KS, its seconds, and the average AUC of every evaluation by step."""
+        final = self.history[-1]
+        return {"step": final.step, "representation": final.representation,
+                "metrics": final.metrics, "tasks": final.per_task, "eval_seconds": final.seconds,
+                "history": [{"step": e.step, "avg_auc": e.metrics["eval/avg_auc"]}
+                            for e in self.history]}

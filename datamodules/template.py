@@ -21,7 +21,7 @@ budget is split evenly among the longer ones). Only the kept events are rendered
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 
 import numpy as np

@@ -63,7 +63,8 @@ def _config_error(fn):
     def wrapped(args: argparse.Namespace) -> int:
         from maskstudy.datamodules.schema import DataValidationError
         from maskstudy.experiments.config import ConfigError
-        from maskstudy.experiments.run import CheckpointError, OutOfMemory
+        from maskstudy.experiments.checkpoints import CheckpointError
+        from maskstudy.experiments.run import OutOfMemory
         from maskstudy.experiments.sweep import SweepError
         from maskstudy.lightning_modules.module import NonFiniteError
 
@@ -158,7 +159,8 @@ def recipe_and_overrides(items: list[str]) -> tuple[str | None, list[str]]:
 @_config_error
 def _resume(args: argparse.Namespace) -> int:
     from maskstudy.experiments.config import load_config
-    from maskstudy.experiments.run import fit, run_config_path
+    from maskstudy.experiments.checkpoints import run_config_path
+    from maskstudy.experiments.run import fit
 
     result = fit(load_config(run_config_path(args.checkpoint), args.overrides),
                  resume=args.checkpoint)

@@ -10,7 +10,8 @@ import pytest
 
 from maskstudy.callbacks.learning_check import CollapseDetector, LearningCheck, LearningConfig
 from maskstudy.experiments.config import EXPERIMENTS_DIR, ConfigError, load_config
-from maskstudy.experiments.run import build_datamodules, fit
+from maskstudy.experiments.data import build_datamodules
+from maskstudy.experiments.run import fit
 from maskstudy.lightning_modules.module import ContrastiveMaskingModule
 from tests.helpers import tiny
 

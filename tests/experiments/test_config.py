@@ -14,7 +14,6 @@ from maskstudy.experiments.config import (
     load_config, to_yaml,
 )
 from maskstudy.lightning_modules.module import OptimConfig
-from tests.helpers import write_tiny_text_encoder
 
 RECIPES = sorted(p for p in EXPERIMENTS_DIR.glob("*.yaml"))
 

@@ -13,7 +13,8 @@ import torch
 
 from maskstudy.experiments.cli import main
 from maskstudy.experiments.config import EXPERIMENTS_DIR, load_config
-from maskstudy.experiments.run import CheckpointError, fit
+from maskstudy.experiments.checkpoints import CheckpointError
+from maskstudy.experiments.run import fit
 from tests.helpers import tiny
 
 

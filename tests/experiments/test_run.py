@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from maskstudy.experiments.config import EXPERIMENTS_DIR, load_config
-from maskstudy.experiments.run import make_run_dir, wandb_mode
+from maskstudy.experiments.loggers import wandb_mode
+from maskstudy.experiments.rundir import make_run_dir
 from maskstudy.experiments.study import markdown_table
 
 

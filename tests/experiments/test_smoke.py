@@ -13,7 +13,9 @@ import pytest
 from maskstudy.experiments.cli import main
 from maskstudy.experiments.config import EXPERIMENTS_DIR, load_config
 from maskstudy.callbacks.linear_probe import embed_probe_users
-from maskstudy.experiments.run import ProbeSourceAdapter, build_datamodules, fit, load_run
+from maskstudy.experiments.checkpoints import load_run
+from maskstudy.experiments.data import ProbeSourceAdapter, build_datamodules
+from maskstudy.experiments.run import fit
 from tests.helpers import tiny, write_tiny_text_encoder
 from tests.wandb_records import history, records, wait_until_closed
 

@@ -1,0 +1,47 @@
+"""An experiment's data modules, and the probe's view of them."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from maskstudy.datamodules.datamodules import ContrastiveDataModule, ProbeDataModule
+
+from .config import ExperimentConfig
+
+
+class ProbeSourceAdapter:
+    """The linear-probe callback's view of a ProbeDataModule (callbacks never import data)."""
+
+    def __init__(self, dm: ProbeDataModule, suite: str):
+        self.dm = dm
+        self.task_names = dm.task_names
+        self.labels = dm.probe.labels
+        self.domains = {t.name: t.domain(suite) for t in dm.probe.tasks}
+
+    def test_mask(self, task: str) -> np.ndarray:
+        return self.dm.probe.test_mask(task)
+
+    def dataloader(self):
+        return self.dm.probe_dataloader(all_ranks=True)
+
+
+def suite_of(tasks: list[str]) -> str:
+    return "qanchor" if tasks == ["qanchor"] else "ggsm"
+
+
+def probe_datamodule(cfg: ExperimentConfig, template=None) -> ProbeDataModule:
+    """The probe users of ``cfg`` as its model reads them (``cfg.input``); ``template``: one
+    already validated and tokenised, shared with the training data module."""
+    shared = {"validate": False} if template is not None else {}
+    dm = ProbeDataModule(cfg.data, tasks=list(cfg.eval.tasks), input=cfg.input,
+                         test_fraction=cfg.eval.test_fraction, **shared)
+    if template is not None:
+        dm.template = template
+    dm.setup()
+    return dm
+
+
+def build_datamodules(cfg: ExperimentConfig) -> tuple[ContrastiveDataModule, ProbeDataModule]:
+    train_dm = ContrastiveDataModule(cfg.data, input=cfg.input)
+    train_dm.setup()
+    return train_dm, probe_datamodule(cfg, train_dm.template)

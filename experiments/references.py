@@ -1,0 +1,72 @@
+"""The reference rows every run is read against, computed once per dataset and cached in the
+cache directory: the untrained model (the backbone as pre-trained, probed without contrastive
+training) and the bag-of-events logistic regression."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+
+import lightning as L
+
+from maskstudy.callbacks.linear_probe import evaluate, scores, summarise
+from maskstudy.datamodules import baseline
+from maskstudy.datamodules.datamodules import ProbeDataModule
+from maskstudy.datamodules.schema import dataset_files
+from maskstudy.lightning_modules.module import ContrastiveMaskingModule, MaskConfig
+
+from .config import ExperimentConfig, cache_dir, to_dict
+from .data import ProbeSourceAdapter
+from .pretraining import PretrainedBackbone, load_pretrained
+
+
+def _cache_key(cfg: ExperimentConfig, kind: str,
+               backbone: PretrainedBackbone | None = None) -> str:
+    stat = [(f.name, f.stat().st_size, int(f.stat().st_mtime))
+            for f in dataset_files(cfg.data.path)]
+    d = cfg.data
+    parts = [kind, str(Path(d.path).resolve()), stat, d.probe_fraction, d.val_fraction,
+             d.split_seed, list(cfg.eval.tasks), cfg.eval.test_fraction, cfg.eval.c]
+    if kind == "untrained":
+        model = to_dict(cfg)
+        parts += [model["backbone"], model["encoder"], model["input"], d.max_tokens,
+                  d.probe_query, d.anchor, cfg.seed, d.caps, cfg.eval.representation]
+        if backbone is not None:  # the reference is that pre-trained backbone
+            parts.append(backbone.key)
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def reference_rows(cfg: ExperimentConfig, probe_dm: ProbeDataModule,
+                   source: ProbeSourceAdapter, vocab_size: int,
+                   backbone: PretrainedBackbone | None = None) -> dict[str, dict]:
+    """The untrained model (the backbone as pre-trained, no contrastive training; causal mask,
+    the run's seed) and the bag-of-events baseline, cached in the cache directory."""
+    cache = cache_dir(cfg)
+    cache.mkdir(parents=True, exist_ok=True)
+    rows = {}
+    for kind in ("untrained", "bag_of_events"):
+        path = cache / f"{kind}-{_cache_key(cfg, kind, backbone)}.json"
+        if path.exists():
+            rows[kind] = json.loads(path.read_text())
+            continue
+        start = time.perf_counter()
+        if kind == "untrained":
+            L.seed_everything(cfg.seed, verbose=False)
+            module_cfg = cfg.module_config()
+            module_cfg.mask = MaskConfig(name="causal")  # the decoder as it comes, every recipe alike
+            module = ContrastiveMaskingModule(module_cfg, vocab_size=vocab_size)
+            load_pretrained(module, backbone)
+            per_task = evaluate(module, source, cfg.eval.c,
+                                representation=cfg.eval.representation).per_task
+        else:
+            x = baseline.features(probe_dm.probe.history_table())
+            per_task = {}
+            for k, task in enumerate(source.task_names):
+                y, test = source.labels[:, k], source.test_mask(task)
+                per_task[task] = scores(y[test], baseline.fit_predict(x, y, test))
+        rows[kind] = {"tasks": per_task, "metrics": summarise(per_task, source.domains),
+                      "seconds": time.perf_counter() - start}
+        path.write_text(json.dumps(rows[kind], indent=2) + "\n")
+    return rows
