@@ -381,8 +381,10 @@ def build_parser() -> argparse.ArgumentParser:
         "sweep", help="run a W&B-format sweep file locally, resumably",
         description="Expand a sweep file (experiments/sweeps/*.yaml, W&B format: method grid "
                     "or random, parameters, command) and run each point as its own process, "
-                    "skipping points already finished, so an interrupted sweep resumes. The "
-                    "same file works with `wandb sweep` + `wandb agent`.")
+                    "skipping points already finished, so an interrupted sweep resumes; a "
+                    "status line every 30 s gives each running point's stage, step and ETA. "
+                    "Parameters may be recipes, group options (mask, data, input) and keys. "
+                    "The same file works with `wandb sweep` + `wandb agent`.")
     sweep.add_argument("file", help="e.g. experiments/sweeps/table2.yaml")
     sweep.add_argument("overrides", nargs="*", help="key=value added to every point")
     sweep.add_argument("--out", help="sweep directory (default runs/sweeps/<file stem>)")

@@ -2,8 +2,9 @@
 
 A sweep file (``experiments/sweeps/*.yaml``) holds ``program``, ``method`` (``grid`` or
 ``random``), ``metric``, ``parameters`` and ``command``, exactly as ``wandb sweep`` reads it.
-Parameters are recipe names (``recipe``) and config keys (``seed``, ``trainer.max_steps``, ...),
-which ``maskstudy fit`` takes as ``key=value``.
+Parameters are recipe names (``recipe``), group options (``mask``, ``data``, ``input``) and
+config keys (``seed``, ``trainer.max_steps``, ...), which ``maskstudy fit`` takes as
+``key=value``.
 
 ``maskstudy sweep FILE`` expands the same file locally: ``grid`` is the Cartesian product of
 every parameter's ``values`` (in file order, the last parameter varying fastest); ``random``
@@ -16,6 +17,10 @@ backbone and the reference rows are computed once) and ``logging.group`` (the sw
 W&B groups the sweep's runs). A point whose
 run directory holds a ``results.json`` is finished and skipped, so an interrupted sweep picks
 up where it stopped.
+
+While points run, a status line every ``PRINT_EVERY`` (30) seconds says how many are done,
+running and pending, where each running point is (its run's ``progress.json``: stage, step,
+ETA), the time elapsed and an estimate of the time left.
 
 Layout: ``<out>/sweep.json`` (the file, its id and every point's state) and
 ``<out>/points/<point id>/`` with ``point.json``, ``log.txt`` and the run directory.

@@ -313,15 +313,21 @@ class ContrastiveMaskingModule(L.LightningModule):
         the first ``max_batches``): batch means of the loss, its kept chance, similarities and
         retrieval accuracy with its chance, and spread and effective rank over all users.
         Negatives stay within each batch of this process (no DDP gather), so ranks holding
-        different numbers of batches never wait on each other."""
+        different numbers of batches never wait on each other; a batch smaller than the first
+        (the partial last one) is left out, so every measured batch has one chance level."""
         was_training = self.training
         self.eval()
         sums: dict[str, float] = {}
         users, n = [], 0
         try:
+            full = None
             for k, batch in enumerate(batches):
                 if max_batches is not None and k >= max_batches:
                     break
+                size = len(batch["user_input_ids"])
+                full = full or size
+                if size < full:  # a last, partial batch would have another chance level
+                    continue
                 batch = {key: v.to(self.device) if torch.is_tensor(v) else v
                          for key, v in batch.items()}
                 out, u = self._loss_and_users(batch, gather=False)

@@ -17,7 +17,8 @@ from maskstudy.datamodules.template import ANCHOR, PAD_SEGMENT
 @pytest.fixture(scope="module")
 def contrastive(world):
     dm = ContrastiveDataModule(path=str(world), batch_size=8, max_tokens=200,
-                               answer_max_tokens=40, shuffle_buffer=32)
+                               answer_max_tokens=40, shuffle_buffer=32, topics_per_user=2,
+                               num_workers=0)
     dm.setup()
     return dm
 

@@ -24,11 +24,12 @@ RECIPES = sorted(p.stem for p in EXPERIMENTS_DIR.glob("*.yaml"))
 EXPERIMENTS = [(r, ()) for r in RECIPES] + [
     ("untrained", ("data=movielens",)), ("ggsm", ("data=movielens",)),
     ("scheduler", ("input=hierarchical",)), ("hybrid_gq", ("input=hierarchical",)),
-    ("ggsm", ("input=hierarchical_text",))]
+    ("ggsm", ("input=hierarchical_text",)),
+    (None, ("mask=ggsm", "data=movielens", "input=hierarchical"))]  # the groups alone
 
 
 @pytest.mark.parametrize("recipe,choices", EXPERIMENTS,
-                         ids=lambda x: x if isinstance(x, str) else "-".join(x) or "defaults")
+                         ids=lambda x: x if isinstance(x, str) else "-".join(x or ()) or "-")
 def test_every_experiment_runs(recipe, choices, request, tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "disabled")
     on_movielens = "data=movielens" in choices
@@ -48,7 +49,11 @@ def test_every_experiment_runs(recipe, choices, request, tmp_path, monkeypatch):
                  "checkpoints/last.ckpt", "plots/loss.png", "plots/auc.png"):
         assert (run / name).exists(), name
     res = json.loads((run / "results.json").read_text())
-    assert res["name"] == "_".join([c.split("=")[1] for c in choices] + [recipe])
+    options = {c.split("=")[0]: c.split("=")[1] for c in choices}
+    named = [options[g] for g in ("data", "input") if g in options]
+    assert res["name"] == "_".join(named + [recipe or options["mask"]])
+    assert res["choices"] == cfg.choices and options.items() <= cfg.choices.items()
+    assert cfg.choices.get("recipe") == recipe
     assert res["step"] == steps
     assert res["input"] == ("text" if cfg.input.mode == "text" else
                             f"hierarchical ({cfg.input.event_encoder})")

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from maskstudy.experiments.cli import main, recipe_and_overrides
-from maskstudy.experiments.config import EXPERIMENTS_DIR
+from maskstudy.experiments.config import EXPERIMENTS_DIR, load_config
 from maskstudy.experiments.dashboard import SECTIONS, build_workspace, workspace_json
 from maskstudy.experiments.report import (
     aa_false_positive_rate, bootstrap_difference, collect, detectable_effect, loss_spikes,
@@ -46,6 +46,25 @@ def test_table2_lists_every_recipe_and_seed(capsys):
     out = capsys.readouterr().out
     assert "24 points, 0 finished, 24 to run" in out
     assert out.count("pending") == 24 and "first command: /usr/bin/env maskstudy fit" in out
+
+
+def test_a_sweep_crosses_group_options_without_a_recipe_per_combination(tmp_path, movielens):
+    """mask x data: every point is a command line of group choices that composes."""
+    path = write(tmp_path, "program: maskstudy\nmethod: grid\nparameters:\n"
+                           "  mask: {values: [causal, ggsm]}\n"
+                           "  data: {values: [world, movielens]}\n"
+                           "command:\n  - ${env}\n  - ${program}\n  - fit\n"
+                           "  - ${args_no_hyphens}\n")
+    sweep = load_sweep(path)
+    names = []
+    for point in sweep.points:
+        command = render_command(sweep.spec, point)
+        assert command[2:] == ["fit", f"mask={point['mask']}", f"data={point['data']}"]
+        recipe, overrides = recipe_and_overrides(command[3:])
+        cfg = load_config(recipe, [*overrides, f"data.path={movielens}", "eval.tasks=[movielens]"])
+        assert cfg.choices["mask"] == point["mask"] and cfg.choices["data"] == point["data"]
+        names.append(cfg.name)
+    assert names == ["causal", "movielens_causal", "ggsm", "movielens_ggsm"]
 
 
 def test_grid_is_the_product_in_file_order(tmp_path):
@@ -151,7 +170,8 @@ def test_sweep_runs_points_and_resumes_without_rerunning(world, tmp_path, monkey
     assert [r.status for r in again] == ["skipped", "skipped"]
 
 
-def test_status_line_counts_points_and_reads_their_progress(tmp_path):
+def test_status_line_counts_points_and_reads_their_progress(tmp_path, monkeypatch):
+    monkeypatch.setattr("maskstudy.experiments.progress.WRITE_EVERY", 0.0)
     runs = [PointRun({"recipe": r, "seed": 0}, r, tmp_path / r, []) for r in ("a", "b", "c", "d")]
     runs[0].status, runs[0].seconds = "done", 100.0
     runs[1].status = runs[2].status = "running"

@@ -79,7 +79,7 @@ def test_default_backbone_is_a_tiny_qwen2():
     assert model.config.model_type == "qwen2" and model.config.num_hidden_layers == 4
     assert model.get_input_embeddings().num_embeddings == 500
     assert model.config._attn_implementation == "maskstudy_sdpa"
-    with pytest.raises(ValueError, match="hidden_size must divide"):
+    with pytest.raises(ValueError, match="hidden_size 100 must divide by heads"):
         build_backbone(BackboneConfig(hidden_size=100, heads=3), 100)
     with pytest.raises(ValueError, match="attention backend"):
         build_backbone(BackboneConfig(attention="flash"), 100)
