@@ -46,6 +46,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .hierarchical import slots_of
+
 # Segment ids, the contract with the datamodules' template; GLOBAL marks the global-query token
 # the encoder inserts (never the template).
 PAD_SEGMENT, HISTORY, QUERY, ANCHOR, GLOBAL = 0, 1, 2, 3, 4
@@ -374,6 +376,7 @@ class SoftFutureMask(AttentionMask):
         return FlexMask(lambda b, h, q, kv: keys[b, kv] & ((kv <= q) | opened(b, q, kv)), score_mod)
 
     def ramp_scheduler(self, start_step, end_step, shape, max_tokens):
+        # imported here: the schedule callbacks import this module
         from maskstudy.callbacks.mask_schedule import LinearMaskScheduler
 
         return LinearMaskScheduler(start_step, end_step, shape=shape)
@@ -495,8 +498,6 @@ class MlpOpeningMask(AttentionMask):
     @torch.no_grad()
     def monitor_metrics(self, batch, encoder):
         """The mean and min of w_i over the batch's history queries."""
-        from maskstudy.lightning_modules.hierarchical import slots_of
-
         embeds = encoder.input_embeddings(batch["user_input_ids"], slots_of(batch))
         w = torch.sigmoid(self.logits(embeds))
         mean, low, _ = masked_stats(w, batch["user_segment_ids"] == HISTORY)
