@@ -31,8 +31,9 @@ def _cache_key(cfg: ExperimentConfig, kind: str,
              d.split_seed, list(cfg.eval.tasks), cfg.eval.test_fraction, cfg.eval.c]
     if kind == "untrained":
         model = to_dict(cfg)
-        parts += [model["backbone"], model["encoder"], model["input"], d.max_tokens,
-                  d.probe_query, d.anchor, cfg.seed, d.caps, cfg.eval.representation]
+        parts += [model["backbone"], model["encoder"], model["input"], d.tokenizer,
+                  d.vocab_size, d.max_tokens, d.probe_query, d.anchor, cfg.seed, d.caps,
+                  cfg.eval.representation]
         if backbone is not None:  # the reference is that pre-trained backbone
             parts.append(backbone.key)
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
