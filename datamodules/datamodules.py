@@ -167,7 +167,7 @@ class DataConfig:
         for key in ("probe_fraction", "val_fraction"):
             if not 0 <= getattr(self, key) < 1:
                 raise ValueError(f"data.{key} expected a share in [0, 1)")
-        TemplateConfig(self.max_tokens, dict(self.caps), self.anchor).check()
+        TemplateConfig(self.max_tokens, dict(self.caps), self.anchor)  # checks itself
 
 
 def _sample_seed(seed: int, epoch: int, user_id: str) -> list[int]:

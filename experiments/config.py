@@ -230,9 +230,19 @@ def config_dirs() -> list[Path]:
     return [*extra, EXPERIMENTS_DIR]
 
 
+def _first(relative: str) -> Path | None:
+    """``<dir>/<relative>`` in the first config directory that has it."""
+    return next((d / relative for d in config_dirs() if (d / relative).exists()), None)
+
+
+def _names(folder: str) -> list[str]:
+    """The ``*.yaml`` stems of ``<dir>/<folder>`` over every config directory."""
+    return sorted({p.stem for d in config_dirs() for p in (d / folder).glob("*.yaml")})
+
+
 def group_options(group: str) -> list[str]:
     """The options of a config group, over every config directory."""
-    return sorted({p.stem for d in config_dirs() for p in (d / group).glob("*.yaml")})
+    return _names(group)
 
 
 def group_file(group: str, option: str) -> Path:
@@ -243,12 +253,11 @@ def group_file(group: str, option: str) -> Path:
         if not path.exists():
             raise ConfigError(f"{group}={option}: no such config file")
         return path
-    for d in config_dirs():
-        path = d / group / f"{option}.yaml"
-        if path.exists():
-            return path
-    raise ConfigError(f"{group}={option}: unknown option of group '{group}'; expected one of "
-                      f"{group_options(group)} (or a .yaml file)")
+    path = _first(f"{group}/{option}.yaml")
+    if path is None:
+        raise ConfigError(f"{group}={option}: unknown option of group '{group}'; expected one "
+                          f"of {group_options(group)} (or a .yaml file)")
+    return path
 
 
 def recipe_path(recipe: str | Path) -> Path:
@@ -257,12 +266,11 @@ def recipe_path(recipe: str | Path) -> Path:
     path = Path(recipe)
     if path.suffix in (".yaml", ".yml"):
         return path
-    for d in config_dirs():
-        if (d / f"{recipe}.yaml").exists():
-            return d / f"{recipe}.yaml"
-    names = sorted({p.stem for d in config_dirs() for p in d.glob("*.yaml")})
-    raise ConfigError(f"recipe {recipe!r}: no such recipe; expected one of {names} or a "
-                      f"group choice (mask=..., data=..., input=...)")
+    found = _first(f"{recipe}.yaml")
+    if found is None:
+        raise ConfigError(f"recipe {recipe!r}: no such recipe; expected one of {_names('.')} "
+                          f"or a group choice (mask=..., data=..., input=...)")
+    return found
 
 
 def _load(path: Path) -> DictConfig:

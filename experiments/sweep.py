@@ -208,7 +208,6 @@ class PointRun:
     command: list[str]
     status: str = "pending"  # pending | running | skipped (already finished) | done | failed
     seconds: float = 0.0
-    started: float = 0.0  # time.time() when it started running
 
 
 def plan(sweep: Sweep, out: Path) -> list[PointRun]:
@@ -227,7 +226,7 @@ def plan(sweep: Sweep, out: Path) -> list[PointRun]:
 
 
 def _execute(run: PointRun, workers: int = 1) -> PointRun:
-    run.status, run.started = "running", time.time()
+    run.status = "running"
     run.dir.mkdir(parents=True, exist_ok=True)
     (run.dir / "point.json").write_text(json.dumps(
         {"id": run.id, "parameters": run.point, "command": run.command}, indent=2) + "\n")
