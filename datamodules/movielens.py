@@ -17,8 +17,9 @@ Mapping into the user schema (modality ``rating``):
 - every rating becomes one event: title ``"Toy Story (1995)"``, genres
   ``"Animation|Children's|Comedy"``, rating 1-5, its timestamp;
 - per-user time split: with the user's ratings in time order, ``ref_time`` is the time of the
-  first rating of the last ``future_fraction`` of them. History is ``[ref - 90 d, ref)``, the
-  future window ``[ref, ref + 30 d)`` (the schema's windows). Ratings outside both windows are
+  first rating of the last ``future_fraction`` of them. History is ``[ref - history_days,
+  ref)``, the future window ``[ref, ref + future_days)`` (90 and 30 days by default; the
+  dataset declares them). Ratings outside both windows are
   left out and counted in ``dataset.json``, and so are users that cannot be split (all their
   ratings in one second) or have no rating in the history window (MovieLens-100k: one user);
 - ``attr_age``, ``attr_gender``, ``attr_occupation``: label-only attributes (the demographic
@@ -39,8 +40,9 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from .schema import (
-    DAY, FUTURE_DAYS, HISTORY_DAYS, DataValidationError, event_struct, future_column, user_schema,
+    DAY, DataValidationError, event_struct, future_column, user_schema,
 )
+from .dataset import FUTURE_DAYS, HISTORY_DAYS, BUILTIN_MODALITIES, DatasetSpec
 
 FILES = {"inter": "ml-100k.inter", "item": "ml-100k.item", "user": "ml-100k.user"}
 COLUMNS = {
@@ -103,6 +105,8 @@ def _numbers(values: list, path: Path, column: str, kind=float) -> np.ndarray:
 @dataclass(frozen=True)
 class MovieLensConfig:
     future_fraction: float = 0.2  # the share of each user's ratings after the split
+    history_days: int = HISTORY_DAYS  # the windows the dataset declares
+    future_days: int = FUTURE_DAYS
 
     def __post_init__(self) -> None:
         if not 0 < self.future_fraction < 1:
@@ -153,6 +157,7 @@ def build_movielens(out: str | Path, source: str | Path | None = None,
                   users_without_split=0, users_without_history=0)
     rows = {k: [] for k in ("user_id", "ref_time", "tabular", "rating", "future_rating",
                             "age", "gender", "occupation")}
+    history, future = config.history_days, config.future_days
     for u in order:
         idx = sorted(by_user[u], key=lambda r: (ts[r], iids[r]))
         t = ts[idx]
@@ -164,13 +169,13 @@ def build_movielens(out: str | Path, source: str | Path | None = None,
                 counts["users_without_split"] += 1
                 continue
             ref = int(t[later[0]])
-        hist = [r for r in idx if ref - HISTORY_DAYS * DAY <= ts[r] < ref]
-        fut = [r for r in idx if ref <= ts[r] < ref + FUTURE_DAYS * DAY]
+        hist = [r for r in idx if ref - history * DAY <= ts[r] < ref]
+        fut = [r for r in idx if ref <= ts[r] < ref + future * DAY]
         if not hist:  # every earlier rating is older than the history window
             counts["users_without_history"] += 1
             continue
-        counts["before_history_window"] += int((t < ref - HISTORY_DAYS * DAY).sum())
-        counts["after_future_window"] += int((t >= ref + FUTURE_DAYS * DAY).sum())
+        counts["before_history_window"] += int((t < ref - history * DAY).sum())
+        counts["after_future_window"] += int((t >= ref + future * DAY).sum())
         counts["history_ratings"] += len(hist)
         counts["future_ratings"] += len(fut)
         counts["users"] += 1
@@ -186,7 +191,9 @@ def build_movielens(out: str | Path, source: str | Path | None = None,
         rows["gender"].append(gender)
         rows["occupation"].append(occupation)
 
-    schema = user_schema(["zip_region"], modalities=("rating",),
+    spec = DatasetSpec((BUILTIN_MODALITIES["rating"],), config.history_days,
+                       config.future_days)
+    schema = user_schema(["zip_region"], spec=spec,
                          attributes={"age": pa.float64(), "gender": pa.string(),
                                      "occupation": pa.string()})
     events = pa.list_(pa.struct([(f.name, pa.int64() if f.name == "ts" else f.type)
@@ -209,8 +216,8 @@ def build_movielens(out: str | Path, source: str | Path | None = None,
         stale.unlink(missing_ok=True)  # a tokenizer of earlier data is retrained on first use
     pq.write_table(table, out / "users-00000.parquet", compression="zstd", row_group_size=256)
     meta = {"dataset": "MovieLens-100k", "source": str(src), **counts,
-            "future_fraction": config.future_fraction, "history_days": HISTORY_DAYS,
-            "future_days": FUTURE_DAYS, "files": ["users-00000.parquet"],
+            "future_fraction": config.future_fraction, "history_days": config.history_days,
+            "future_days": config.future_days, "files": ["users-00000.parquet"],
             "licence": "MovieLens data may not be redistributed; this directory is built "
                        "locally from an installed copy"}
     (out / "dataset.json").write_text(json.dumps(meta, indent=2) + "\n")

@@ -9,10 +9,12 @@
     not look at the future); the answer describes the user's behaviour on that topic over the
     history and how it moves in the future window.
 
-Every action type is keyed by ``(modality, kind)``: the category for bills, mini-programs
-and apps, the page (``a.b`` prefix) for SPM ids, the query text for searches, and each genre
-of a rated movie (a movie of three genres counts once under each). Answers are plain text; the
-template appends ``<eos>``.
+Every action type is keyed by ``(modality, kind)``, the kind read from the field the modality
+declares as its action type (``dataset.Modality.action_field``): the category for bills,
+mini-programs and apps, the page (``a.b`` prefix) for SPM ids, the query text for searches,
+each genre of a rated movie (a movie of three genres counts once under each), a declared
+modality's first category field. Time spans in the answers follow the dataset's windows.
+Answers are plain text; the template appends ``<eos>``.
 """
 
 from __future__ import annotations
@@ -23,33 +25,35 @@ from functools import lru_cache
 
 import numpy as np
 
+from .dataset import DatasetSpec, Modality
 from .records import EventColumns, UserColumns
 from .schema import DAY
 
 BEHAVIOUR_QUERY = "What will this user most likely do next period?"
 
-KIND_FIELD = {"bill": "category", "minipro": "category", "app": "category", "spm": "spm",
-              "search": "query", "rating": "genres"}
-NOUN = {"bill": "payments", "minipro": "mini-program visits", "spm": "page views",
-        "app": "app sessions", "search": "searches", "rating": "ratings"}
-
-
-def event_kinds(modality: str, ev: EventColumns, lo: int, hi: int) -> list[tuple[str, ...]]:
-    """The action types of events ``lo:hi``, one tuple per event (several for a movie's
-    genres)."""
-    kinds = ev.fields[KIND_FIELD[modality]].strings(lo, hi)
-    if modality == "spm":
+def event_kinds(modality: Modality, ev: EventColumns, lo: int, hi: int) -> list[tuple[str, ...]]:
+    """The action types of events ``lo:hi``, one tuple per event (several for a list field
+    such as a movie's genres)."""
+    field = modality.action_field
+    if field is None:
+        return [(modality.name,)] * (hi - lo)
+    kinds = ev.fields[field].strings(lo, hi)
+    kind = modality.fields[field]
+    if kind == "path":
         return [(".".join(k.split(".")[:2]),) for k in kinds]
-    if modality == "rating":
+    if kind == "list":
         return [tuple(k.split("|")) for k in kinds]
     return [(k,) for k in kinds]
 
 
-def _time_bin(ts: np.ndarray) -> str:
-    """The dominant time bin of some events: weekday/weekend crossed with part of day."""
-    hours = (ts % DAY) // 3600
+def _time_bin(ts: np.ndarray, time_of_day: bool = True) -> str:
+    """The dominant time bin of some events: weekday/weekend crossed with part of day (the
+    part of day only when event times carry one)."""
     dow = ((ts // DAY) + 3) % 7  # 1970-01-01 was a Thursday
     weekend = (dow >= 5).mean() > 0.5
+    if not time_of_day:
+        return "weekends" if weekend else "weekdays"
+    hours = (ts % DAY) // 3600
     part = np.array(["night", "morning", "afternoon", "evening"])[
         np.digitize(hours, [6, 12, 18])]
     values, counts = np.unique(part, return_counts=True)
@@ -62,7 +66,7 @@ def aggregate(users: UserColumns, i: int, future: bool) -> dict[tuple[str, str],
     out: dict[tuple[str, str], list[int]] = {}
     for m, ev in cols.items():
         lo, hi = ev.span(i)
-        for kinds, t in zip(event_kinds(m, ev, lo, hi), ev.ts[lo:hi]):
+        for kinds, t in zip(event_kinds(users.spec.modality(m), ev, lo, hi), ev.ts[lo:hi]):
             for kind in kinds:
                 out.setdefault((m, kind), []).append(int(t))
     return {k: np.asarray(v) for k, v in out.items()}
@@ -73,25 +77,27 @@ def event_count(users: UserColumns, i: int, future: bool) -> int:
     return sum(ev.span(i)[1] - ev.span(i)[0] for ev in cols.values())
 
 
-def _phrase(key: tuple[str, str], ts: np.ndarray) -> str:
-    modality, kind = key
-    if modality == "search":
-        return f"searches for '{kind}' x{len(ts)}"
-    noun = NOUN[modality].split()[-1] if modality != "minipro" else "visits"
-    return f"{len(ts)} {kind} {noun} ({_time_bin(ts)})"
+def _phrase(modality: Modality, kind: str, ts: np.ndarray, time_of_day: bool = True) -> str:
+    if modality.quoted:
+        return f"{modality.plural} for '{kind}' x{len(ts)}"
+    noun = modality.plural.split()[-1]
+    what = noun if kind == modality.name else f"{kind} {noun}"
+    return f"{len(ts)} {what} ({_time_bin(ts, time_of_day)})"
 
 
 ANSWER_SELECTIONS = ("top", "sampled")
 
 
 def behaviour_answer(agg: dict[tuple[str, str], np.ndarray], rng: np.random.Generator | None = None,
-                     k: int = 6, total: int | None = None) -> str:
+                     k: int = 6, total: int | None = None,
+                     spec: DatasetSpec | None = None) -> str:
     """Summary of the future window (``agg`` from :func:`aggregate`): ``k`` action types
     listed most frequent first. Without ``rng`` they are the ``k`` most frequent (ties in the
     order ``agg`` lists them), so a user's answer depends on the user alone; with ``rng`` they
     are sampled in proportion to their frequency (the paper's "representative subset").
     ``total``: the number of events (default: the sum over action types, right when each
-    event has one)."""
+    event has one). ``spec``: the dataset's declaration (default: the payment-app world)."""
+    spec = spec or DatasetSpec()
     if not agg:
         return "Next period: no activity."
     keys = list(agg)
@@ -103,8 +109,9 @@ def behaviour_answer(agg: dict[tuple[str, str], np.ndarray], rng: np.random.Gene
         chosen = rng.choice(len(keys), size=take, replace=False, p=counts / counts.sum())
     chosen = sorted(chosen, key=lambda j: -counts[j])
     total = int(counts.sum()) if total is None else total
-    return f"Next period: {total} events; " + "; ".join(_phrase(keys[j], agg[keys[j]])
-                                                        for j in chosen) + "."
+    return f"Next period: {total} events; " + "; ".join(
+        _phrase(spec.modality(keys[j][0]), keys[j][1], agg[keys[j]], spec.time_of_day)
+        for j in chosen) + "."
 
 
 @dataclass(frozen=True)
@@ -222,13 +229,14 @@ def _level(n: int) -> str:
     return "none" if n == 0 else "low" if n < 5 else "moderate" if n < 20 else "high"
 
 
-def _trend(history: int, future: int) -> str:
-    per_month_history = history / 3.0
+def _trend(history: int, future: int, spec: DatasetSpec) -> str:
+    """How the future count compares with the history's rate over a future-window length."""
+    per_period = history / (spec.history_days / spec.future_days)
     if future == 0:
         return "stops next period" if history else "stays absent next period"
-    if future > 1.3 * per_month_history + 1:
+    if future > 1.3 * per_period + 1:
         return f"rises next period ({future} events)"
-    if future < 0.7 * per_month_history - 1:
+    if future < 0.7 * per_period - 1:
         return f"falls next period ({future} events)"
     return f"holds steady next period ({future} events)"
 
@@ -255,17 +263,20 @@ def relevant_topics(hist: dict[tuple[str, str], np.ndarray],
     return score
 
 
-def topic_answer(topic: Topic, hist: dict, fut: dict) -> str:
+def topic_answer(topic: Topic, hist: dict, fut: dict, spec: DatasetSpec | None = None) -> str:
+    spec = spec or DatasetSpec()
+    days = spec.history_days
     h = {k: v for k, v in hist.items() if topic.matches(k)}
     f = sum(len(v) for k, v in fut.items() if topic.matches(k))
     n = sum(len(v) for v in h.values())
     if n == 0:
-        return f"{topic.name.replace('_', ' ')}: no activity in the last 90 days; {_trend(0, f)}."
+        return (f"{topic.name.replace('_', ' ')}: no activity in the last {days} days; "
+                f"{_trend(0, f, spec)}.")
     top = Counter({k: len(v) for k, v in h.items()}).most_common(3)
     detail = ", ".join(f"{c} {kind}" for (m, kind), c in top)
-    when = _time_bin(np.concatenate(list(h.values())))
-    return (f"{topic.name.replace('_', ' ')}: {_level(n)} interest, {n} events in 90 days "
-            f"({detail}), mostly {when}; {_trend(n, f)}.")
+    when = _time_bin(np.concatenate(list(h.values())), spec.time_of_day)
+    return (f"{topic.name.replace('_', ' ')}: {_level(n)} interest, {n} events in {days} days "
+            f"({detail}), mostly {when}; {_trend(n, f, spec)}.")
 
 
 @dataclass(frozen=True)
@@ -289,7 +300,7 @@ def user_pairs(users: UserColumns, i: int, rng: np.random.Generator, *,
     pairs = [Pair("behaviour", behaviour_query,
                   behaviour_answer(fut, answer_rng if answer_selection == "sampled" else None,
                                    answer_events,
-                                   total=event_count(users, i, future=True)))]
+                                   total=event_count(users, i, future=True), spec=users.spec))]
     if topics_per_user <= 0:
         return pairs
     topics = topics_for(users.modalities)
@@ -298,5 +309,6 @@ def user_pairs(users: UserColumns, i: int, rng: np.random.Generator, *,
     for t in np.argsort(-score)[:topics_per_user]:
         topic = topics[t]
         query = topic.queries[query_rng.integers(len(topic.queries))]
-        pairs.append(Pair(f"topic:{topic.name}", query, topic_answer(topic, hist, fut)))
+        pairs.append(Pair(f"topic:{topic.name}", query,
+                          topic_answer(topic, hist, fut, users.spec)))
     return pairs

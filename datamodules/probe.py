@@ -1,22 +1,44 @@
 """The probe set: users held out from pretraining, their task labels and per-task splits.
 
-Labels are computed once per dataset from the future columns (a row group at a time); each
-task's train/test split is stratified and fixed by the split seed and the task's position,
-so every recipe, seed and reference row is scored on the same test users.
+Labels are computed once per dataset from the future, attribute and label columns (a row
+group at a time); each task's train/test split is stratified and fixed by the split seed and
+the task itself (see :func:`split_key`), never by which other tasks are requested, so every
+recipe, seed and reference row is scored on the same test users.
+
+A task whose probe users hold fewer than ``min_class_users`` positives or negatives cannot be
+scored meaningfully: it is an error naming the task and its counts, or, with
+``sparse_tasks="skip"``, left out and listed in :attr:`ProbeSet.skipped`, never averaged as
+NaN.
 """
 
 from __future__ import annotations
 
+import zlib
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .schema import EVENT_MODALITIES, future_column, schema_modalities
+from .schema import EVENT_MODALITIES, DataValidationError, future_column, schema_spec
 from .splits import stratified_split
 from .stream import SplitSpec, split_tables
-from .tasks import Task, compute_labels, label_columns
+from .tasks import PAPERS, TASKS, Task, check_tasks, compute_labels, label_columns, task_names
+
+SPARSE_TASKS = ("error", "skip")
+# The fewest users of a class that leave one on each side of a task's train/test split: below
+# it a test AUC does not exist.
+MIN_SCORABLE = 2
+
+
+def split_key(task: Task) -> int:
+    """What fixes a task's test split besides the seed: a registered task's position in the
+    list it is documented in (the papers' 17 tasks, ``all``, whose first 9 are the GG-SM
+    suite; or the MovieLens suite), a study's own task its name."""
+    if TASKS.get(task.name) == task:
+        suite = "all" if set(task.papers) & set(PAPERS) else task.papers[0]
+        return task_names(suite).index(task.name)
+    return zlib.crc32(task.name.encode())
 
 
 def history_columns(modalities: tuple[str, ...] = EVENT_MODALITIES) -> list[str]:
@@ -32,27 +54,40 @@ def all_columns(modalities: tuple[str, ...] = EVENT_MODALITIES) -> list[str]:
 def check_task_columns(tasks: list[Task], file: Path) -> None:
     """Every column the tasks' labels read exists in the dataset (its first file)."""
     schema = pq.ParquetFile(file).schema_arrow
-    modalities = schema_modalities(schema, str(file))
+    spec = schema_spec(schema, str(file))
+    modalities = spec.names
+    try:
+        check_tasks(tasks, spec)
+    except ValueError as e:
+        raise DataValidationError(f"{file}: {e}") from e
     for task in tasks:
         for column in task.rule.columns(modalities):
             if column not in schema.names:
-                raise ValueError(f"task {task.name!r} reads column {column!r}, which {file} "
-                                 f"does not have (modalities: {list(modalities)}); choose "
-                                 f"tasks of this dataset")
+                raise DataValidationError(
+                    f"task {task.name!r} reads column {column!r}, which {file} does not have "
+                    f"(modalities: {list(modalities)}); choose tasks of this dataset")
 
 
 class ProbeSet:
     def __init__(self, files: list[Path], split: SplitSpec, tasks: list[Task], *,
-                 test_fraction: float = 0.3, seed: int = 0):
+                 test_fraction: float = 0.3, seed: int = 0,
+                 min_class_users: int = MIN_SCORABLE,
+                 sparse_tasks: str = "error"):
+        if sparse_tasks not in SPARSE_TASKS:
+            raise ValueError(f"sparse_tasks {sparse_tasks!r}: expected one of {SPARSE_TASKS}")
         self.files = files
         self.split = split
         self.tasks = tasks
-        self.modalities = schema_modalities(pq.ParquetFile(files[0]).schema_arrow, str(files[0]))
+        self.modalities = schema_spec(pq.ParquetFile(files[0]).schema_arrow,
+                                      str(files[0])).names
         self.test_fraction = test_fraction
         self.seed = seed
+        self.min_class_users = min_class_users
+        self.sparse_tasks = sparse_tasks
         self.user_ids: list[str] = []
         self.labels: np.ndarray | None = None
         self.index: dict[str, int] = {}
+        self.skipped: dict[str, dict[str, int]] = {}  # task -> positives, negatives
 
     @property
     def task_names(self) -> list[str]:
@@ -74,15 +109,38 @@ class ProbeSet:
             raise ValueError(f"{self.files[0].parent}: no probe users (probe_fraction="
                              f"{self.split.probe_fraction})")
         self.user_ids = ids
-        self.labels = np.concatenate(labels)
         self.index = {u: k for k, u in enumerate(ids)}
+        self.labels = self._enough_of_each_class(np.concatenate(labels))
         return self
+
+    def _enough_of_each_class(self, labels: np.ndarray) -> np.ndarray:
+        """The labels of the tasks that can be scored; the others fail or are skipped."""
+        positives = labels.sum(0).astype(int)
+        negatives = len(labels) - positives
+        sparse = [k for k in range(len(self.tasks))
+                  if min(positives[k], negatives[k]) < self.min_class_users]
+        if not sparse:
+            return labels
+        counts = {self.tasks[k].name: {"positives": int(positives[k]),
+                                       "negatives": int(negatives[k])} for k in sparse}
+        if self.sparse_tasks == "error" or len(sparse) == len(self.tasks):
+            listed = "; ".join(f"{t}: {c['positives']} positive(s), {c['negatives']} "
+                               f"negative(s)" for t, c in counts.items())
+            raise DataValidationError(
+                f"{len(sparse)} task(s) cannot be scored on the {len(labels)} probe users "
+                f"(at least {self.min_class_users} of each class needed): {listed}. Choose "
+                f"other tasks, or set eval.sparse_tasks=skip to leave them out"
+                + (" (every task is affected)" if len(sparse) == len(self.tasks) else ""))
+        self.skipped = counts
+        keep = [k for k in range(len(self.tasks)) if k not in sparse]
+        self.tasks = [self.tasks[k] for k in keep]
+        return labels[:, keep]
 
     def test_mask(self, task: str) -> np.ndarray:
         """Boolean mask over probe users: the task's deterministic stratified test split."""
         k = self.task_names.index(task)
         return stratified_split(self.labels[:, k], test_fraction=self.test_fraction,
-                                seed=self.seed * 1000 + k)
+                                seed=self.seed * 1000 + split_key(self.tasks[k]))
 
     def prevalence(self) -> dict[str, float]:
         return {t: float(self.labels[:, k].mean()) for k, t in enumerate(self.task_names)}

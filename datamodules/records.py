@@ -13,7 +13,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .schema import EVENT_FIELDS, future_column, table_modalities, ts_seconds
+from .dataset import DatasetSpec, Modality
+from .schema import future_column, table_modalities, table_spec, ts_seconds
 
 
 @dataclass
@@ -39,7 +40,7 @@ class EventColumns:
         return int(self.offsets[i]), int(self.offsets[i + 1])
 
 
-def _event_columns(col: pa.ChunkedArray | pa.Array, modality: str) -> EventColumns:
+def _event_columns(col: pa.ChunkedArray | pa.Array, modality: Modality) -> EventColumns:
     if isinstance(col, pa.ChunkedArray):
         col = col.combine_chunks()
     offsets = np.asarray(col.offsets).astype(np.int64)
@@ -47,10 +48,12 @@ def _event_columns(col: pa.ChunkedArray | pa.Array, modality: str) -> EventColum
     flat = pc.list_flatten(col)
     ts = ts_seconds(flat.field("ts")) if len(flat) else np.zeros(0, np.int64)
     fields = {}
-    for name, typ in EVENT_FIELDS[modality].items():
+    for name, kind in modality.fields.items():
         arr = flat.field(name)
-        if pa.types.is_floating(typ):
+        if kind == "number":
             fields[name] = FieldColumn(values=arr.to_numpy(zero_copy_only=False).astype(float))
+        elif kind == "timestamp":
+            fields[name] = FieldColumn(values=ts_seconds(arr) if len(arr) else np.zeros(0))
         else:
             if pa.types.is_dictionary(arr.type):
                 enc = arr
@@ -63,7 +66,8 @@ def _event_columns(col: pa.ChunkedArray | pa.Array, modality: str) -> EventColum
 
 class UserColumns:
     """History (and optionally future) events, tabular features and ids of a user table; the
-    modalities are those whose history columns the table holds."""
+    modalities are the declared ones whose history columns the table holds, ``spec`` the
+    table's declaration."""
 
     def __init__(self, table: pa.Table, *, future: bool = True):
         self.n = table.num_rows
@@ -72,9 +76,12 @@ class UserColumns:
         tab = table.column("tabular").combine_chunks()
         width = len(tab[0]) if self.n else 0
         self.tabular = pc.list_flatten(tab).to_numpy(zero_copy_only=False).reshape(self.n, width)
+        self.spec: DatasetSpec = table_spec(table)
         self.modalities = table_modalities(table)
-        self.history = {m: _event_columns(table.column(m), m) for m in self.modalities}
-        self.future = ({m: _event_columns(table.column(future_column(m)), m)
+        self.history = {m: _event_columns(table.column(m), self.spec.modality(m))
+                        for m in self.modalities}
+        self.future = ({m: _event_columns(table.column(future_column(m)),
+                                          self.spec.modality(m))
                         for m in self.modalities} if future else None)
 
     def __len__(self) -> int:

@@ -4,26 +4,29 @@ Every input file, synthetic or a user's own, goes through :func:`validate_table`
 anything reads it. Errors name the file, the row, the user id and the field; nothing is
 silently dropped or repaired.
 
-Columns (see README "Data schema" for the field-by-field table):
+Columns (see docs/data.md for the field-by-field table):
 
 - ``user_id``: string, unique across all files of a dataset.
 - ``ref_time``: timestamp (any unit; UTC, naive values read as UTC). The history window is
-  ``[ref_time - 90 days, ref_time)``, the future window ``[ref_time, ref_time + 30 days)``.
+  ``[ref_time - history_days, ref_time)``, the future window ``[ref_time, ref_time +
+  future_days)``; the dataset declares both (``datamodules/dataset.py``; 90 and 30 days by
+  default).
 - ``tabular``: list<double>, one fixed-length feature vector per user; feature names live in
   the Parquet key-value metadata under ``maskstudy.tabular_names`` (JSON list).
-- one list<struct<ts, ...fields>> column per event modality, the history events in ascending
-  time order: ``bill``, ``minipro``, ``spm``, ``app``, ``search`` for the payment-app world of
-  the papers (the default), or the modalities the file declares in its key-value metadata under
-  ``maskstudy.modalities`` (JSON list; e.g. ``["rating"]`` for MovieLens).
+- one list<struct<ts, ...fields>> column per event modality the dataset declares, the history
+  events in ascending time order (the payment-app world's ``bill``, ``minipro``, ``spm``,
+  ``app``, ``search`` when nothing is declared).
 - ``future_<modality>``: the same for the future window. They feed labels and contrastive
   answers only, never the user-tower input.
 - optional ``attr_<name>`` columns (string or number, one value per user): attributes such as
-  age or gender that label tasks may read. Like the future columns they never reach the model.
+  age or gender that label tasks may read; optional ``label_<name>`` columns (0/1 or boolean):
+  labels shipped with the data. Like the future columns they never reach the model.
 """
 
 from __future__ import annotations
 
 import json
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
@@ -33,31 +36,21 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-HISTORY_DAYS = 90
-FUTURE_DAYS = 30
+from .dataset import (
+    BUILTIN_MODALITIES, TS_TYPE, WORLD_MODALITIES, DatasetSpec, spec_of,
+)
+
 DAY = 86_400
 
 # The payment-app world's modalities (the papers' data): what a file without a declaration has.
-EVENT_MODALITIES = ("bill", "minipro", "spm", "app", "search")
+EVENT_MODALITIES = WORLD_MODALITIES
 # The template's segments for those: the event modalities and the tabular feature vector.
 SEGMENTS = EVENT_MODALITIES + ("tabular",)
 
-TS_TYPE = pa.timestamp("ms", tz="UTC")  # what Parquet stores; any unit is accepted on read
-
-# Per modality, the event fields besides ``ts`` and their Arrow types.
-EVENT_FIELDS: dict[str, dict[str, pa.DataType]] = {
-    "bill": {"merchant": pa.string(), "category": pa.string(), "amount": pa.float64()},
-    "minipro": {"name": pa.string(), "category": pa.string()},
-    "spm": {"spm": pa.string()},
-    "app": {"app": pa.string(), "category": pa.string(), "minutes": pa.float64()},
-    "search": {"query": pa.string()},
-    # A rated movie: "Toy Story (1995)", genres joined by "|", the rating (MovieLens: 1-5).
-    "rating": {"title": pa.string(), "genres": pa.string(), "rating": pa.float64()},
-}
-
 TABULAR_NAMES_KEY = b"maskstudy.tabular_names"
-MODALITIES_KEY = b"maskstudy.modalities"
 ATTRIBUTE_PREFIX = "attr_"
+LABEL_PREFIX = "label_"
+EMPTY_HISTORY = ("error", "keep")  # what validation makes of a user without history events
 
 
 def segments(modalities: Iterable[str]) -> tuple[str, ...]:
@@ -65,41 +58,48 @@ def segments(modalities: Iterable[str]) -> tuple[str, ...]:
     return tuple(modalities) + ("tabular",)
 
 
-def schema_modalities(schema: pa.Schema, file: str = "") -> tuple[str, ...]:
-    """The event modalities a file declares (registry order), or the default five."""
-    meta = schema.metadata or {}
-    if MODALITIES_KEY not in meta:
-        return EVENT_MODALITIES
-    where = f"{file}, metadata '{MODALITIES_KEY.decode()}'"
+def schema_spec(schema: pa.Schema, file: str = "") -> DatasetSpec:
+    """The dataset declaration a file's schema carries (the world's when it has none)."""
     try:
-        declared = json.loads(meta[MODALITIES_KEY])
+        return spec_of(schema, file)
     except ValueError as e:
-        raise DataValidationError(f"{where}: not valid JSON ({e})") from e
-    if not isinstance(declared, list) or not declared or not all(
-            isinstance(m, str) for m in declared):
-        raise DataValidationError(f"{where}: expected a non-empty JSON list of modality names, "
-                                  f"got {declared!r}")
-    unknown = [m for m in declared if m not in EVENT_FIELDS]
-    if unknown:
-        raise DataValidationError(f"{where}: unknown modality {unknown[0]!r}; expected names "
-                                  f"among {list(EVENT_FIELDS)}")
-    return tuple(m for m in EVENT_FIELDS if m in declared)
+        raise DataValidationError(str(e)) from e
+
+
+def schema_modalities(schema: pa.Schema, file: str = "") -> tuple[str, ...]:
+    """The event modalities a file declares, in template order."""
+    return schema_spec(schema, file).names
+
+
+def dataset_spec(path: str | Path) -> DatasetSpec:
+    """The declaration of a dataset (its first file's)."""
+    first = dataset_files(path)[0]
+    return schema_spec(pq.ParquetFile(first).schema_arrow, str(first))
 
 
 def dataset_modalities(path: str | Path) -> tuple[str, ...]:
     """The event modalities of a dataset (its first file's declaration)."""
-    return schema_modalities(pq.ParquetFile(dataset_files(path)[0]).schema_arrow,
-                             str(dataset_files(path)[0]))
+    return dataset_spec(path).names
+
+
+def table_spec(table: pa.Table) -> DatasetSpec:
+    return schema_spec(table.schema)
 
 
 def table_modalities(table: pa.Table, *, future: bool = False) -> tuple[str, ...]:
-    """The modalities whose history (or future) columns a table holds, in registry order."""
+    """The declared modalities whose history (or future) columns a table holds."""
     names = set(table.column_names)
-    return tuple(m for m in EVENT_FIELDS if (future_column(m) if future else m) in names)
+    return tuple(m for m in table_spec(table).names
+                 if (future_column(m) if future else m) in names)
 
 
 def attribute_columns(schema: pa.Schema) -> list[str]:
     return [n for n in schema.names if n.startswith(ATTRIBUTE_PREFIX)]
+
+
+def label_columns_of(schema: pa.Schema) -> list[str]:
+    """The ``label_<name>`` columns a file ships."""
+    return [n for n in schema.names if n.startswith(LABEL_PREFIX)]
 
 
 def future_column(modality: str) -> str:
@@ -107,34 +107,37 @@ def future_column(modality: str) -> str:
 
 
 def event_struct(modality: str) -> pa.StructType:
-    fields = [pa.field("ts", TS_TYPE, nullable=False)]
-    fields += [pa.field(k, t, nullable=False) for k, t in EVENT_FIELDS[modality].items()]
-    return pa.struct(fields)
+    """The event struct of a built-in modality."""
+    return BUILTIN_MODALITIES[modality].struct()
 
 
 def user_schema(tabular_names: Iterable[str] | None = None,
                 modalities: Iterable[str] = EVENT_MODALITIES,
-                attributes: dict[str, pa.DataType] | None = None) -> pa.Schema:
-    """The canonical Arrow schema of a user file; modalities other than the default five are
-    declared in the metadata, ``attributes`` become ``attr_<name>`` columns."""
-    modalities = tuple(modalities)
+                attributes: dict[str, pa.DataType] | None = None, *,
+                spec: DatasetSpec | None = None,
+                labels: Iterable[str] = ()) -> pa.Schema:
+    """The canonical Arrow schema of a user file, its declaration in the metadata.
+    ``spec`` declares modalities and windows (default: the built-in ``modalities`` with 90 and
+    30 days); ``attributes`` become ``attr_<name>`` columns, ``labels`` ``label_<name>``."""
+    if spec is None:
+        spec = DatasetSpec(tuple(BUILTIN_MODALITIES[m] for m in modalities))
     fields = [
         pa.field("user_id", pa.string(), nullable=False),
         pa.field("ref_time", TS_TYPE, nullable=False),
         pa.field("tabular", pa.list_(pa.float64()), nullable=False),
     ]
-    for m in modalities:
-        fields.append(pa.field(m, pa.list_(event_struct(m)), nullable=False))
-    for m in modalities:
-        fields.append(pa.field(future_column(m), pa.list_(event_struct(m)), nullable=False))
+    for m in spec.modalities:
+        fields.append(pa.field(m.name, pa.list_(m.struct()), nullable=False))
+    for m in spec.modalities:
+        fields.append(pa.field(future_column(m.name), pa.list_(m.struct()), nullable=False))
     for name, typ in (attributes or {}).items():
         fields.append(pa.field(ATTRIBUTE_PREFIX + name, typ, nullable=False))
-    metadata = {}
+    for name in labels:
+        fields.append(pa.field(LABEL_PREFIX + name, pa.int8(), nullable=False))
+    metadata = spec.metadata()
     if tabular_names is not None:
         metadata[TABULAR_NAMES_KEY] = json.dumps(list(tabular_names)).encode()
-    if modalities != EVENT_MODALITIES:
-        metadata[MODALITIES_KEY] = json.dumps(list(modalities)).encode()
-    return pa.schema(fields, metadata=metadata or None)
+    return pa.schema(fields, metadata=metadata)
 
 
 class DataValidationError(ValueError):
@@ -156,6 +159,64 @@ class Problem:
         if self.user_id is not None:
             where += f" (user_id={self.user_id!r})"
         return f"{where}, field '{self.field}': {self.message}"
+
+
+class Problems:
+    """Every problem of a dataset counted by kind; the first ``examples`` of each kind kept
+    with file, row, user and field (a file with a million bad rows costs no more memory
+    than one with twenty)."""
+
+    def __init__(self, examples: int = 20):
+        self.examples = examples
+        self.counts: Counter[str] = Counter()
+        self.first: dict[str, list[Problem]] = {}
+        self.row0 = 0  # added to row numbers: the batch's first row in its file
+
+    def add(self, kind: str, problem: Problem, count: int = 1) -> None:
+        self.counts[kind] += count
+        kept = self.first.setdefault(kind, [])
+        if len(kept) < self.examples:
+            row = None if problem.row is None else problem.row + self.row0
+            kept.append(Problem(problem.file, problem.field, problem.message, row,
+                                problem.user_id))
+
+    def add_rows(self, kind: str, rows: np.ndarray, file: str, field: str, message,
+                 user_id) -> None:
+        """One problem per row of ``rows``; ``message`` a string or a function of the row."""
+        rows = np.asarray(rows)
+        for r in rows[: max(self.examples - len(self.first.get(kind, ())), 0)]:
+            r = int(r)
+            self.add(kind, Problem(file, field, message(r) if callable(message) else message,
+                                   r, user_id(r)), count=0)
+        self.counts[kind] += len(rows)
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    def __bool__(self) -> bool:
+        return self.total > 0
+
+    def __len__(self) -> int:
+        return self.total
+
+    def __iter__(self):
+        """The kept examples, kind by kind in the order the kinds were first found."""
+        for kept in self.first.values():
+            yield from kept
+
+    def report(self) -> str:
+        lines = [f"{self.total} problem(s) in user data:"]
+        for kind, kept in self.first.items():
+            n = self.counts[kind]
+            lines.append(f"  {kind}: {n}" + (f" (first {len(kept)} shown)" if n > len(kept)
+                                             else ""))
+            lines += [f"    {p}" for p in kept]
+        return "\n".join(lines)
+
+    def raise_if_any(self) -> None:
+        if self:
+            raise DataValidationError(self.report())
 
 
 def _is_string(t: pa.DataType) -> bool:
@@ -182,47 +243,53 @@ def _is_list(t: pa.DataType) -> bool:
     return pa.types.is_list(t) or pa.types.is_large_list(t)
 
 
-def _check_types(schema: pa.Schema, file: str) -> list[Problem]:
-    """Column presence and types. Returns problems; types must be right before values are read."""
-    problems: list[Problem] = []
-    want = user_schema(modalities=schema_modalities(schema, file))
+def _check_types(schema: pa.Schema, file: str, problems: Problems) -> None:
+    """Column presence and types; types must be right before values are read."""
+    def add(field: str, message: str) -> None:
+        problems.add(f"{field}: {message}", Problem(file, field, message))
+
+    try:
+        spec = schema_spec(schema, file)
+    except DataValidationError as e:
+        problems.add("dataset declaration", Problem(file, "metadata", str(e)))
+        return
     for name in attribute_columns(schema):
         actual = schema.field(name).type
         if not (_is_string(actual) or _is_float(actual)):
-            problems.append(Problem(file, name, f"expected a string or number attribute, "
-                                                f"got {actual}"))
+            add(name, f"expected a string or number attribute, got {actual}")
+    for name in label_columns_of(schema):
+        actual = schema.field(name).type
+        if not (pa.types.is_integer(actual) or pa.types.is_boolean(actual)):
+            add(name, f"expected a 0/1 integer or boolean label, got {actual}")
+    want = user_schema(spec=spec)
     for f in want:
         if f.name not in schema.names:
-            problems.append(Problem(file, f.name, "missing column"))
+            add(f.name, "missing column")
             continue
         actual = schema.field(f.name).type
         if f.name in ("user_id", "ref_time"):
             if not _type_ok(actual, f.type):
-                problems.append(Problem(file, f.name, f"expected {f.type}, got {actual}"))
+                add(f.name, f"expected {f.type}, got {actual}")
             continue
         if not _is_list(actual):
-            problems.append(Problem(file, f.name, f"expected a list column ({f.type}), got {actual}"))
+            add(f.name, f"expected a list column ({f.type}), got {actual}")
             continue
         if f.name == "tabular":
             if not _is_float(actual.value_type):
-                problems.append(
-                    Problem(file, "tabular", f"expected list<double>, got {actual}")
-                )
+                add("tabular", f"expected list<double>, got {actual}")
             continue
         item = actual.value_type
-        modality = f.name.removeprefix("future_")
         if not pa.types.is_struct(item):
-            problems.append(Problem(file, f.name, f"expected list<struct>, got {actual}"))
+            add(f.name, f"expected list<struct>, got {actual}")
             continue
         present = {item.field(i).name: item.field(i).type for i in range(item.num_fields)}
-        for name, expected in [("ts", TS_TYPE)] + list(EVENT_FIELDS[modality].items()):
+        expected = f.type.value_type
+        for k in range(expected.num_fields):
+            name, typ = expected.field(k).name, expected.field(k).type
             if name not in present:
-                problems.append(Problem(file, f"{f.name}.{name}", "missing event field"))
-            elif not _type_ok(present[name], expected):
-                problems.append(
-                    Problem(file, f"{f.name}.{name}", f"expected {expected}, got {present[name]}")
-                )
-    return problems
+                add(f"{f.name}.{name}", "missing event field")
+            elif not _type_ok(present[name], typ):
+                add(f"{f.name}.{name}", f"expected {typ}, got {present[name]}")
 
 
 def seconds_to_ts(seconds: np.ndarray) -> pa.Array:
@@ -238,54 +305,54 @@ def ts_seconds(arr: pa.Array | pa.ChunkedArray) -> np.ndarray:
     )
 
 
-def _first_rows(mask: np.ndarray, limit: int) -> np.ndarray:
-    return np.flatnonzero(mask)[:limit]
-
-
-def validate_table(
-    table: pa.Table, file: str, *, seen_ids: set[str] | None = None, limit: int = 20
-) -> list[Problem]:
-    """All schema problems of one table (at most ``limit`` per check), in reading order.
+def validate_table(table: pa.Table, file: str, *, seen_ids: set[str] | None = None,
+                   problems: Problems | None = None, empty_history: str = "error") -> Problems:
+    """Every schema problem of one table, counted by kind (see :class:`Problems`).
 
     ``seen_ids`` carries user ids across the files of one dataset so duplicates between
-    files are found too; it is updated in place.
-    """
-    problems = _check_types(table.schema, file)
-    if problems:
+    files are found too; it is updated in place. ``empty_history``: ``error`` makes a user
+    without history events a problem, ``keep`` accepts them. Windows and modalities are the
+    table's declaration."""
+    problems = Problems() if problems is None else problems
+    before = problems.total
+    _check_types(table.schema, file, problems)
+    if problems.total > before:
         return problems  # values cannot be read meaningfully with the wrong types
-    modalities = schema_modalities(table.schema, file)
-
+    spec = schema_spec(table.schema, file)
     ids = table.column("user_id").combine_chunks()
     id_list = ids.to_pylist()
 
     def uid(row: int) -> str | None:
         return id_list[row]
 
-    def add(rows: Iterable[int], field: str, message) -> None:
-        for r in rows:
-            problems.append(Problem(file, field, message(r) if callable(message) else message,
-                                    int(r), uid(int(r))))
+    def add(rows, field: str, message, kind: str | None = None) -> None:
+        problems.add_rows(kind or f"{field}: {message if isinstance(message, str) else ''}"
+                          .rstrip(": "), rows, file, field, message, uid)
 
     # Nulls anywhere a value is required.
-    for name in ("user_id", "ref_time", "tabular", *modalities,
-                 *map(future_column, modalities), *attribute_columns(table.schema)):
+    for name in ("user_id", "ref_time", "tabular", *spec.names,
+                 *map(future_column, spec.names), *attribute_columns(table.schema),
+                 *label_columns_of(table.schema)):
         col = table.column(name).combine_chunks()
         if col.null_count:
-            add(_first_rows(np.asarray(col.is_null()), limit), name, "null value")
-    if problems:
+            add(np.flatnonzero(np.asarray(col.is_null())), name, "null value")
+    if problems.total > before:
         return problems
 
     # Duplicate user ids, inside the file and against earlier files.
     seen_here: dict[str, int] = {}
+    dup_rows, dup_msgs = [], {}
     for row, u in enumerate(id_list):
         if u in seen_here:
-            add([row], "user_id", f"duplicate user id (also at row {seen_here[u]})")
+            dup_rows.append(row)
+            dup_msgs[row] = f"duplicate user id (also at row {seen_here[u] + problems.row0})"
         elif seen_ids is not None and u in seen_ids:
-            add([row], "user_id", "duplicate user id (already in an earlier file)")
+            dup_rows.append(row)
+            dup_msgs[row] = "duplicate user id (already in an earlier file)"
         else:
             seen_here[u] = row
-        if len(problems) >= limit:
-            break
+    if dup_rows:
+        add(np.array(dup_rows), "user_id", dup_msgs.__getitem__, "user_id: duplicate user id")
     if seen_ids is not None:
         seen_ids.update(seen_here)
 
@@ -296,90 +363,88 @@ def validate_table(
     tab = table.column("tabular").combine_chunks()
     lengths = np.asarray(pc.list_value_length(tab))
     if n and (lengths != lengths[0]).any():
-        add(_first_rows(lengths != lengths[0], limit), "tabular",
-            lambda r: f"expected {lengths[0]} features like row 0, got {lengths[r]}")
+        add(np.flatnonzero(lengths != lengths[0]), "tabular",
+            lambda r: f"expected {lengths[0]} features like row 0, got {lengths[r]}",
+            "tabular: feature count differs between users")
     values = pc.list_flatten(tab)
     if values.null_count:
         parents = np.asarray(pc.list_parent_indices(tab))
-        add(np.unique(parents[np.asarray(values.is_null())])[:limit], "tabular", "null feature")
+        add(np.unique(parents[np.asarray(values.is_null())]), "tabular", "null feature")
     vals = values.to_numpy(zero_copy_only=False).astype(np.float64)
     bad = ~np.isfinite(vals)
     if bad.any():
         parents = np.asarray(pc.list_parent_indices(tab))
-        add(np.unique(parents[bad])[:limit], "tabular", "NaN or inf feature value")
+        add(np.unique(parents[bad]), "tabular", "NaN or inf feature value")
 
     for name in attribute_columns(table.schema):
         col = table.column(name).combine_chunks()
         if _is_float(col.type) and not _is_string(col.type):
             nonfinite = ~np.isfinite(col.to_numpy(zero_copy_only=False).astype(np.float64))
-            add(_first_rows(nonfinite, limit), name, "NaN or inf attribute value")
+            add(np.flatnonzero(nonfinite), name, "NaN or inf attribute value")
+    for name in label_columns_of(table.schema):
+        col = table.column(name).combine_chunks()
+        if pa.types.is_integer(col.type):
+            v = col.to_numpy(zero_copy_only=False)
+            add(np.flatnonzero((v != 0) & (v != 1)), name,
+                lambda r: f"label {col[r].as_py()}, expected 0 or 1", f"{name}: not 0 or 1")
 
     total_events = np.zeros(n, dtype=np.int64)
-    for modality in modalities:
-        for name, lo_days, hi_days in (
-            (modality, -HISTORY_DAYS, 0),
-            (future_column(modality), 0, FUTURE_DAYS),
-        ):
+    for modality in spec.modalities:
+        m = modality.name
+        for name, lo_days, hi_days in ((m, -spec.history_days, 0),
+                                       (future_column(m), 0, spec.future_days)):
             col = table.column(name).combine_chunks()
             counts = np.asarray(pc.list_value_length(col))
-            if name == modality:
+            if name == m:
                 total_events += counts
             flat = pc.list_flatten(col)
             if len(flat) == 0:
                 continue
             parents = np.asarray(pc.list_parent_indices(col))
-            for fname in ["ts", *EVENT_FIELDS[modality]]:
+            nulls = False
+            for fname in ["ts", *modality.fields]:
                 field = flat.field(fname)
                 if field.null_count:
-                    rows = np.unique(parents[np.asarray(field.is_null())])[:limit]
-                    add(rows, f"{name}.{fname}", "null value in an event")
-            if problems:
-                return problems
+                    nulls = True
+                    add(np.unique(parents[np.asarray(field.is_null())]), f"{name}.{fname}",
+                        "null value in an event")
+            if nulls:
+                continue
             ts = ts_seconds(flat.field("ts"))
             # Sorted within each user: a decrease between neighbours of the same user.
-            same_user = parents[1:] == parents[:-1]
-            backwards = same_user & (np.diff(ts) < 0)
-            if backwards.any():
-                idx = np.flatnonzero(backwards)[:limit]
-                for i in idx:
-                    r = int(parents[i + 1])
-                    problems.append(Problem(
-                        file, f"{name}.ts",
-                        f"events not sorted by time (event at {_fmt(ts[i + 1])} comes after "
-                        f"{_fmt(ts[i])})", r, uid(r)))
+            backwards = np.flatnonzero((parents[1:] == parents[:-1]) & (np.diff(ts) < 0))
+            if len(backwards):
+                add(parents[backwards + 1], f"{name}.ts", lambda r, b=dict(
+                    zip(parents[backwards + 1].tolist(), backwards.tolist())):
+                    f"events not sorted by time (event at {_fmt(ts[b[r] + 1])} comes after "
+                    f"{_fmt(ts[b[r]])})", f"{name}.ts: events not sorted by time")
             lo = ref[parents] + lo_days * DAY
             hi = ref[parents] + hi_days * DAY
-            outside = (ts < lo) | (ts >= hi)
-            if outside.any():
-                window = "history" if name == modality else "future"
-                for i in np.flatnonzero(outside)[:limit]:
-                    r = int(parents[i])
-                    problems.append(Problem(
-                        file, f"{name}.ts",
-                        f"event at {_fmt(ts[i])} lies outside the {window} window "
-                        f"[{_fmt(lo[i])}, {_fmt(hi[i])})", r, uid(r)))
-            for fname, ftype in EVENT_FIELDS[modality].items():
-                if pa.types.is_floating(ftype):
-                    v = flat.field(fname).to_numpy(zero_copy_only=False).astype(np.float64)
-                    nonfinite = ~np.isfinite(v)
-                    if nonfinite.any():
-                        rows = np.unique(parents[nonfinite])[:limit]
-                        add(rows, f"{name}.{fname}", "NaN or inf value in an event")
-    empty = total_events == 0
-    if empty.any():
-        add(_first_rows(empty, limit), "events", "user has no history events in any modality")
+            outside = np.flatnonzero((ts < lo) | (ts >= hi))
+            if len(outside):
+                window = "history" if name == m else "future"
+                days = spec.history_days if name == m else spec.future_days
+                first = dict(zip(parents[outside][::-1].tolist(), outside[::-1].tolist()))
+                add(parents[outside], f"{name}.ts", lambda r: (
+                    f"event at {_fmt(ts[first[r]])} lies outside the {window} window "
+                    f"[{_fmt(lo[first[r]])}, {_fmt(hi[first[r]])})"),
+                    f"{name}.ts: event outside the {window} window ({days} days)")
+            for fname in modality.number_fields:
+                v = flat.field(fname).to_numpy(zero_copy_only=False).astype(np.float64)
+                nonfinite = ~np.isfinite(v)
+                if nonfinite.any():
+                    add(np.unique(parents[nonfinite]), f"{name}.{fname}",
+                        "NaN or inf value in an event")
+    if empty_history == "error":
+        empty = np.flatnonzero(total_events == 0)
+        if len(empty):
+            add(empty, "events", "user has no history events in any modality (keep such users "
+                "with data.empty_history=keep)", "events: user has no history events")
     return problems
 
 
 def _fmt(seconds: int | np.integer) -> str:
     return str(np.datetime64(int(seconds), "s")).replace("T", " ")
-
-
-def raise_problems(problems: list[Problem]) -> None:
-    if problems:
-        head = "\n  ".join(str(p) for p in problems[:20])
-        more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
-        raise DataValidationError(f"{len(problems)} problem(s) in user data:\n  {head}{more}")
 
 
 def dataset_files(path: str | Path) -> list[Path]:
@@ -395,55 +460,56 @@ def dataset_files(path: str | Path) -> list[Path]:
     return files
 
 
-def validate_dataset(path: str | Path, *, batch_rows: int = 65_536) -> int:
+def validate_dataset(path: str | Path, *, batch_rows: int = 65_536,
+                     empty_history: str = "error", examples: int = 20) -> int:
     """Validate every file of a dataset, reading it a row group at a time.
 
-    Returns the number of users; raises :class:`DataValidationError` listing the problems.
-    """
+    Returns the number of users; raises :class:`DataValidationError` with every problem
+    counted by kind and the first ``examples`` of each kind."""
+    if empty_history not in EMPTY_HISTORY:
+        raise ValueError(f"empty_history {empty_history!r}: expected one of {EMPTY_HISTORY}")
     seen: set[str] = set()
-    problems: list[Problem] = []
+    problems = Problems(examples)
     n_users = 0
     tab_len: int | None = None
-    modalities: tuple[str, ...] | None = None
+    spec: DatasetSpec | None = None
     for file in dataset_files(path):
         try:
             pf = pq.ParquetFile(file)
         except (pa.ArrowInvalid, OSError) as e:
             raise DataValidationError(f"{file}: not a readable Parquet file ({e})") from e
-        type_problems = _check_types(pf.schema_arrow, str(file))
-        if type_problems:
-            problems += type_problems
+        before = problems.total
+        _check_types(pf.schema_arrow, str(file), problems)
+        if problems.total > before:
             continue
-        declared = schema_modalities(pf.schema_arrow, str(file))
-        if modalities is None:
-            modalities = declared
-        elif declared != modalities:
-            problems.append(Problem(str(file), MODALITIES_KEY.decode(),
-                                    f"declares modalities {list(declared)}, earlier files "
-                                    f"{list(modalities)}"))
+        declared = schema_spec(pf.schema_arrow, str(file))
+        if spec is None:
+            spec = declared
+        elif declared != spec:
+            problems.add("dataset declaration differs between files",
+                         Problem(str(file), "metadata", f"declares {declared.metadata()}, "
+                                 f"earlier files {spec.metadata()}"))
             continue
         row0 = 0
         for batch in pf.iter_batches(batch_size=batch_rows):
             table = pa.Table.from_batches([batch]).replace_schema_metadata(
                 pf.schema_arrow.metadata)
-            found = validate_table(table, str(file), seen_ids=seen)
-            for p in found:  # row numbers relative to the file, not the batch
-                problems.append(Problem(p.file, p.field, p.message,
-                                        None if p.row is None else p.row + row0, p.user_id))
+            problems.row0 = row0
+            validate_table(table, str(file), seen_ids=seen, problems=problems,
+                           empty_history=empty_history)
             if table.num_rows:
                 lengths = pc.list_value_length(table.column("tabular"))
                 first = pc.min(lengths).as_py()
                 if tab_len is None:
                     tab_len = first
                 elif first != tab_len:
-                    problems.append(Problem(str(file), "tabular",
-                                            f"expected {tab_len} features like earlier files, "
-                                            f"got {first}", row0))
+                    problems.add("tabular: feature count differs between files",
+                                 Problem(str(file), "tabular", f"expected {tab_len} features "
+                                         f"like earlier files, got {first}", 0))
             row0 += table.num_rows
-            if len(problems) >= 20:
-                raise_problems(problems)
+        problems.row0 = 0
         n_users += row0
-    raise_problems(problems)
+    problems.raise_if_any()
     return n_users
 
 

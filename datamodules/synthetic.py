@@ -20,9 +20,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import world_vocab as V
+from .dataset import FUTURE_DAYS, HISTORY_DAYS, BUILTIN_MODALITIES, DatasetSpec
 from .schema import (
-    DAY, EVENT_FIELDS, EVENT_MODALITIES, FUTURE_DAYS, HISTORY_DAYS, event_struct,
-    future_column, seconds_to_ts, user_schema,
+    DAY, EVENT_MODALITIES, event_struct, future_column, seconds_to_ts, user_schema,
 )
 
 GENERATOR_VERSION = 1
@@ -38,6 +38,12 @@ class WorldConfig:
     chunk_users: int = 1000  # users per Parquet row group; part of the seed contract
     file_users: int = 50_000  # users per Parquet file
     activity: float = 0.5  # scales every event rate; 1.0 is a very active payment-app user
+    history_days: int = HISTORY_DAYS  # the windows the world declares
+    future_days: int = FUTURE_DAYS
+
+    @property
+    def spec(self) -> DatasetSpec:
+        return DatasetSpec(history_days=self.history_days, future_days=self.future_days)
 
     def ref_epoch(self) -> int:
         d = date.fromisoformat(self.ref_date)
@@ -221,7 +227,7 @@ def _window_events(
                      "minutes": pa.array(np.round(minutes, 1))}
     else:
         children |= {"query": forms}
-    names = ["ts", *EVENT_FIELDS[table.modality]]
+    names = ["ts", *BUILTIN_MODALITIES[table.modality].fields]
     struct = pa.StructArray.from_arrays([children[k] for k in names],
                                         fields=list(event_struct(table.modality)))
     offsets = np.zeros(n + 1, dtype=np.int32)
@@ -279,15 +285,16 @@ def generate_chunk(config: WorldConfig, chunk: int, n: int) -> pa.Table:
     columns: dict[str, pa.Array] = {}
     for m in EVENT_MODALITIES:
         table = _modality_table(m)
-        columns[m] = _window_events(rng, table, z, log_act, ref - HISTORY_DAYS * DAY,
-                                    HISTORY_DAYS, trend, np.ones(n), config.activity)
+        columns[m] = _window_events(rng, table, z, log_act, ref - config.history_days * DAY,
+                                    config.history_days, trend, np.ones(n), config.activity)
         columns[future_column(m)] = _window_events(
-            rng, table, z_future, log_act_future, ref, FUTURE_DAYS, np.zeros(n),
+            rng, table, z_future, log_act_future, ref, config.future_days, np.zeros(n),
             (~churned).astype(float), config.activity)
     # Everyone in the world has some history: a silent user gets one page view.
     empty = sum(np.asarray(columns[m].value_lengths()) for m in EVENT_MODALITIES) == 0
     if empty.any():
-        columns["spm"] = _ensure_one_event(columns["spm"], empty, ref, rng)
+        columns["spm"] = _ensure_one_event(columns["spm"], empty, ref, rng,
+                                           min(30, config.history_days))
     ids = pa.array([f"u{config.seed:03d}-{chunk * config.chunk_users + i:08d}" for i in range(n)])
     tab = _tabular(rng, tr)
     tabular = pa.ListArray.from_arrays(pa.array(np.arange(0, tab.size + 1, tab.shape[1],
@@ -296,16 +303,16 @@ def generate_chunk(config: WorldConfig, chunk: int, n: int) -> pa.Table:
     arrays = [ids, seconds_to_ts(np.full(n, ref)), tabular]
     arrays += [columns[m] for m in EVENT_MODALITIES]
     arrays += [columns[future_column(m)] for m in EVENT_MODALITIES]
-    return pa.Table.from_arrays(arrays, schema=user_schema(V.TABULAR_NAMES))
+    return pa.Table.from_arrays(arrays, schema=user_schema(V.TABULAR_NAMES, spec=config.spec))
 
 
 def _ensure_one_event(col: pa.ListArray, empty: np.ndarray, ref: int,
-                      rng: np.random.Generator) -> pa.ListArray:
-    """Adds one home-page view, a few hours before the split, to users with no history."""
+                      rng: np.random.Generator, days: int) -> pa.ListArray:
+    """Adds one home-page view, within ``days`` before the split, to users with no history."""
     rows = col.to_pylist()
     home = f"{V.SPM[0].forms[0]}.c1.d1"
     for i in np.flatnonzero(empty):
-        ts = datetime.fromtimestamp(ref - int(rng.integers(3600, 30 * DAY)), tz=timezone.utc)
+        ts = datetime.fromtimestamp(ref - int(rng.integers(3600, days * DAY)), tz=timezone.utc)
         rows[i] = [{"ts": ts, "spm": home}]
     return pa.array(rows, type=col.type)
 
@@ -317,7 +324,7 @@ def write_world(config: WorldConfig, out: str | Path) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     for stale in out.glob("users*.parquet"):
         stale.unlink()
-    schema = user_schema(V.TABULAR_NAMES)
+    schema = user_schema(V.TABULAR_NAMES, spec=config.spec)
     files: list[str] = []
     writer = None
     written_in_file = 0
@@ -343,8 +350,8 @@ def write_world(config: WorldConfig, out: str | Path) -> dict:
         "chunk_users": config.chunk_users,
         "activity": config.activity,
         "files": files,
-        "history_days": HISTORY_DAYS,
-        "future_days": FUTURE_DAYS,
+        "history_days": config.history_days,
+        "future_days": config.future_days,
     }
     (out / "world.json").write_text(json.dumps(meta, indent=2) + "\n")
     return meta

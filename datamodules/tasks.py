@@ -1,60 +1,105 @@
-"""The benchmark task registry: the GG-SM paper's 9 tasks, the Query-as-Anchor paper's 10 and
-the MovieLens suite.
+"""The benchmark task registry (the GG-SM paper's 9 tasks, the Query-as-Anchor paper's 10 and
+the MovieLens suite), and tasks a study defines in YAML.
 
 Every task is a binary label read by one documented rule. An :class:`EventRule` reads the
 user's FUTURE window, as the papers define their tasks: "at least one target event in the
 prediction window" (MAU loss: no activity at all in the window). It names a modality, a field
-predicate, a slice of the 30-day window and whether the label is negated. An
-:class:`AttributeRule` reads one ``attr_<name>`` column (age, gender, occupation). Neither
-reads a history column, and attribute and future columns never reach the model, so history
-tokens cannot leak a label. Concert and log-in belong to both papers and are one task each.
-Rules are plain data: a study on its own data can register tasks of its own.
+predicate, a slice of the future window and whether the label is negated. An
+:class:`AttributeRule` reads one ``attr_<name>`` column (age, gender, occupation); a
+:class:`LabelRule` reads a ``label_<name>`` column shipped with the data. None reads a history
+column, and attribute, label and future columns never reach the model, so history tokens
+cannot leak a label. Concert and log-in belong to both papers and are one task each.
+
+Rules are plain data, checked against the dataset they are applied to (its modalities,
+fields and future window). A task file (``experiments/tasks/*.yaml``) or an inline entry of
+``eval.tasks`` defines tasks of its own::
+
+    tasks:
+      repurchase: {title: Buys again, event: {modality: purchase}}
+      big_basket: {event: {modality: purchase, field: quantity, op: ge, value: 3}}
+      high_value: {label: high_value}            # the column label_high_value
+      young: {attribute: {attribute: age, op: lt, value: 30}}
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import yaml
 
+from .dataset import DatasetSpec
 from .schema import (
-    ATTRIBUTE_PREFIX, DAY, EVENT_FIELDS, FUTURE_DAYS, future_column, table_modalities, ts_seconds,
+    ATTRIBUTE_PREFIX, DAY, LABEL_PREFIX, future_column, table_modalities, table_spec, ts_seconds,
 )
 
 ANY = "any"
 EVENT_OPS = ("in", "ge", "le", "startswith", "endswith", "has")
+NUMBER_OPS = ("ge", "le")
 
 
 @dataclass(frozen=True)
 class EventRule:
     """Counts future events of ``modality`` (or of every modality, ``any``) whose ``field``
-    satisfies ``op value`` inside days ``[day_from, day_to)`` of the future window."""
+    satisfies ``op value`` inside days ``[day_from, day_to)`` of the future window (a
+    negative day counts from the window's end; ``day_to`` None: the window's end)."""
 
     modality: str
     field: str | None = None
     op: str = "in"  # in | ge | le | startswith | endswith | has (a "|"-separated list has value)
     value: tuple[str, ...] | float | str | None = None
     day_from: int = 0
-    day_to: int = FUTURE_DAYS
+    day_to: int | None = None
     min_count: int = 1
     negate: bool = False  # label = NOT (count >= min_count)
 
     def __post_init__(self) -> None:
-        if self.modality != ANY and self.modality not in EVENT_FIELDS:
-            raise ValueError(f"rule modality {self.modality!r}: expected one of "
-                             f"{(ANY, *EVENT_FIELDS)}")
-        if self.field is not None and self.field not in EVENT_FIELDS.get(self.modality, {}):
-            raise ValueError(f"rule field {self.field!r}: not a field of {self.modality} events")
         if self.op not in EVENT_OPS:
             raise ValueError(f"rule op {self.op!r}: expected one of {' | '.join(EVENT_OPS)}")
-        if not 0 <= self.day_from < self.day_to <= FUTURE_DAYS:
-            raise ValueError(f"rule days [{self.day_from}, {self.day_to}): expected a slice of "
-                             f"[0, {FUTURE_DAYS})")
+        if self.field is not None and self.value is None:
+            raise ValueError(f"rule on field {self.field!r}: expected a value")
+        if self.min_count < 1:
+            raise ValueError(f"rule min_count {self.min_count}: expected at least 1")
+        if self.op == "in" and isinstance(self.value, (str, int, float)):
+            object.__setattr__(self, "value", (str(self.value),))
+        elif isinstance(self.value, list):
+            object.__setattr__(self, "value", tuple(str(v) for v in self.value))
 
-    def describe(self) -> str:
+    def days(self, future_days: int) -> tuple[int, int]:
+        """The rule's slice ``[lo, hi)`` of a future window of ``future_days`` days."""
+        lo = self.day_from if self.day_from >= 0 else future_days + self.day_from
+        hi = future_days if self.day_to is None else (
+            self.day_to if self.day_to >= 0 else future_days + self.day_to)
+        return lo, hi
+
+    def check(self, spec: DatasetSpec) -> None:
+        """Raises ValueError when the rule does not fit the dataset."""
+        if self.modality != ANY and self.modality not in spec.names:
+            raise ValueError(f"rule modality {self.modality!r}: the dataset has "
+                             f"{[ANY, *spec.names]}")
+        if self.field is not None:
+            if self.modality == ANY:
+                raise ValueError("a rule over any modality cannot name a field")
+            fields = spec.modality(self.modality).fields
+            if self.field not in fields:
+                raise ValueError(f"rule field {self.field!r}: not a field of {self.modality} "
+                                 f"events ({list(fields)})")
+            number = fields[self.field] == "number"
+            if number != (self.op in NUMBER_OPS):
+                raise ValueError(f"rule op {self.op!r} on {self.modality}.{self.field} (a "
+                                 f"{fields[self.field]} field): expected "
+                                 f"{' | '.join(NUMBER_OPS) if number else 'a text op'}")
+        lo, hi = self.days(spec.future_days)
+        if not 0 <= lo < hi <= spec.future_days:
+            raise ValueError(f"rule days [{self.day_from}, {self.day_to}): expected a slice of "
+                             f"the dataset's {spec.future_days}-day future window")
+
+    def describe(self, future_days: int | None = None) -> str:
+        future_days = future_days or DatasetSpec().future_days
         what = "any event" if self.modality == ANY else f"{self.modality} event"
         if self.field is not None:
             value = (", ".join(self.value) if isinstance(self.value, tuple) else self.value)
@@ -64,8 +109,9 @@ class EventRule:
                      "has": f" with {self.field} including {value}",
                      "startswith": f" with {self.field} starting with '{value}'",
                      "endswith": f" with {self.field} ending in '{value}'"}[self.op]
-        days = ("the future window" if (self.day_from, self.day_to) == (0, FUTURE_DAYS)
-                else f"future days {self.day_from}-{self.day_to - 1}")
+        lo, hi = self.days(future_days)
+        days = ("the future window" if (lo, hi) == (0, future_days)
+                else f"future days {lo}-{hi - 1}")
         count = "at least one" if self.min_count == 1 else f"at least {self.min_count}"
         counted = what if self.min_count == 1 else what.replace(" event", " events", 1)
         text = f"{count} {counted} in {days}"
@@ -91,15 +137,41 @@ class AttributeRule:
     def __post_init__(self) -> None:
         if self.op not in ("in", "lt", "ge"):
             raise ValueError(f"attribute rule op {self.op!r}: expected in | lt | ge")
+        if self.op == "in" and not isinstance(self.value, tuple):
+            values = self.value if isinstance(self.value, list) else [self.value]
+            object.__setattr__(self, "value", tuple(str(v) for v in values))
 
     @property
     def column(self) -> str:
         return ATTRIBUTE_PREFIX + self.attribute
 
-    def describe(self) -> str:
+    def check(self, spec: DatasetSpec) -> None:
+        pass  # the column is checked against the file (check_task_columns)
+
+    def describe(self, future_days: int | None = None) -> str:
         if self.op == "in":
             return f"{self.attribute} in {{{', '.join(self.value)}}}"
         return f"{self.attribute} {'<' if self.op == 'lt' else '>='} {self.value:g}"
+
+    def columns(self, modalities: tuple[str, ...]) -> list[str]:
+        return [self.column]
+
+
+@dataclass(frozen=True)
+class LabelRule:
+    """A label shipped with the data: the 0/1 column ``label_<label>``."""
+
+    label: str
+
+    @property
+    def column(self) -> str:
+        return LABEL_PREFIX + self.label
+
+    def check(self, spec: DatasetSpec) -> None:
+        pass  # the column is checked against the file (check_task_columns)
+
+    def describe(self, future_days: int | None = None) -> str:
+        return f"the data's label column {self.column}"
 
     def columns(self, modalities: tuple[str, ...]) -> list[str]:
         return [self.column]
@@ -114,7 +186,7 @@ class Task:
     name: str
     title: str
     domains: dict[str, str]  # suite -> the domain the paper files the task under
-    rule: EventRule | AttributeRule
+    rule: EventRule | AttributeRule | LabelRule
     notes: str = ""
 
     @property
@@ -130,7 +202,7 @@ TASKS: dict[str, Task] = {t.name: t for t in (
          EventRule("bill", "category", "in", ("concert",)),
          "a concert-ticket payment; rare, the hardest task"),
     Task("login", "User log-in prediction", {GGSM: "user_prediction", QANCHOR: "engagement"},
-         EventRule("spm", "spm", "startswith", "a10.b1001.", day_from=FUTURE_DAYS - 7),
+         EventRule("spm", "spm", "startswith", "a10.b1001.", day_from=-7),
          "a home-page view (log-in) in the last week of the window; spm prefix a10.b1001"),
     Task("mau_loss", "MAU loss prediction", {GGSM: "user_prediction"},
          EventRule(ANY, negate=True), "no activity in any modality for the whole window"),
@@ -222,25 +294,113 @@ def task_names(suite: str | None = None) -> list[str]:
     return [name for name, t in TASKS.items() if suite in t.papers]
 
 
-def resolve_tasks(names: list[str] | str) -> list[Task]:
-    """Tasks by name or suite name; unknown names fail with the list of known ones."""
-    if isinstance(names, str):
-        names = task_names(names) if names in (*DOMAINS, "all") else [names]
-    out = []
-    for name in names:
-        if name in DOMAINS or name == "all":
-            out += [TASKS[n] for n in task_names(name)]
-        elif name in TASKS:
-            out.append(TASKS[name])
+OWN = "own"  # the suite and domain of a study's own tasks unless they name one
+RULE_KEYS = ("event", "attribute", "label")
+
+
+def task_from_declaration(name: str, decl: dict, where: str = "") -> Task:
+    """A task from its YAML form: ``{title, domain, notes, and one of event: {modality,
+    field, op, value, day_from, day_to, min_count, negate}, attribute: {attribute, op,
+    value}, label: <column name without label_>}``."""
+    at = f"{where}task {name!r}" if where else f"task {name!r}"
+    if not isinstance(decl, dict):
+        raise ValueError(f"{at}: expected a mapping, got {decl!r}")
+    unknown = set(decl) - {"name", "title", "domain", "notes", *RULE_KEYS}
+    if unknown:
+        raise ValueError(f"{at}: unknown key(s) {sorted(unknown)}; expected title, domain, "
+                         f"notes and one of {' | '.join(RULE_KEYS)}")
+    rules = [k for k in RULE_KEYS if k in decl]
+    if len(rules) != 1:
+        raise ValueError(f"{at}: expected exactly one rule ({' | '.join(RULE_KEYS)}), got "
+                         f"{rules or 'none'}")
+    body = decl[rules[0]]
+    try:
+        if rules[0] == "label":
+            rule = LabelRule(str(body if body is not None else name))
+        elif not isinstance(body, dict):
+            raise ValueError(f"{rules[0]}: expected a mapping, got {body!r}")
+        elif rules[0] == "event":
+            rule = EventRule(**body)
         else:
-            raise ValueError(f"unknown task {name!r}: expected one of {sorted(TASKS)} "
-                             f"or a suite ({', '.join([*DOMAINS, 'all'])})")
-    return list({t.name: t for t in out}.values())
+            rule = AttributeRule(**body)
+    except TypeError as e:  # an unknown or missing rule field
+        raise ValueError(f"{at}: {rules[0]} rule: {e}") from e
+    except ValueError as e:
+        raise ValueError(f"{at}: {e}") from e
+    domain = str(decl.get("domain", OWN))
+    return Task(name, str(decl.get("title", name)), {OWN: domain}, rule,
+                str(decl.get("notes", "")))
+
+
+def load_task_file(path: Path) -> list[Task]:
+    """The tasks of a YAML task file (a mapping ``tasks: {name: declaration}``)."""
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ValueError(f"{path}: not valid YAML ({e})") from e
+    if not isinstance(data, dict) or not isinstance(data.get("tasks"), dict) or not data["tasks"]:
+        raise ValueError(f"{path}: expected a mapping 'tasks:' of task names to declarations")
+    return [task_from_declaration(str(n), d, f"{path}: ") for n, d in data["tasks"].items()]
+
+
+def find_task_file(name: str, dirs: tuple[Path, ...] = ()) -> Path:
+    """A task file as given, or under one of ``dirs`` or their ``tasks/`` folders."""
+    candidates = [Path(name)] + [d / sub / name for d in dirs for sub in ("", "tasks")]
+    for c in candidates:
+        if c.is_file():
+            return c
+    raise ValueError(f"task file {name!r} not found (looked in {[str(c) for c in candidates]})")
+
+
+def is_task_file(item) -> bool:
+    return isinstance(item, str) and item.endswith((".yaml", ".yml"))
+
+
+def resolve_tasks(items: list | str, dirs: tuple[Path, ...] = ()) -> list[Task]:
+    """Tasks from names, suite names, task files (``*.yaml``, looked up in ``dirs``), inline
+    declarations (``{name: ..., event: ...}``) and :class:`Task` objects; unknown names fail
+    with the list of known ones. A name may appear once."""
+    if isinstance(items, (str, dict, Task)):
+        items = [items]
+    out: list[Task] = []
+    for item in items:
+        if isinstance(item, Task):
+            out.append(item)
+        elif isinstance(item, dict):
+            if "name" not in item:
+                raise ValueError(f"inline task {item!r}: expected a 'name'")
+            out.append(task_from_declaration(str(item["name"]), item))
+        elif is_task_file(item):
+            out += load_task_file(find_task_file(item, dirs))
+        elif item in DOMAINS or item == "all":
+            out += [TASKS[n] for n in task_names(item)]
+        elif item in TASKS:
+            out.append(TASKS[item])
+        else:
+            raise ValueError(f"unknown task {item!r}: expected one of {sorted(TASKS)}, a suite "
+                             f"({', '.join([*DOMAINS, 'all'])}), a task file (*.yaml) or an "
+                             f"inline declaration")
+    unique: dict[str, Task] = {}
+    for task in out:
+        if task.name in unique and unique[task.name] != task:
+            raise ValueError(f"task {task.name!r} is defined twice, differently")
+        unique[task.name] = task
+    return list(unique.values())
+
+
+def check_tasks(tasks: list[Task], spec: DatasetSpec) -> None:
+    """Every task's rule fits the dataset; the error names the task."""
+    for task in tasks:
+        try:
+            task.rule.check(spec)
+        except ValueError as e:
+            raise ValueError(f"task {task.name!r}: {e}") from e
 
 
 def _rule_counts(table: pa.Table, rule: EventRule) -> np.ndarray:
     n = table.num_rows
     ref = ts_seconds(table.column("ref_time"))
+    lo, hi = rule.days(table_spec(table).future_days)
     modalities = (table_modalities(table, future=True) if rule.modality == ANY
                   else (rule.modality,))
     counts = np.zeros(n, dtype=np.int64)
@@ -252,7 +412,7 @@ def _rule_counts(table: pa.Table, rule: EventRule) -> np.ndarray:
         parents = np.asarray(pc.list_parent_indices(col))
         ts = ts_seconds(flat.field("ts"))
         day = (ts - ref[parents]) // DAY
-        keep = (day >= rule.day_from) & (day < rule.day_to)
+        keep = (day >= lo) & (day < hi)
         if rule.field is not None:
             values = flat.field(rule.field)
             if rule.op == "in":
@@ -275,7 +435,8 @@ def _rule_counts(table: pa.Table, rule: EventRule) -> np.ndarray:
 def _attribute_hits(table: pa.Table, rule: AttributeRule) -> np.ndarray:
     values = table.column(rule.column)
     if rule.op == "in":
-        hit = pc.is_in(values, value_set=pa.array(list(rule.value), pa.string()))
+        hit = pc.is_in(pc.cast(values, pa.string()),
+                       value_set=pa.array(list(rule.value), pa.string()))
     elif rule.op == "lt":
         hit = pc.less(values, rule.value)
     else:
@@ -284,14 +445,19 @@ def _attribute_hits(table: pa.Table, rule: AttributeRule) -> np.ndarray:
 
 
 def label_columns(tasks: list[Task], modalities: tuple[str, ...]) -> list[str]:
-    """The future and attribute columns the tasks' labels read."""
+    """The future, attribute and label columns the tasks' labels read."""
     return list(dict.fromkeys(c for t in tasks for c in t.rule.columns(modalities)))
 
 
 def compute_labels(table: pa.Table, tasks: list[Task]) -> np.ndarray:
-    """Labels (users, tasks) as int8 from the future and attribute columns of a user table."""
+    """Labels (users, tasks) as int8 from the future, attribute and label columns of a user
+    table."""
     out = np.empty((table.num_rows, len(tasks)), dtype=np.int8)
     for k, task in enumerate(tasks):
+        if isinstance(task.rule, LabelRule):
+            out[:, k] = pc.cast(table.column(task.rule.column), pa.int8()).to_numpy(
+                zero_copy_only=False)
+            continue
         if isinstance(task.rule, AttributeRule):
             out[:, k] = _attribute_hits(table, task.rule)
             continue

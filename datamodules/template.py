@@ -21,14 +21,16 @@ budget is split evenly among the longer ones). Only the kept events are rendered
 
 from __future__ import annotations
 
+import string
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from functools import lru_cache
 
 import numpy as np
 from tokenizers import Tokenizer
 
+from .dataset import DatasetSpec, Modality
 from .records import EventColumns, UserColumns
-from .schema import EVENT_FIELDS, EVENT_MODALITIES, SEGMENTS, segments
 from .tokenizer import SpecialIds, special_ids
 
 PAD_SEGMENT, HISTORY, QUERY, ANCHOR = 0, 1, 2, 3
@@ -36,7 +38,8 @@ PAD_SEGMENT, HISTORY, QUERY, ANCHOR = 0, 1, 2, 3
 # Query-as-Anchor's per-modality caps (events), the paper's demo defaults.
 DEFAULT_CAPS = {"bill": 250, "minipro": 150, "spm": 150, "app": 100, "search": 10,
                 "tabular": 50}
-KNOWN_SEGMENTS = segments(EVENT_FIELDS)
+# Fewest tokens a template needs besides the segments' tags: a short query and the anchor.
+MIN_FREE_TOKENS = 8
 
 
 @dataclass(frozen=True)
@@ -50,58 +53,83 @@ class TemplateConfig:
     def __post_init__(self) -> None:
         self.check()
 
-    def check(self) -> None:
-        unknown = set(self.caps) - set(KNOWN_SEGMENTS)
+    def check(self, segments: tuple[str, ...] | None = None) -> None:
+        """Caps and budget against a dataset's segments (None: values only)."""
+        bad = {k: v for k, v in self.caps.items() if not isinstance(v, int) or v < 0}
+        if bad:
+            raise ValueError(f"data.caps {bad}: expected whole numbers of events >= 0")
+        if segments is None:
+            return
+        unknown = set(self.caps) - set(segments) - set(DEFAULT_CAPS)
         if unknown:
-            raise ValueError(f"data.caps unknown segment(s) {sorted(unknown)}; "
-                             f"expected keys among {list(KNOWN_SEGMENTS)}")
-        if self.max_tokens < 2 * len(SEGMENTS) + 8:  # the default world's segments
+            raise ValueError(f"data.caps unknown segment(s) {sorted(unknown)}; the dataset's "
+                             f"segments are {list(segments)}")
+        if self.max_tokens < 2 * len(segments) + MIN_FREE_TOKENS:
             raise ValueError(f"data.max_tokens {self.max_tokens} is too small for the "
-                             f"{2 * len(SEGMENTS)} boundary tags plus query and anchor")
+                             f"{2 * len(segments)} boundary tags plus query and anchor")
 
 
-_CLOCK: dict[int, str] = {}
+_CLOCK: dict[tuple[int, bool], str] = {}
 
 
-def _clock(ts: np.ndarray) -> list[str]:
-    """'MM-DD HHh' for each timestamp (seconds, UTC); memoised per hour."""
+def _clock(ts: np.ndarray, time_of_day: bool = True) -> list[str]:
+    """'MM-DD HHh' for each timestamp (seconds, UTC), or 'MM-DD' for a dataset whose event
+    times carry no time of day; memoised per hour."""
     out = []
+    pattern = "%m-%d %Hh" if time_of_day else "%m-%d"
     for hour in (ts // 3600).tolist():
-        text = _CLOCK.get(hour)
+        text = _CLOCK.get((hour, time_of_day))
         if text is None:
-            text = datetime.fromtimestamp(hour * 3600, tz=timezone.utc).strftime("%m-%d %Hh")
-            _CLOCK[hour] = text
+            text = datetime.fromtimestamp(hour * 3600, tz=timezone.utc).strftime(pattern)
+            _CLOCK[(hour, time_of_day)] = text
         out.append(text)
     return out
 
 
-def event_pieces(modality: str, ev: EventColumns, lo: int, hi: int) -> list[tuple[str, ...]]:
-    """The words of events ``lo:hi`` of one modality, oldest first, one tuple per event."""
+@lru_cache(maxsize=None)
+def _piece_parts(piece: str) -> tuple[str, str, str, str]:
+    """(text before, field, format spec, text after) of a one-field format string."""
+    parts = list(string.Formatter().parse(piece))
+    k = next(i for i, (_, f, _, _) in enumerate(parts) if f is not None)
+    before = "".join(p[0] for p in parts[: k + 1])
+    after = "".join(p[0] for p in parts[k + 1:])
+    return before, parts[k][1], parts[k][2] or "", after
+
+
+def _piece_values(modality: Modality, piece: str, ev: EventColumns, lo: int,
+                  hi: int) -> list[str]:
+    before, name, spec, after = _piece_parts(piece)
+    col = ev.fields[name]
+    kind = modality.fields[name]
+    if col.codes is not None:
+        values = col.strings(lo, hi)
+        if spec:
+            values = [format(v, spec) for v in values]
+    elif kind == "timestamp":
+        values = [format(datetime.fromtimestamp(int(t), tz=timezone.utc), spec or "%m-%d")
+                  for t in col.values[lo:hi]]
+    else:
+        values = [format(v, spec) for v in col.values[lo:hi]]
+    if before or after:
+        values = [f"{before}{v}{after}" for v in values]
+    return values
+
+
+def event_pieces(modality: Modality, ev: EventColumns, lo: int, hi: int,
+                 time_of_day: bool = True) -> list[tuple[str, ...]]:
+    """The words of events ``lo:hi`` of one modality, oldest first, one tuple per event: the
+    date, then one word group per piece of the modality's rendering."""
     if hi <= lo:
         return []
-    when = _clock(ev.ts[lo:hi])
-    f = ev.fields
-    if modality == "bill":
-        return [(w, c, m, f"{a:.0f}") for w, c, m, a in zip(
-            when, f["category"].strings(lo, hi), f["merchant"].strings(lo, hi),
-            f["amount"].values[lo:hi])]
-    if modality == "minipro":
-        return list(zip(when, f["category"].strings(lo, hi), f["name"].strings(lo, hi)))
-    if modality == "spm":
-        return list(zip(when, f["spm"].strings(lo, hi)))
-    if modality == "app":
-        return [(w, a, f"{m:.0f}min") for w, a, m in zip(
-            when, f["app"].strings(lo, hi), f["minutes"].values[lo:hi])]
-    if modality == "rating":
-        return [(w, t, g, f"rated {r:g}") for w, t, g, r in zip(
-            when, f["title"].strings(lo, hi), f["genres"].strings(lo, hi),
-            f["rating"].values[lo:hi])]
-    return list(zip(when, f["query"].strings(lo, hi)))
+    columns = [_clock(ev.ts[lo:hi], time_of_day)]
+    columns += [_piece_values(modality, piece, ev, lo, hi) for piece in modality.pieces]
+    return list(zip(*columns))
 
 
-def render_events(modality: str, ev: EventColumns, lo: int, hi: int) -> list[str]:
+def render_events(modality: Modality, ev: EventColumns, lo: int, hi: int,
+                  time_of_day: bool = True) -> list[str]:
     """Text of events ``lo:hi`` of one modality, oldest first."""
-    return [" ".join(p) for p in event_pieces(modality, ev, lo, hi)]
+    return [" ".join(p) for p in event_pieces(modality, ev, lo, hi, time_of_day)]
 
 
 def render_tabular(names: list[str], values: np.ndarray) -> list[str]:
@@ -137,12 +165,13 @@ class UserTemplate:
     """Turns users of a :class:`UserColumns` into token ids and segment ids."""
 
     def __init__(self, tokenizer: Tokenizer, tabular_names: list[str],
-                 config: TemplateConfig,
-                 modalities: tuple[str, ...] = EVENT_MODALITIES):
+                 config: TemplateConfig, spec: DatasetSpec | None = None):
         self.tok = tokenizer
         self.cfg = config
-        self.modalities = tuple(modalities)
-        self.segments = segments(self.modalities)
+        self.spec = spec or DatasetSpec()
+        self.modalities = self.spec.names
+        self.segments = self.spec.segments
+        config.check(self.segments)
         self.ids: SpecialIds = special_ids(tokenizer, self.segments)
         self.tabular_names = list(tabular_names)
         self._query_cache: dict[str, list[int]] = {}
@@ -201,7 +230,8 @@ class UserTemplate:
                     continue
                 k = min(step, hi - lo - taken[s_])
                 end = hi - taken[s_]
-                texts += event_pieces(m, users.history[m], end - k, end)
+                texts += event_pieces(self.spec.modality(m), users.history[m], end - k, end,
+                                      self.spec.time_of_day)
                 owners.append((s_, k))
                 taken[s_] += k
             if first:

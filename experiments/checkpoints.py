@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from maskstudy.datamodules.hierarchical import BUILTIN_SLOTS
 from maskstudy.lightning_modules.module import ContrastiveMaskingModule
 
 from .config import ExperimentConfig, load_config
@@ -64,7 +65,8 @@ def load_run(checkpoint: str | Path) -> tuple[ExperimentConfig, ContrastiveMaski
     check_same_model(cfg, checkpoint, state)
     hp = state["hyper_parameters"]
     module = ContrastiveMaskingModule(hp["config"], vocab_size=hp["vocab_size"],
-                                      special_token_ids=hp["special_token_ids"])
+                                      special_token_ids=hp["special_token_ids"],
+                                      modality_slots=hp.get("modality_slots", BUILTIN_SLOTS))
     module.load_state_dict(state["state_dict"])
     if (run_dir / "tokenizer.json").exists():
         cfg.data.tokenizer = str(run_dir / "tokenizer.json")

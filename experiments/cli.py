@@ -3,10 +3,38 @@
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import sys
 import time
 from pathlib import Path
+
+
+def _one_line_errors() -> tuple[type[Exception], ...]:
+    """The mistakes a user can fix from the message alone (imported when one is raised, so
+    data commands do not load the training stack)."""
+    from maskstudy.datamodules.schema import DataValidationError
+    from maskstudy.experiments.config import ConfigError
+    from maskstudy.experiments.checkpoints import CheckpointError
+    from maskstudy.experiments.run import OutOfMemory
+    from maskstudy.experiments.sweep import SweepError
+    from maskstudy.lightning_modules.module import NonFiniteError
+
+    return (CheckpointError, ConfigError, DataValidationError, FileNotFoundError,
+            NonFiniteError, OutOfMemory, SweepError)
+
+
+def _config_error(fn):
+    """Config and data mistakes end with one clear line, before any training."""
+    def wrapped(args: argparse.Namespace) -> int:
+        try:
+            return fn(args)
+        except Exception as e:
+            if not isinstance(e, _one_line_errors()):
+                raise
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+    return wrapped
 
 
 def _data_synth(args: argparse.Namespace) -> int:
@@ -26,28 +54,98 @@ def _data_synth(args: argparse.Namespace) -> int:
 
 
 def _data_validate(args: argparse.Namespace) -> int:
-    from maskstudy.datamodules.schema import DataValidationError, validate_dataset
+    from maskstudy.datamodules.schema import DataValidationError, dataset_spec, validate_dataset
 
     try:
-        n = validate_dataset(args.path)
+        n = validate_dataset(args.path, empty_history=args.empty_history,
+                             examples=args.examples)
+        spec = dataset_spec(args.path)
     except (DataValidationError, FileNotFoundError) as e:
         print(f"invalid: {e}", file=sys.stderr)
         return 1
-    print(f"{args.path}: {n} users, valid")
+    print(f"{args.path}: {n} users, valid (modalities {', '.join(spec.names)}; "
+          f"{spec.history_days} days of history, {spec.future_days} of future)")
     return 0
 
 
+def task_list(text: str) -> list[str]:
+    """``--tasks``: names, suites and task files, comma- or space-separated."""
+    return [t for t in text.replace(",", " ").split() if t]
+
+
+@_config_error
 def _data_summary(args: argparse.Namespace) -> int:
     from maskstudy.datamodules.summary import format_summary, world_summary
+    from maskstudy.experiments.config import EvalConfig, config_dirs
 
-    summary = world_summary(args.path, tasks=args.tasks, probe_fraction=args.probe_fraction,
-                            split_seed=args.split_seed)
+    summary = world_summary(args.path, tasks=[t for item in args.tasks for t in task_list(item)],
+                            probe_fraction=args.probe_fraction, split_seed=args.split_seed,
+                            task_dirs=tuple(config_dirs()),
+                            min_class_users=EvalConfig().min_class_users)
     print(format_summary(summary))
     if args.json:
         Path(args.json).write_text(json.dumps(summary, indent=2) + "\n")
     return 0
 
 
+@_config_error
+def _data_import(args: argparse.Namespace) -> int:
+    from maskstudy.datamodules.importer import ImportSpec, format_report, import_events
+
+    flags = {"events": args.events, "users": args.users, "out": args.out,
+             "user_column": args.user_column, "time_column": args.time_column,
+             "time_format": args.time_format, "modality_column": args.modality_column,
+             "split_time": args.split_time, "split_column": args.split_column,
+             "history_days": args.history_days, "future_days": args.future_days,
+             "tabular": _names(args.tabular), "attributes": _names(args.attributes),
+             "labels": _names(args.labels), "modalities": _declared(args.modality, args.fields)}
+    if args.spec:
+        spec = ImportSpec.from_yaml(args.spec, **flags)
+    else:
+        spec = ImportSpec(**{k: v for k, v in flags.items() if v not in (None, [], {})})
+    start = time.perf_counter()
+    report = import_events(spec)
+    print(format_report(report))
+    print(f"wrote {spec.out} in {time.perf_counter() - start:.1f}s (report: "
+          f"{Path(spec.out) / 'dataset.json'})")
+    return 0
+
+
+def _names(text: str | None) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()] if text else []
+
+
+def _declared(modality: str | None, field_kinds: str | None) -> dict:
+    """``--modality purchase --fields item:category,amount:number`` as a declaration."""
+    from maskstudy.datamodules.importer import DataImportError
+
+    if modality is None:
+        if field_kinds:
+            raise DataImportError("--fields declares the fields of --modality: give both")
+        return {}
+    if not field_kinds:
+        return {modality: "builtin"}
+    fields = {}
+    for item in _names(field_kinds):
+        name, sep, kind = item.partition(":")
+        if not sep:
+            raise DataImportError(f"--fields {item!r}: expected name:kind, e.g. amount:number")
+        fields[name.strip()] = kind.strip()
+    return {modality: fields}
+
+
+@_config_error
+def _data_example(args: argparse.Namespace) -> int:
+    from maskstudy.datamodules.example_log import write_example_log
+
+    given = {k: v for k, v in (("customers", args.customers), ("seed", args.seed))
+             if v is not None}
+    written = write_example_log(args.out, **given)
+    print(f"wrote {', '.join(str(p) for p in written)}")
+    return 0
+
+
+@_config_error
 def _data_tokenizer(args: argparse.Namespace) -> int:
     from maskstudy.datamodules.datamodules import DataConfig, UserDataModule, build_tokenizer
 
@@ -56,25 +154,6 @@ def _data_tokenizer(args: argparse.Namespace) -> int:
     build_tokenizer(dm, out, users=args.users)
     print(f"wrote {out}")
     return 0
-
-
-def _config_error(fn):
-    """Config and data mistakes end with one clear line, before any training."""
-    def wrapped(args: argparse.Namespace) -> int:
-        from maskstudy.datamodules.schema import DataValidationError
-        from maskstudy.experiments.config import ConfigError
-        from maskstudy.experiments.checkpoints import CheckpointError
-        from maskstudy.experiments.run import OutOfMemory
-        from maskstudy.experiments.sweep import SweepError
-        from maskstudy.lightning_modules.module import NonFiniteError
-
-        try:
-            return fn(args)
-        except (CheckpointError, ConfigError, DataValidationError, FileNotFoundError,
-                NonFiniteError, OutOfMemory, SweepError) as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-    return wrapped
 
 
 @_config_error
@@ -172,9 +251,12 @@ def _resume(args: argparse.Namespace) -> int:
 def _eval(args: argparse.Namespace) -> int:
     from maskstudy.experiments.run import evaluate_checkpoint
 
-    out = evaluate_checkpoint(args.checkpoint, args.tasks)
+    tasks = [t for item in args.tasks for t in task_list(item)] if args.tasks else None
+    out = evaluate_checkpoint(args.checkpoint, tasks)
     for task, m in out["tasks"].items():
         print(f"{task:<12} AUC {m['auc']:.4f}  KS {m['ks']:.4f}")
+    for task, c in out["skipped_tasks"].items():
+        print(f"{task:<12} skipped: {c['positives']} positive(s), {c['negatives']} negative(s)")
     print(f"{'average':<12} AUC {out['metrics']['eval/avg_auc']:.4f}  "
           f"KS {out['metrics']['eval/avg_ks']:.4f}")
     if args.json:
@@ -276,8 +358,15 @@ def build_parser() -> argparse.ArgumentParser:
     validate = data_cmds.add_parser(
         "validate", help="check user Parquet files against the schema",
         description="Check a user Parquet file or directory of users*.parquet against the "
-                    "schema; errors name the file, row, user id and field. Exit 1 if invalid.")
+                    "schema and the dataset's declaration (modalities, windows). Every "
+                    "problem is counted: the total per kind is printed with the first "
+                    "examples of each, naming file, row, user id and field. Exit 1 if invalid.")
     validate.add_argument("path")
+    validate.add_argument("--empty-history", choices=("error", "keep"), default="error",
+                          help="users without history events: a problem (default) or kept, "
+                               "as data.empty_history")
+    validate.add_argument("--examples", type=int, default=20,
+                          help="problems shown per kind (default 20; totals always shown)")
     validate.set_defaults(func=_data_validate)
 
     summary = data_cmds.add_parser(
@@ -285,12 +374,67 @@ def build_parser() -> argparse.ArgumentParser:
         description="Per-task prevalence on the probe users and the test AUC of a "
                     "bag-of-events logistic regression on each task's stratified split.")
     summary.add_argument("path")
-    summary.add_argument("--tasks", default="all",
-                         help="ggsm, qanchor, movielens, all (the papers' 17; default all)")
+    summary.add_argument("--tasks", nargs="+", default=["all"],
+                         help="task names, suites (ggsm, qanchor, movielens, all: the papers' "
+                              "17, the default) and task files (*.yaml), space- or "
+                              "comma-separated. A task's test split depends on the split seed "
+                              "and the task alone, never on the other tasks listed")
     summary.add_argument("--probe-fraction", type=float, default=0.3)
     summary.add_argument("--split-seed", type=int, default=0)
     summary.add_argument("--json", help="also write the summary as JSON to this file")
     summary.set_defaults(func=_data_summary)
+
+    from maskstudy.datamodules.example_log import write_example_log
+    from maskstudy.datamodules.importer import ImportSpec
+
+    default = ImportSpec()  # the one owner of the import's defaults
+    imp = data_cmds.add_parser(
+        "import", help="turn an event log and a user table into a dataset",
+        description="Import a long-format event table (CSV, Parquet or JSON lines: a user "
+                    "column, a time column, a modality column or one --modality, field "
+                    "columns) and optionally a user table (tabular features, attributes, "
+                    "labels, per-user split times) into a validated dataset in the user "
+                    "schema, with its windows and modality declarations. Every user is kept "
+                    "(users without history events too: train with data.empty_history=keep); "
+                    "events that cannot be placed are dropped and counted per reason. Keys "
+                    "may come from a YAML file (--spec), flags override it.")
+    imp.add_argument("--spec", help="a YAML file with the keys below (paths relative to it)")
+    imp.add_argument("--events", help="the event table")
+    imp.add_argument("--users", help="the user table (one row per user)")
+    imp.add_argument("--out", help="the dataset directory to write")
+    imp.add_argument("--user-column", help=f"user id column (default {default.user_column})")
+    imp.add_argument("--time-column", help=f"event time column (default {default.time_column})")
+    imp.add_argument("--time-format", help="strptime format of string times (default: ISO "
+                                           "8601, e.g. 2026-10-01 or 2026-10-01T08:30:00)")
+    imp.add_argument("--modality-column", help="the column naming each event's modality")
+    imp.add_argument("--modality", help="the one modality of every event (with --fields)")
+    imp.add_argument("--fields", help="its fields as name:kind, comma-separated; kinds: "
+                                      "category, text, list, path, number, timestamp")
+    imp.add_argument("--split-time", help="the history/future split for every user (ISO)")
+    imp.add_argument("--split-column", help="or each user's split time, a user-table column")
+    imp.add_argument("--history-days", type=int,
+                     help="history window (default: back to the earliest event)")
+    imp.add_argument("--future-days", type=int,
+                     help=f"future window (default {default.future_days})")
+    imp.add_argument("--tabular", help="user-table number columns, comma-separated")
+    imp.add_argument("--attributes", help="user-table columns kept as attr_<name>")
+    imp.add_argument("--labels", help="user-table 0/1 columns kept as label_<name>")
+    imp.set_defaults(func=_data_import)
+
+    example = data_cmds.add_parser(
+        "example-log", help="write a small example purchase log to import",
+        description="Write a generated purchase log (events.csv: customer, date, item, "
+                    "category, quantity, amount; customers.csv: features, a country "
+                    "attribute and two labels of the 90 days after the split) with an import "
+                    "spec (import.yaml), a task file (tasks/shop.yaml) and a data option "
+                    "(data/shop.yaml) for MASKSTUDY_CONFIG_PATH. Same arguments, same bytes.")
+    example.add_argument("--out", required=True, help="output directory")
+    example_defaults = inspect.signature(write_example_log).parameters
+    example.add_argument("--customers", type=int, help=f"number of customers (default "
+                         f"{example_defaults['customers'].default})")
+    example.add_argument("--seed", type=int,
+                         help=f"generator seed (default {example_defaults['seed'].default})")
+    example.set_defaults(func=_data_example)
 
     tok = data_cmds.add_parser(
         "tokenizer", help="train a tokenizer on a dataset's text",
@@ -352,7 +496,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Embed the probe users with a checkpoint and score every task's linear "
                     "probe (AUC, KS). The run's config.yaml (two levels up) supplies the data.")
     ev.add_argument("checkpoint", help="e.g. runs/hybrid/<timestamp>/checkpoints/last.ckpt")
-    ev.add_argument("--tasks", nargs="+", help="task names or suites (default: the run's)")
+    ev.add_argument("--tasks", nargs="+", help="task names, suites and task files (*.yaml), "
+                                               "space- or comma-separated (default: the run's)")
     ev.add_argument("--json", help="also write the scores as JSON to this file")
     ev.set_defaults(func=_eval)
 

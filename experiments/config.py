@@ -38,9 +38,9 @@ from maskstudy.callbacks.linear_probe import REPRESENTATIONS
 from maskstudy.callbacks.mask_schedule import RAMPS, check_prewarmup, check_ramp
 from maskstudy.datamodules.datamodules import DataConfig
 from maskstudy.datamodules.hierarchical import InputConfig, default_text_encoder
-from maskstudy.datamodules.probe import check_task_columns
-from maskstudy.datamodules.schema import dataset_files
-from maskstudy.datamodules.tasks import resolve_tasks
+from maskstudy.datamodules.schema import dataset_files, dataset_spec
+from maskstudy.datamodules.probe import MIN_SCORABLE, SPARSE_TASKS, check_task_columns
+from maskstudy.datamodules.tasks import Task, resolve_tasks
 from maskstudy.lightning_modules.backbone import BackboneConfig
 from maskstudy.lightning_modules.masks import MASKS, build_mask
 from maskstudy.lightning_modules.pretrain import PretrainConfig
@@ -88,7 +88,13 @@ class TrainerConfig:
 
 @dataclass
 class EvalConfig:
-    tasks: list[str] = field(default_factory=lambda: ["ggsm"])  # task names or suites: ggsm, qanchor, all
+    # Task names, suites (ggsm, qanchor, movielens, all), task files (*.yaml, looked up in the
+    # config directories and their tasks/ folders) and inline declarations ({name, event|...}).
+    tasks: list[Any] = field(default_factory=lambda: ["ggsm"])
+    # A task with fewer positives or negatives among the probe users cannot be scored: an
+    # error before training (sparse_tasks: error) or left out and reported (skip).
+    min_class_users: int = 5
+    sparse_tasks: str = "error"  # error | skip
     every_n_steps: int = 0  # 0: evaluate at the end of training only
     test_fraction: float = 0.3
     c: float = 1.0  # inverse L2 strength of the probe's logistic regression
@@ -100,10 +106,19 @@ class EvalConfig:
             raise ValueError(f"eval.representation expected one of {list(REPRESENTATIONS)}")
         if not 0 < self.test_fraction < 1:
             raise ValueError("eval.test_fraction expected a value in (0, 1)")
+        if self.min_class_users < MIN_SCORABLE:
+            raise ValueError(f"eval.min_class_users expected at least {MIN_SCORABLE} (one user "
+                             f"of each class on each side of a task's split)")
+        if self.sparse_tasks not in SPARSE_TASKS:
+            raise ValueError(f"eval.sparse_tasks expected one of {list(SPARSE_TASKS)}")
         try:
-            resolve_tasks(list(self.tasks))
+            self.resolved_tasks()
         except ValueError as e:
             raise ValueError(f"eval.tasks {e}") from e
+
+    def resolved_tasks(self) -> list[Task]:
+        """The tasks ``tasks`` names, task files read from the config directories."""
+        return resolve_tasks(list(self.tasks), tuple(config_dirs()))
 
 
 @dataclass
@@ -418,9 +433,14 @@ def check(cfg: ExperimentConfig, where: str = "config") -> None:
         fail("data.path", f"{cfg.data.path}: no such file or directory (build one with "
                           f"`maskstudy data {command} --out {cfg.data.path}`)")
     try:
-        check_task_columns(resolve_tasks(list(cfg.eval.tasks)), dataset_files(cfg.data.path)[0])
+        cfg.data.check_against(dataset_spec(cfg.data.path))
     except FileNotFoundError as e:
         fail("data.path", str(e))
+    except ValueError as e:
+        message = str(e)
+        fail(message.split(" ", 1)[0] if message.startswith("data.") else "data.path", message)
+    try:
+        check_task_columns(cfg.eval.resolved_tasks(), dataset_files(cfg.data.path)[0])
     except ValueError as e:
         fail("eval.tasks", str(e))
 

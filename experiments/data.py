@@ -33,8 +33,10 @@ def probe_datamodule(cfg: ExperimentConfig, template=None) -> ProbeDataModule:
     """The probe users of ``cfg`` as its model reads them (``cfg.input``); ``template``: one
     already validated and tokenised, shared with the training data module."""
     shared = {"validate": False} if template is not None else {}
-    dm = ProbeDataModule(cfg.data, tasks=list(cfg.eval.tasks), input=cfg.input,
-                         test_fraction=cfg.eval.test_fraction, **shared)
+    dm = ProbeDataModule(cfg.data, tasks=cfg.eval.resolved_tasks(), input=cfg.input,
+                         test_fraction=cfg.eval.test_fraction,
+                         min_class_users=cfg.eval.min_class_users,
+                         sparse_tasks=cfg.eval.sparse_tasks, **shared)
     if template is not None:
         dm.template = template
     dm.setup()

@@ -22,13 +22,14 @@ from .data import ProbeSourceAdapter
 from .pretraining import PretrainedBackbone, load_pretrained
 
 
-def _cache_key(cfg: ExperimentConfig, kind: str,
+def _cache_key(cfg: ExperimentConfig, kind: str, tasks: list,
                backbone: PretrainedBackbone | None = None) -> str:
     stat = [(f.name, f.stat().st_size, int(f.stat().st_mtime))
             for f in dataset_files(cfg.data.path)]
     d = cfg.data
     parts = [kind, str(Path(d.path).resolve()), stat, d.probe_fraction, d.val_fraction,
-             d.split_seed, list(cfg.eval.tasks), cfg.eval.test_fraction, cfg.eval.c]
+             d.split_seed, [repr(t) for t in tasks], cfg.eval.test_fraction,
+             cfg.eval.c]
     if kind == "untrained":
         model = to_dict(cfg)
         parts += [model["backbone"], model["encoder"], model["input"], d.tokenizer,
@@ -40,15 +41,14 @@ def _cache_key(cfg: ExperimentConfig, kind: str,
 
 
 def reference_rows(cfg: ExperimentConfig, probe_dm: ProbeDataModule,
-                   source: ProbeSourceAdapter, vocab_size: int,
-                   backbone: PretrainedBackbone | None = None) -> dict[str, dict]:
+                   source: ProbeSourceAdapter, backbone: PretrainedBackbone | None = None) -> dict[str, dict]:
     """The untrained model (the backbone as pre-trained, no contrastive training; causal mask,
     the run's seed) and the bag-of-events baseline, cached in the cache directory."""
     cache = cache_dir(cfg)
     cache.mkdir(parents=True, exist_ok=True)
     rows = {}
     for kind in ("untrained", "bag_of_events"):
-        path = cache / f"{kind}-{_cache_key(cfg, kind, backbone)}.json"
+        path = cache / f"{kind}-{_cache_key(cfg, kind, probe_dm.probe.tasks, backbone)}.json"
         if path.exists():
             rows[kind] = json.loads(path.read_text())
             continue
@@ -57,7 +57,8 @@ def reference_rows(cfg: ExperimentConfig, probe_dm: ProbeDataModule,
             L.seed_everything(cfg.seed, verbose=False)
             module_cfg = cfg.module_config()
             module_cfg.mask = MaskConfig(name="causal")  # the decoder as it comes, every recipe alike
-            module = ContrastiveMaskingModule(module_cfg, vocab_size=vocab_size)
+            module = ContrastiveMaskingModule(module_cfg, vocab_size=probe_dm.vocab_size,
+                                              modality_slots=probe_dm.modality_slots)
             load_pretrained(module, backbone)
             per_task = evaluate(module, source, cfg.eval.c,
                                 representation=cfg.eval.representation).per_task

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_only
+from tokenizers import Tokenizer
 
 from maskstudy.callbacks.learning_check import CollapseDetector, LearningCheck
 from maskstudy.callbacks.linear_probe import LinearProbeEvaluation, evaluate
@@ -28,11 +30,13 @@ from maskstudy.callbacks.mask_schedule import (
     FutureAttentionMonitor, GradientGuidedPrewarmup, MaskHeatmap, MaskMonitor,
 )
 from maskstudy.datamodules.datamodules import UserDataModule
-from maskstudy.datamodules.tokenizer import save_tokenizer
+from maskstudy.datamodules.tokenizer import save_tokenizer, tags
 from maskstudy.lightning_modules.masks import AttentionMask
 from maskstudy.lightning_modules.module import ContrastiveMaskingModule
 
-from .checkpoints import check_same_model, checkpoint_state, load_run, run_config_path
+from .checkpoints import (
+    CheckpointError, check_same_model, checkpoint_state, load_run, run_config_path,
+)
 from .config import ExperimentConfig, resolve_precision, to_yaml
 from .data import ProbeSourceAdapter, build_datamodules, probe_datamodule, suite_of
 from .loggers import SampleTable, finish_wandb, make_loggers
@@ -119,7 +123,12 @@ def fit(cfg: ExperimentConfig, *, resume: str | Path | None = None,
         (run_dir / "config.yaml").write_text(to_yaml(cfg))
         progress.update("setup")
     L.seed_everything(cfg.seed, verbose=False)
-    train_dm, probe_dm = build_datamodules(cfg)
+    try:
+        train_dm, probe_dm = build_datamodules(cfg)
+    except Exception:
+        if resume is None and rank_zero:  # a data mistake: no half-made run is left behind
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
     if rank_zero:  # as loaded: a pretrained model's tokenizer with the template's tokens added
         save_tokenizer(train_dm.template.tok, run_dir / "tokenizer.json")
     source = ProbeSourceAdapter(probe_dm, suite_of(list(cfg.eval.tasks)))
@@ -134,13 +143,14 @@ def fit(cfg: ExperimentConfig, *, resume: str | Path | None = None,
     if cfg.eval.references:
         if rank_zero:
             progress.update("references")
-            refs = reference_rows(cfg, probe_dm, source, train_dm.vocab_size, backbone)
+            refs = reference_rows(cfg, probe_dm, source, backbone)
         barrier()
         if not rank_zero:
-            refs = reference_rows(cfg, probe_dm, source, train_dm.vocab_size, backbone)
+            refs = reference_rows(cfg, probe_dm, source, backbone)
     L.seed_everything(cfg.seed, verbose=False)
     module = ContrastiveMaskingModule(cfg.module_config(), vocab_size=train_dm.vocab_size,
-                                      special_token_ids=train_dm.template.ids.all())
+                                      special_token_ids=train_dm.template.ids.all(),
+                                      modality_slots=train_dm.modality_slots)
     if resume is None:
         load_pretrained(module, backbone)
     if cfg.trainer.compile:
@@ -194,7 +204,8 @@ def fit(cfg: ExperimentConfig, *, resume: str | Path | None = None,
         return RunResult(run_dir, {})
     results = {"name": cfg.name, "description": cfg.description, "mask": cfg.mask.name,
                "choices": cfg.choices, "input": cfg.input.label, "seed": cfg.seed,
-               "domains": source.domains, "references": refs, **probe_cb.results(),
+               "domains": source.domains, "skipped_tasks": probe_dm.probe.skipped,
+               "references": refs, **probe_cb.results(),
                "train_seconds": train_seconds, "learning": learning.summary}
     (run_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     _plots(run_dir, results)
@@ -243,7 +254,8 @@ def evaluate_checkpoint(checkpoint: str | Path, tasks: list[str] | None = None) 
         cfg.eval.tasks = tasks
     source = ProbeSourceAdapter(probe_datamodule(cfg), suite_of(list(cfg.eval.tasks)))
     result = evaluate(module, source, cfg.eval.c, representation=cfg.eval.representation)
-    return {"checkpoint": str(checkpoint), "metrics": result.metrics, "tasks": result.per_task}
+    return {"checkpoint": str(checkpoint), "metrics": result.metrics, "tasks": result.per_task,
+            "skipped_tasks": source.dm.probe.skipped}
 
 
 def embed_checkpoint(checkpoint: str | Path, out: str | Path, split: str = "all",
@@ -256,6 +268,12 @@ def embed_checkpoint(checkpoint: str | Path, out: str | Path, split: str = "all"
     if data:
         cfg.data.path = data
     dm = UserDataModule(cfg.data, input=cfg.input)
+    if data and cfg.data.tokenizer and Path(cfg.data.tokenizer).is_file():
+        known = Tokenizer.from_file(cfg.data.tokenizer)  # the run's, with its segments' tags
+        if any(known.token_to_id(t) is None for t in tags(dm.spec.segments)):
+            raise CheckpointError(
+                f"{data} declares modalities {list(dm.spec.names)}, which the model of "
+                f"{checkpoint} was not trained on; embed data with the modalities of its run")
     dm.setup()
     ids, embs = [], []
     with torch.no_grad():

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from maskstudy.datamodules.hierarchical import (
-    MODALITY_INDEX, SLOT_EVENT, SLOT_MODALITY, SLOT_TABULAR, SLOT_USER, InputConfig,
+    BUILTIN_SLOTS, SLOT_EVENT, SLOT_MODALITY, SLOT_TABULAR, SLOT_USER, InputConfig,
 )
 
 SLOT_KEYS = ("user_slot_types", "user_slot_index", "user_slot_values", "user_event_features",
@@ -37,7 +37,8 @@ class Adapter(nn.Sequential):
 
 
 class HierarchicalInput(nn.Module):
-    def __init__(self, config: InputConfig, hidden_size: int):
+    def __init__(self, config: InputConfig, hidden_size: int,
+                 modality_slots: int = BUILTIN_SLOTS):
         super().__init__()
         self.config = config
         width = config.text_dim if config.event_encoder == "text" else config.event_dim
@@ -46,7 +47,8 @@ class HierarchicalInput(nn.Module):
         nn.init.normal_(self.features.weight, std=width ** -0.5)
         with torch.no_grad():
             self.features.weight[0].zero_()
-        self.event_adapters = nn.ModuleList(Adapter(width, hidden_size) for _ in MODALITY_INDEX)
+        self.event_adapters = nn.ModuleList(Adapter(width, hidden_size)
+                                            for _ in range(modality_slots))
         self.modality_adapter = Adapter(width, hidden_size) if config.modality_tokens else None
         self.user_adapter = Adapter(width, hidden_size) if config.user_token else None
         self.tabular_weight = nn.Parameter(torch.randn(config.max_tabular, hidden_size) * 0.02)
@@ -67,7 +69,7 @@ class HierarchicalInput(nn.Module):
         is_event = types == SLOT_EVENT
         vectors = self.event_vectors(slots) * is_event[..., None]
         out = token_embeds
-        # Events: each modality's adapter on that modality's events (a loop over <= 6
+        # Events: each modality's adapter on that modality's events (a loop over the
         # modalities, never over users).
         events = torch.zeros_like(token_embeds)
         for m, adapter in enumerate(self.event_adapters):

@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass, field
 import lightning as L
 import torch
 
-from maskstudy.datamodules.hierarchical import InputConfig
+from maskstudy.datamodules.hierarchical import BUILTIN_SLOTS, InputConfig
 
 from .backbone import BackboneConfig, build_backbone, hidden_size, num_layers
 from .encoder import ContrastiveEncoder, check_encoder_options
@@ -146,18 +146,20 @@ def _from_dict(cls, data):
 
 class ContrastiveMaskingModule(L.LightningModule):
     def __init__(self, config: ModuleConfig | dict | None = None, vocab_size: int = 4096,
-                 special_token_ids: list[int] | tuple[int, ...] = ()):
+                 special_token_ids: list[int] | tuple[int, ...] = (),
+                 modality_slots: int = BUILTIN_SLOTS):
         super().__init__()
         if isinstance(config, dict):
             config = _from_dict(ModuleConfig, config)
         self.config = config = config or ModuleConfig()
         self.save_hyperparameters({"config": asdict(config), "vocab_size": vocab_size,
-                                   "special_token_ids": list(special_token_ids)})
+                                   "special_token_ids": list(special_token_ids),
+                                   "modality_slots": modality_slots})
         backbone = build_backbone(config.backbone, vocab_size, special_token_ids)
         sizes = {"hidden_size": hidden_size(backbone), "layers": num_layers(backbone)}
         mask = build_mask(config.mask.name, config.mask.options, target=config.mask.target,
                           **sizes)
-        input_layer = (HierarchicalInput(config.input, hidden_size(backbone))
+        input_layer = (HierarchicalInput(config.input, hidden_size(backbone), modality_slots)
                        if config.input.mode == "hierarchical" else None)
         self.encoder = ContrastiveEncoder(
             backbone, mask, hidden_size=hidden_size(backbone), pooling=config.encoder.pooling,

@@ -13,6 +13,7 @@ from maskstudy.datamodules.hierarchical import (
     EventFeaturizer, EventTextCache, InputConfig, event_text,
 )
 from maskstudy.datamodules.records import UserColumns
+from maskstudy.datamodules.dataset import BUILTIN_MODALITIES
 from maskstudy.datamodules.schema import DAY, EVENT_MODALITIES
 from maskstudy.datamodules.template import ANCHOR, HISTORY, QUERY
 from tests.helpers import write_tiny_text_encoder
@@ -67,7 +68,7 @@ def test_events_are_the_newest_and_in_time_order(world, users):
         lo, hi = ev.span(0)
         kept = feats[index == MODALITY_INDEX[m]]
         expected = EventFeaturizer(dm.input.hash_buckets).features(
-            m, ev, hi - len(kept), hi, int(users.ref_time[0]))
+            BUILTIN_MODALITIES[m], ev, hi - len(kept), hi, int(users.ref_time[0]))
         np.testing.assert_array_equal(kept, expected)
 
 
@@ -101,7 +102,7 @@ def test_hashed_features_name_field_values_hours_and_weeks(world, users):
     f = EventFeaturizer(2 ** 24)
     ev = users.history["bill"]
     lo, hi = ev.span(0)
-    feats = f.features("bill", ev, lo, hi, int(users.ref_time[0]))
+    feats = f.features(BUILTIN_MODALITIES["bill"], ev, lo, hi, int(users.ref_time[0]))
     # fields in schema order: merchant, category, amount; then hour, week
     for k, field in ((0, "merchant"), (1, "category")):
         names = ev.fields[field].strings(lo, hi)
@@ -169,7 +170,7 @@ def test_text_event_encoder_fills_event_vectors_from_the_cache(world, tmp_path):
     row = dm.template.encode(users, int(np.flatnonzero(
         [u in dm.probe.index for u in users.user_ids])[0]), "")
     np.testing.assert_allclose(vectors[0, first].numpy(), row.event_vectors[first], atol=1e-3)
-    text = event_text("bill", users.history["bill"], 0, 1)[0]
+    text = event_text(BUILTIN_MODALITIES["bill"], users.history["bill"], 0, 1)[0]
     assert "-" not in text.split()[0]  # no date: the text starts with the category
     with pytest.raises(ValueError, match="input.text_dim=384"):
         ProbeDataModule(path=str(world), validate=False, tasks=["concert"],

@@ -8,6 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from maskstudy.datamodules import baseline
+from maskstudy.datamodules.dataset import DatasetSpec
 from maskstudy.datamodules.probe import ProbeSet
 from maskstudy.datamodules.schema import dataset_files
 from maskstudy.datamodules.splits import PROBE
@@ -36,10 +37,19 @@ def test_resolve_tasks_rejects_unknown_names():
 
 
 def test_rules_reject_bad_definitions():
+    world = DatasetSpec()
     with pytest.raises(ValueError, match="rule field 'colour'"):
-        EventRule("bill", "colour")
+        EventRule("bill", "colour", value="red").check(world)
     with pytest.raises(ValueError, match="rule days"):
-        EventRule("bill", day_from=10, day_to=40)
+        EventRule("bill", day_from=10, day_to=40).check(world)
+    with pytest.raises(ValueError, match="rule op 'ge' on bill.category"):
+        EventRule("bill", "category", "ge", 3.0).check(world)
+    with pytest.raises(ValueError, match="rule modality 'purchase'"):
+        EventRule("purchase").check(world)
+    with pytest.raises(ValueError, match="rule op 'near'"):
+        EventRule("bill", op="near")
+    # A longer future window admits the slice.
+    EventRule("bill", day_from=10, day_to=40).check(DatasetSpec(future_days=90))
 
 
 def labels(rule, *rows):
@@ -130,3 +140,78 @@ def test_stratified_test_split_is_deterministic(probe):
     y = probe.labels[:, probe.task_names.index("concert")]
     assert abs(y[a].mean() - y[~a].mean()) < 0.02
     assert abs(a.mean() - 0.3) < 0.01
+
+
+def probe_of(world, tasks, **kw) -> ProbeSet:
+    return ProbeSet(dataset_files(world), SplitSpec(PROBE, 0.3, 0.05, 0), resolve_tasks(tasks),
+                    test_fraction=0.3, seed=0, **kw).load()
+
+
+def test_a_tasks_test_split_does_not_depend_on_the_other_tasks(world):
+    alone = probe_of(world, ["transit"])
+    among = probe_of(world, ["concert", "food", "transit"])
+    assert (alone.test_mask("transit") == among.test_mask("transit")).all()
+    own = {"name": "shopper", "event": {"modality": "bill", "min_count": 5}}
+    assert (probe_of(world, [own]).test_mask("shopper")
+            == probe_of(world, ["login", own]).test_mask("shopper")).all()
+
+
+def test_tasks_from_yaml_files_and_inline_declarations(tmp_path, world):
+    (tmp_path / "tasks").mkdir()
+    (tmp_path / "tasks" / "mine.yaml").write_text(
+        "tasks:\n"
+        "  big_bill: {title: A big bill, event: {modality: bill, field: amount, op: ge, "
+        "value: 1500}}\n"
+        "  coffee: {event: {modality: bill, field: category, op: in, value: coffee}}\n")
+    tasks = resolve_tasks(["mine.yaml", {"name": "silent", "event": {"modality": "any",
+                                                                     "negate": True}}],
+                          (tmp_path,))
+    assert [t.name for t in tasks] == ["big_bill", "coffee", "silent"]
+    assert tasks[0].title == "A big bill" and tasks[0].domain("ggsm") == "own"
+    assert tasks[1].rule.value == ("coffee",)
+    # The same rules as the registry's power and mau_loss tasks give the same labels.
+    probe = probe_of(world, ["power", "mau_loss", *tasks])
+    k = probe.task_names.index
+    assert (probe.labels[:, k("big_bill")] == probe.labels[:, k("power")]).all()
+    assert (probe.labels[:, k("silent")] == probe.labels[:, k("mau_loss")]).all()
+
+
+@pytest.mark.parametrize("item, message", [
+    ({"name": "x"}, "exactly one rule"),
+    ({"name": "x", "event": {"modality": "bill"}, "label": "y"}, "exactly one rule"),
+    ({"name": "x", "event": {"modality": "bill", "colour": "red"}}, "unexpected keyword"),
+    ({"name": "x", "attribute": {"attribute": "age", "op": "between", "value": 3}},
+     "op 'between'"),
+    ({"event": {"modality": "bill"}}, "expected a 'name'"),
+    ("nowhere.yaml", "task file 'nowhere.yaml' not found"),
+])
+def test_bad_task_declarations_are_named(item, message):
+    with pytest.raises(ValueError, match=message):
+        resolve_tasks([item])
+
+
+def test_label_columns_are_tasks(tmp_path):
+    from maskstudy.datamodules.dataset import DatasetSpec
+    from maskstudy.datamodules.schema import user_schema
+
+    rows = [{**user_row(f"u{k}", bill=[(-1, "M", "groceries", 1.0)]), "label_vip": k % 3 == 0}
+            for k in range(30)]
+    schema = user_schema(["a", "b"], spec=DatasetSpec(), labels=["vip"])
+    schema = schema.set(schema.get_field_index("label_vip"), pa.field("label_vip", pa.bool_()))
+    pq.write_table(pa.Table.from_pylist(rows, schema=schema), tmp_path / "users-0.parquet")
+    probe = ProbeSet(dataset_files(tmp_path), SplitSpec(None, 0, 0, 0),
+                     resolve_tasks([{"name": "vip", "label": "vip"}])).load()
+    assert probe.labels[:, 0].tolist() == [int(k % 3 == 0) for k in range(30)]
+
+
+def test_too_few_positives_is_an_error_naming_the_task_or_a_reported_skip(world):
+    rare = {"name": "rare", "event": {"modality": "bill", "min_count": 10_000}}
+    from maskstudy.datamodules.schema import DataValidationError
+
+    with pytest.raises(DataValidationError, match=r"rare: 0 positive\(s\), \d+ negative"):
+        probe_of(world, ["login", rare], min_class_users=5)
+    probe = probe_of(world, ["login", rare], min_class_users=5, sparse_tasks="skip")
+    assert probe.task_names == ["login"] and probe.labels.shape[1] == 1
+    assert probe.skipped["rare"]["positives"] == 0
+    with pytest.raises(DataValidationError, match="every task is affected"):
+        probe_of(world, [rare], min_class_users=5, sparse_tasks="skip")

@@ -10,6 +10,7 @@ import pytest
 from tokenizers import Tokenizer, models, pre_tokenizers
 
 from maskstudy.datamodules.datamodules import DataConfig
+from maskstudy.datamodules.dataset import BUILTIN_MODALITIES
 from maskstudy.datamodules.records import UserColumns
 from maskstudy.datamodules.schema import EVENT_MODALITIES, SEGMENTS
 from maskstudy.datamodules.template import (
@@ -102,9 +103,11 @@ def test_water_fill():
 
 def test_bad_template_config():
     with pytest.raises(ValueError, match="unknown segment"):
-        TemplateConfig(256, {"bills": 3}, True)
+        TemplateConfig(256, {"bills": 3}, True).check(SEGMENTS)
     with pytest.raises(ValueError, match="too small"):
-        TemplateConfig(10, {}, True)
+        TemplateConfig(10, {}, True).check(SEGMENTS)
+    with pytest.raises(ValueError, match="whole numbers of events"):
+        TemplateConfig(256, {"bill": -1}, True)
 
 
 def test_answers_end_with_eos(tok):
@@ -163,7 +166,7 @@ def test_memoised_pieces_equal_whole_phrase_encoding(world, tok):
     for m in EVENT_MODALITIES:
         ev = users.history[m]
         lo, hi = ev.span(0)[0], ev.span(19)[1]
-        pieces = event_pieces(m, ev, lo, hi)
+        pieces = event_pieces(BUILTIN_MODALITIES[m], ev, lo, hi)
         whole = [e.ids for e in tok.encode_batch([" ".join(p) for p in pieces],
                                                  add_special_tokens=False)]
         assert t._encode(pieces) == whole

@@ -10,6 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from maskstudy.experiments.cli import build_parser, main
+from maskstudy.experiments.config import EvalConfig
 from tests.helpers import table_of, user_row, write_movielens_source
 
 
@@ -25,7 +26,9 @@ def test_synth_writes_valid_parquet(tmp_path):
     assert "wrote 300 users (seed 4)" in res.stdout
     assert pq.ParquetFile(out / "users-00000.parquet").metadata.num_rows == 300
     assert json.loads((out / "world.json").read_text())["seed"] == 4
-    assert run("data", "validate", str(out)).stdout.strip() == f"{out}: 300 users, valid"
+    assert run("data", "validate", str(out)).stdout.strip() == (
+        f"{out}: 300 users, valid (modalities bill, minipro, spm, app, search; 90 days of "
+        f"history, 30 of future)")
 
 
 def test_validate_reports_the_broken_user(tmp_path, capsys):
@@ -62,7 +65,13 @@ def test_movielens_builds_summarises_and_names_bad_sources(tmp_path, capsys):
     summary = tmp_path / "s.json"
     assert main(["data", "summary", str(out), "--tasks", "movielens", "--probe-fraction", "0.5",
                  "--json", str(summary)]) == 0
-    assert len(json.loads(summary.read_text())["tasks"]) == 14
+    written = json.loads(summary.read_text())
+    # Every task is scored or listed as skipped with its counts (40 users: some have no
+    # positive among the probe users), never averaged as NaN.
+    assert len(written["tasks"]) + len(written["skipped"]) == 14
+    # data summary applies the runs' own threshold (eval.min_class_users).
+    assert all(min(c["positives"], c["negatives"]) < EvalConfig().min_class_users
+               for c in written["skipped"].values())
     assert json.loads(summary.read_text())["world"]["dataset"] == "MovieLens-100k"
     capsys.readouterr()
     assert main(["data", "movielens", "--out", str(out), "--source", str(tmp_path)]) == 2
@@ -71,6 +80,7 @@ def test_movielens_builds_summarises_and_names_bad_sources(tmp_path, capsys):
 
 @pytest.mark.parametrize("command", [[], ["data"], ["data", "synth"], ["data", "validate"],
                                      ["data", "summary"], ["data", "tokenizer"],
+                                     ["data", "import"], ["data", "example-log"],
                                      ["data", "movielens"], ["fit"], ["eval"], ["embed"],
                                      ["study"]])
 def test_every_command_has_help(command, capsys):
@@ -78,3 +88,21 @@ def test_every_command_has_help(command, capsys):
         build_parser().parse_args([*command, "--help"])
     assert exit_.value.code == 0
     assert "usage: maskstudy" in capsys.readouterr().out
+
+
+def test_data_import_from_flags(tmp_path, capsys):
+    events = tmp_path / "log.csv"
+    events.write_text("who,day,item,price\nA,2026-09-30,tea,3\nB,2026-10-02,cake,5\n"
+                      "B,2026-10-03,cake,x\n")
+    flags = ["data", "import", "--events", str(events), "--out", str(tmp_path / "ds"),
+             "--user-column", "who", "--time-column", "day", "--split-time", "2026-10-01",
+             "--modality", "order"]
+    assert main([*flags, "--fields", "item:category,price:number"]) == 0
+    printed = capsys.readouterr().out
+    assert "imported 2 users (1 without history events)" in printed
+    assert "1  bad_number" in printed
+    # Mistakes in the flags end in one line.
+    assert main([*flags, "--fields", "item,price:number"]) == 2
+    assert "--fields 'item': expected name:kind" in capsys.readouterr().err
+    assert main([*flags, "--fields", "item:category", "--tabular", "age"]) == 2
+    assert "give users" in capsys.readouterr().err

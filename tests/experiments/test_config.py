@@ -122,7 +122,12 @@ def test_overrides_apply(data_ok):
     ("logging.mode=sometimes", "key 'logging.mode'"),
     ("backbone.heads=3", "key 'backbone.hidden_size'"),
     ("data.path=/nonexistent/world", "key 'data.path': /nonexistent/world: no such file"),
-    ("eval.tasks=[movielens]", "key 'eval.tasks': task 'female' reads column 'attr_gender'"),
+    ("eval.tasks=[movielens]", "key 'eval.tasks': .*task 'horror': rule modality 'rating': "
+                               "the dataset has"),
+    ("eval.tasks=[female]", "key 'eval.tasks': task 'female' reads column 'attr_gender'"),
+    ("data.history_days=60", "key 'data.history_days': data.history_days is 60, but"),
+    ("eval.sparse_tasks=drop", "key 'eval.sparse_tasks'"),
+    ("eval.tasks=[nowhere.yaml]", "key 'eval.tasks': task file 'nowhere.yaml' not found"),
     ("input.mode=tree", "key 'input.mode': 'tree': expected one of"),
     ("input.event_encoder=gte", "key 'input.event_encoder': 'gte'"),
     ("input.hash_buckets=1", "key 'input.hash_buckets': 1: expected at least 2"),
@@ -167,3 +172,16 @@ def test_cli_fit_stops_before_training_on_a_bad_key(capsys, data_ok):
     code = main(["fit", str(EXPERIMENTS_DIR / "causal.yaml"), *data_ok, "optim.lr=-1"])
     assert code == 2
     assert "key 'optim.lr': must be positive" in capsys.readouterr().err
+
+
+def test_task_files_are_found_in_the_config_directories(data_ok, tmp_path, monkeypatch):
+    cfg = load_config("causal", [*data_ok, "eval.tasks=[habits.yaml,login]"])
+    assert [t.name for t in cfg.eval.resolved_tasks()] == [
+        "coffee", "big_spender", "quiet_week", "searcher", "login"]
+    # A user's config directory is searched first, its tasks/ folder included.
+    (tmp_path / "tasks").mkdir()
+    (tmp_path / "tasks" / "habits.yaml").write_text(
+        "tasks:\n  tea: {event: {modality: bill, field: category, op: in, value: [tea]}}\n")
+    monkeypatch.setenv("MASKSTUDY_CONFIG_PATH", str(tmp_path))
+    cfg = load_config("causal", [*data_ok, "eval.tasks=[habits.yaml]"])
+    assert [t.name for t in cfg.eval.resolved_tasks()] == ["tea"]
