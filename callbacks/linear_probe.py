@@ -11,14 +11,21 @@ Two representations are probed from one forward: ``projected`` (the L2-normalise
 the contrastive loss reads) and ``pooled`` (the pooled hidden state before the projector);
 ``representation`` picks the one the main metrics describe.
 
+Two query protocols: ``fixed`` embeds every user once with the data's probe query; ``task``
+(Query-as-Anchor) embeds the users once per task, each with that task's scenario query after
+the history, and probes each task on its own embeddings (one pass over the probe users per
+distinct query, each recomputing the history).
+
 Logged as ``eval/<task>/auc``, ``eval/<task>/ks``, ``eval/<domain>/avg_auc``, ``eval/avg_auc``
-and ``eval/avg_ks``, plus ``eval/by_representation/<name>/avg_auc|avg_ks`` for both, at
-``every_n_steps`` and at the end of training; the final evaluation is
-also written to ``results.json`` and, for W&B, as the table ``eval/results``.
+and ``eval/avg_ks``, plus ``eval/by_representation/<name>/avg_auc|avg_ks`` for both
+representations and, under the ``task`` protocol, ``eval/by_query/fixed|task/avg_auc|avg_ks``
+for both protocols side by side, at ``every_n_steps`` and at the end of training; the final
+evaluation is also written to ``results.json`` and, for W&B, as the table ``eval/results``.
 
 The callback does not know where users come from: it takes a *probe source* with
-``task_names``, ``domains`` (task -> domain), ``labels`` (users x tasks), ``test_mask(task)``
-and ``dataloader()`` yielding batches with ``probe_index``.
+``task_names``, ``domains`` (task -> domain), ``queries`` (task -> scenario query),
+``labels`` (users x tasks), ``test_mask(task)`` and ``dataloader(query=None)`` yielding
+batches with ``probe_index``.
 """
 
 from __future__ import annotations
@@ -40,11 +47,15 @@ from sklearn.preprocessing import StandardScaler
 class ProbeSource(Protocol):
     task_names: list[str]
     domains: dict[str, str]
+    queries: dict[str, str]
     labels: np.ndarray
 
     def test_mask(self, task: str) -> np.ndarray: ...
 
-    def dataloader(self): ...
+    def dataloader(self, query: str | None = None): ...
+
+
+QUERY_PROTOCOLS = ("fixed", "task")
 
 
 def ks_statistic(y: np.ndarray, score: np.ndarray) -> float:
@@ -89,13 +100,15 @@ def summarise(per_task: dict[str, dict[str, float]], domains: dict[str, str]) ->
     return out
 
 
-def probe_all(embeddings: np.ndarray, source: ProbeSource,
+def probe_all(embeddings: np.ndarray | dict[str, np.ndarray], source: ProbeSource,
               c: float = 1.0) -> tuple[dict[str, dict], np.ndarray]:
-    """(AUC and KS per task, test scores (users, tasks), NaN off each task's test side)."""
+    """(AUC and KS per task, test scores (users, tasks), NaN off each task's test side).
+    ``embeddings``: one (users, D) matrix for every task, or one per task."""
     per_task, table = {}, np.full(source.labels.shape, np.nan, dtype=np.float32)
     for k, task in enumerate(source.task_names):
         y, test = source.labels[:, k], source.test_mask(task)
-        score = probe_scores(embeddings, y, test, c=c)
+        x = embeddings[task] if isinstance(embeddings, dict) else embeddings
+        score = probe_scores(x, y, test, c=c)
         per_task[task] = scores(y[test] if score is not None else None, score)
         if score is not None:
             table[test, k] = score
@@ -106,13 +119,15 @@ REPRESENTATIONS = ("projected", "pooled")
 
 
 @torch.no_grad()
-def embed_probe_users(module, source: ProbeSource) -> dict[str, np.ndarray]:
+def embed_probe_users(module, source: ProbeSource,
+                      query: str | None = None) -> dict[str, np.ndarray]:
     """Per representation (``projected``: the embedding; ``pooled``: the hidden state the
-    projector reads), the (users, D) matrix in label order, each probe user embedded once."""
+    projector reads), the (users, D) matrix in label order, each probe user embedded once
+    with ``query`` after the history (None: the source's fixed probe query)."""
     n = source.labels.shape[0]
     out: dict[str, np.ndarray] = {}
     seen = np.zeros(n, dtype=bool)
-    for batch in source.dataloader():
+    for batch in source.dataloader(query):
         reps = module.user_representations(batch)
         idx = batch["probe_index"].numpy()
         for name, emb in reps.items():
@@ -133,28 +148,50 @@ class Evaluation:
     metrics: dict[str, float]
     seconds: float
     representation: str = "projected"  # the one per_task and the main metrics describe
+    query: str = "fixed"  # the query protocol they were probed under
+
+
+def task_query_embeddings(module, source: ProbeSource) -> dict[str, dict[str, np.ndarray]]:
+    """Per representation, per task the users' embeddings under the task's scenario query
+    (each distinct query embedded once)."""
+    by_query = {q: embed_probe_users(module, source, q)
+                for q in dict.fromkeys(source.queries[t] for t in source.task_names)}
+    names = next(iter(by_query.values())).keys()
+    return {name: {t: by_query[source.queries[t]][name] for t in source.task_names}
+            for name in names}
 
 
 def evaluate(module, source: ProbeSource, c: float = 1.0, step: int = 0,
-             representation: str = "projected") -> Evaluation:
+             representation: str = "projected", query: str = "fixed") -> Evaluation:
     """Probes every representation; ``per_task`` and the ``eval/...`` metrics describe
-    ``representation``, and every representation's averages are logged as
-    ``eval/by_representation/<name>/avg_auc`` and ``.../avg_ks``."""
+    ``representation`` under the ``query`` protocol. Every representation's averages are
+    logged as ``eval/by_representation/<name>/avg_auc`` and ``.../avg_ks``; under the
+    ``task`` protocol the fixed one is probed too, and both averages are logged as
+    ``eval/by_query/<protocol>/avg_auc`` and ``.../avg_ks``."""
     if representation not in REPRESENTATIONS:
         raise ValueError(f"eval representation {representation!r}: expected one of "
                          f"{REPRESENTATIONS}")
+    if query not in QUERY_PROTOCOLS:
+        raise ValueError(f"eval query {query!r}: expected one of {QUERY_PROTOCOLS}")
     start = time.perf_counter()
     metrics, main = {}, None
-    for name, x in embed_probe_users(module, source).items():
-        per_task, test_scores = probe_all(x, source, c)
-        summary = summarise(per_task, source.domains)
-        for key in ("avg_auc", "avg_ks"):
-            metrics[f"eval/by_representation/{name}/{key}"] = summary[f"eval/{key}"]
-        if name == representation:
-            main = (per_task, summary, test_scores)
+    protocols = {"fixed": embed_probe_users(module, source)}
+    if query == "task":
+        protocols["task"] = task_query_embeddings(module, source)
+    for protocol, embeddings in protocols.items():
+        for name, x in embeddings.items():
+            per_task, test_scores = probe_all(x, source, c)
+            summary = summarise(per_task, source.domains)
+            for key in ("avg_auc", "avg_ks"):
+                if protocol == query:
+                    metrics[f"eval/by_representation/{name}/{key}"] = summary[f"eval/{key}"]
+                if name == representation and len(protocols) > 1:
+                    metrics[f"eval/by_query/{protocol}/{key}"] = summary[f"eval/{key}"]
+            if name == representation and protocol == query:
+                main = (per_task, summary, test_scores)
     per_task, summary, test_scores = main
     result = Evaluation(step, per_task, {**summary, **metrics}, time.perf_counter() - start,
-                        representation)
+                        representation, query)
     result.test_scores = test_scores  # not a field: kept out of checkpoints
     return result
 
@@ -173,9 +210,11 @@ class LinearProbeEvaluation(L.Callback):
     ``out_dir/predictions.npz``, its summary to :meth:`results`."""
 
     def __init__(self, source: ProbeSource, *, every_n_steps: int = 0, c: float = 1.0,
-                 out_dir: str | Path | None = None, representation: str = "projected"):
+                 out_dir: str | Path | None = None, representation: str = "projected",
+                 query: str = "fixed"):
         self.source = source
         self.representation = representation
+        self.query = query
         self.every_n_steps = every_n_steps
         self.c = c
         self.out_dir = Path(out_dir) if out_dir else None
@@ -184,7 +223,8 @@ class LinearProbeEvaluation(L.Callback):
     def _run(self, trainer: L.Trainer, module) -> Evaluation | None:
         if trainer.global_rank != 0:
             return None
-        result = evaluate(module, self.source, self.c, trainer.global_step, self.representation)
+        result = evaluate(module, self.source, self.c, trainer.global_step, self.representation,
+                          self.query)
         self.history.append(result)
         for logger in trainer.loggers:
             logger.log_metrics({**result.metrics, "eval/seconds": result.seconds},
@@ -219,10 +259,12 @@ class LinearProbeEvaluation(L.Callback):
             save_predictions(self.out_dir / "predictions.npz", self.source, result.test_scores)
 
     def results(self) -> dict:
-        """The final evaluation (the last one made): step, representation, metrics, per-task
-        AUC and KS, its seconds, and the average AUC of every evaluation by step."""
+        """The final evaluation (the last one made): step, representation, query protocol,
+        metrics, per-task AUC and KS, its seconds, and the average AUC of every evaluation by
+        step."""
         final = self.history[-1]
         return {"step": final.step, "representation": final.representation,
+                "query": final.query,
                 "metrics": final.metrics, "tasks": final.per_task, "eval_seconds": final.seconds,
                 "history": [{"step": e.step, "avg_auc": e.metrics["eval/avg_auc"]}
                             for e in self.history]}

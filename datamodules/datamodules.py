@@ -25,6 +25,7 @@ import dataclasses
 import logging
 import zlib
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import lightning as L
@@ -414,15 +415,19 @@ class ProbeDataModule(UserDataModule):
         super().setup(stage)
         self.probe.load()
 
-    def _make_user(self, users: UserColumns, i: int, epoch: int) -> list[dict]:
-        enc = self.template.encode(users, i, self.cfg.probe_query)
+    def _make_user(self, users: UserColumns, i: int, epoch: int,
+                   query: str | None = None) -> list[dict]:
+        enc = self.template.encode(users, i, self.cfg.probe_query if query is None else query)
         k = self.probe.index[users.user_ids[i]]
         return [{**self.sample(enc), "labels": self.probe.labels[k], "probe_index": k}]
 
-    def probe_dataloader(self, *, all_ranks: bool = False) -> DataLoader:
+    def probe_dataloader(self, *, all_ranks: bool = False,
+                         query: str | None = None) -> DataLoader:
         """One pass over the probe users in file order, sharded across dataloader workers and,
-        unless ``all_ranks`` (evaluation on one rank), across DDP ranks."""
-        stream = UserStream(self.files, self.split(PROBE), self._make_user,
+        unless ``all_ranks`` (evaluation on one rank), across DDP ranks. Users read
+        ``query`` after their history (None: ``data.probe_query``)."""
+        make = partial(self._make_user, query=query)
+        stream = UserStream(self.files, self.split(PROBE), make,
                             columns=history_columns(self.modalities), future=False,
                             cycle=False, shuffle=False, seed=self.cfg.seed,
                             rank_sharded=not all_ranks)

@@ -75,6 +75,7 @@ TASKS = """\
 tasks:
   repurchase:
     title: Buys again within 90 days
+    query: Will this customer buy again in the next 90 days?   # eval.query=task reads it
     label: repurchase_90d
   big_spender:
     title: Spends 50 or more within 90 days

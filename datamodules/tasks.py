@@ -188,6 +188,13 @@ class Task:
     domains: dict[str, str]  # suite -> the domain the paper files the task under
     rule: EventRule | AttributeRule | LabelRule
     notes: str = ""
+    # The scenario query (Query-as-Anchor): the question the user tower reads after the
+    # history when a probe embeds users per task (eval.query: task). "": the title, asked.
+    query: str = ""
+
+    @property
+    def scenario(self) -> str:
+        return self.query or f"{self.title}?"
 
     @property
     def papers(self) -> tuple[str, ...]:
@@ -200,80 +207,111 @@ class Task:
 TASKS: dict[str, Task] = {t.name: t for t in (
     Task("concert", "Concert click prediction", {GGSM: "user_prediction", QANCHOR: "engagement"},
          EventRule("bill", "category", "in", ("concert",)),
-         "a concert-ticket payment; rare, the hardest task"),
+         "a concert-ticket payment; rare, the hardest task",
+         query="Will this user buy concert tickets next period?"),
     Task("login", "User log-in prediction", {GGSM: "user_prediction", QANCHOR: "engagement"},
          EventRule("spm", "spm", "startswith", "a10.b1001.", day_from=-7),
-         "a home-page view (log-in) in the last week of the window; spm prefix a10.b1001"),
+         "a home-page view (log-in) in the last week of the window; spm prefix a10.b1001",
+         query="Will this user open the app in the last week of next period?"),
     Task("mau_loss", "MAU loss prediction", {GGSM: "user_prediction"},
-         EventRule(ANY, negate=True), "no activity in any modality for the whole window"),
+         EventRule(ANY, negate=True), "no activity in any modality for the whole window",
+         query="Will this user stop using the app next period?"),
     Task("transit", "Public transit preference", {GGSM: "behaviour_preference"},
          EventRule("bill", "category", "in", ("metro", "bus"), min_count=3),
-         "three or more metro or bus payments"),
+         "three or more metro or bus payments",
+         query="Will this user pay for the metro or bus regularly next period?"),
     Task("power", "Consumption power", {GGSM: "behaviour_preference"},
-         EventRule("bill", "amount", "ge", 1500.0), "a single payment of 1,500 or more"),
+         EventRule("bill", "amount", "ge", 1500.0), "a single payment of 1,500 or more",
+         query="Will this user make a payment of 1,500 or more next period?"),
     Task("food", "Food interest", {GGSM: "behaviour_preference"},
          EventRule("minipro", "category", "in", ("food",)),
-         "a visit to a food-review or recipe mini-program"),
+         "a visit to a food-review or recipe mini-program",
+         query="Will this user visit food-review or recipe mini-programs next period?"),
     Task("movie", "Movie interest", {GGSM: "behaviour_preference"},
-         EventRule("bill", "category", "in", ("movie",)), "a cinema-ticket payment"),
+         EventRule("bill", "category", "in", ("movie",)), "a cinema-ticket payment",
+         query="Will this user buy cinema tickets next period?"),
     Task("achievement", "Achievement preference", {GGSM: "marketing_sensitivity"},
          EventRule("spm", "spm", "startswith", "a10.b1304."),
-         "a view of the badge/achievement campaign page (spm a10.b1304)"),
+         "a view of the badge/achievement campaign page (spm a10.b1304)",
+         query="Will this user view the badge and achievement campaign next period?"),
     Task("physical", "Physical preference", {GGSM: "marketing_sensitivity"},
          EventRule("minipro", "category", "in", ("physical_rewards",)),
-         "a visit to a physical-goods reward mini-program (points mall, gifts)"),
+         "a visit to a physical-goods reward mini-program (points mall, gifts)",
+         query="Will this user visit a points mall or gift mini-program next period?"),
     Task("active", "Interest-community active user", {QANCHOR: "engagement"},
          EventRule("minipro", "category", "in", ("community",)),
-         "a visit to an interest-community mini-program"),
+         "a visit to an interest-community mini-program",
+         query="Will this user be active in interest communities next period?"),
     Task("forest", "Ant Forest engagement", {QANCHOR: "engagement"},
          EventRule("minipro", "category", "in", ("green",), min_count=2),
-         "two or more visits to green-energy mini-programs"),
+         "two or more visits to green-energy mini-programs",
+         query="Will this user engage with Ant Forest and green energy next period?"),
     Task("fraud", "Fraud detection", {QANCHOR: "risk"},
-         EventRule("bill", "category", "in", ("dispute",)), "a payment dispute or chargeback"),
+         EventRule("bill", "category", "in", ("dispute",)), "a payment dispute or chargeback",
+         query="Will this user file a payment dispute or chargeback next period?"),
     Task("money", "Money-laundering detection", {QANCHOR: "risk"},
          EventRule("bill", "category", "in", ("transfer_out",), min_count=2),
-         "two or more outgoing transfers"),
+         "two or more outgoing transfers",
+         query="Will this user make repeated outgoing transfers next period?"),
     Task("takeout", "Takeout interest", {QANCHOR: "marketing_sensitivity"},
-         EventRule("bill", "category", "in", ("takeout",)), "a takeout payment"),
+         EventRule("bill", "category", "in", ("takeout",)), "a takeout payment",
+         query="Will this user order takeout next period?"),
     Task("brand", "Brand sensitivity", {QANCHOR: "marketing_sensitivity"},
          EventRule("bill", "merchant", "endswith", " Flagship"),
-         "a payment at a brand flagship store"),
+         "a payment at a brand flagship store",
+         query="Will this user buy from a brand flagship store next period?"),
     Task("promo", "Big-sale sensitivity", {QANCHOR: "marketing_sensitivity"},
          EventRule("minipro", "category", "in", ("bigsale",)),
-         "a visit to a big-sale mini-program (the window holds the 06-18 sale)"),
+         "a visit to a big-sale mini-program (the window holds the 06-18 sale)",
+         query="Will this user shop in the big sale next period?"),
     Task("value", "Cost-performance sensitivity", {QANCHOR: "marketing_sensitivity"},
          EventRule("minipro", "category", "in", ("deals",)),
-         "a visit to a group-buy or price-comparison mini-program"),
+         "a visit to a group-buy or price-comparison mini-program",
+         query="Will this user look for group buys and price comparisons next period?"),
     # MovieLens-100k: who the user is (attributes), what they watch next and how much.
     Task("female", "Gender: female", {MOVIELENS: "demographics"},
-         AttributeRule("gender", "in", ("F",))),
-    Task("under_25", "Age under 25", {MOVIELENS: "demographics"}, AttributeRule("age", "lt", 25)),
-    Task("over_45", "Age 45 or over", {MOVIELENS: "demographics"}, AttributeRule("age", "ge", 45)),
+         AttributeRule("gender", "in", ("F",)),
+         query="Is this user a woman?"),
+    Task("under_25", "Age under 25", {MOVIELENS: "demographics"}, AttributeRule("age", "lt", 25),
+         query="Is this user younger than 25?"),
+    Task("over_45", "Age 45 or over", {MOVIELENS: "demographics"}, AttributeRule("age", "ge", 45),
+         query="Is this user 45 or older?"),
     Task("student", "Occupation: student", {MOVIELENS: "demographics"},
-         AttributeRule("occupation", "in", ("student",))),
+         AttributeRule("occupation", "in", ("student",)),
+         query="Is this user a student?"),
     Task("technical", "Technical occupation", {MOVIELENS: "demographics"},
-         AttributeRule("occupation", "in", ("engineer", "programmer", "technician", "scientist"))),
+         AttributeRule("occupation", "in", ("engineer", "programmer", "technician", "scientist")),
+         query="Does this user work in a technical occupation?"),
     Task("horror", "Rates a horror film", {MOVIELENS: "taste"},
-         EventRule("rating", "genres", "has", "Horror")),
+         EventRule("rating", "genres", "has", "Horror"),
+         query="Will this user rate a horror film next period?"),
     Task("children", "Rates a children's film", {MOVIELENS: "taste"},
-         EventRule("rating", "genres", "has", "Children's")),
+         EventRule("rating", "genres", "has", "Children's"),
+         query="Will this user rate a children's film next period?"),
     Task("animation", "Rates an animated film", {MOVIELENS: "taste"},
-         EventRule("rating", "genres", "has", "Animation")),
+         EventRule("rating", "genres", "has", "Animation"),
+         query="Will this user rate an animated film next period?"),
     Task("western", "Rates a western", {MOVIELENS: "taste"},
-         EventRule("rating", "genres", "has", "Western")),
+         EventRule("rating", "genres", "has", "Western"),
+         query="Will this user rate a western next period?"),
     Task("film_noir", "Rates a film noir", {MOVIELENS: "taste"},
-         EventRule("rating", "genres", "has", "Film-Noir")),
+         EventRule("rating", "genres", "has", "Film-Noir"),
+         query="Will this user rate a film noir next period?"),
     Task("documentary", "Rates a documentary", {MOVIELENS: "taste"},
-         EventRule("rating", "genres", "has", "Documentary")),
+         EventRule("rating", "genres", "has", "Documentary"),
+         query="Will this user rate a documentary next period?"),
     Task("harsh", "Gives a 1-star rating", {MOVIELENS: "taste"},
-         EventRule("rating", "rating", "le", 1.0)),
+         EventRule("rating", "rating", "le", 1.0),
+         query="Will this user give a 1-star rating next period?"),
     Task("returning", "Returns after a week", {MOVIELENS: "activity"},
          EventRule("rating", day_from=7),
-         "a rating in future days 7-29: the user comes back after the first week"),
+         "a rating in future days 7-29: the user comes back after the first week",
+         query="Will this user come back after the first week of next period?"),
     Task("heavy", "Heavy rater", {MOVIELENS: "activity"},
          EventRule("rating", min_count=25),
          "25 or more ratings in the future window; since the split puts a fixed share of each "
-         "user's ratings in the future, history length nearly decides it"),
+         "user's ratings in the future, history length nearly decides it",
+         query="Will this user rate 25 or more films next period?"),
 )}
 
 # The GG-SM paper's login task and Query-as-Anchor's are one task; likewise concert.
@@ -299,16 +337,16 @@ RULE_KEYS = ("event", "attribute", "label")
 
 
 def task_from_declaration(name: str, decl: dict, where: str = "") -> Task:
-    """A task from its YAML form: ``{title, domain, notes, and one of event: {modality,
+    """A task from its YAML form: ``{title, domain, notes, query, and one of event: {modality,
     field, op, value, day_from, day_to, min_count, negate}, attribute: {attribute, op,
     value}, label: <column name without label_>}``."""
     at = f"{where}task {name!r}" if where else f"task {name!r}"
     if not isinstance(decl, dict):
         raise ValueError(f"{at}: expected a mapping, got {decl!r}")
-    unknown = set(decl) - {"name", "title", "domain", "notes", *RULE_KEYS}
+    unknown = set(decl) - {"name", "title", "domain", "notes", "query", *RULE_KEYS}
     if unknown:
         raise ValueError(f"{at}: unknown key(s) {sorted(unknown)}; expected title, domain, "
-                         f"notes and one of {' | '.join(RULE_KEYS)}")
+                         f"notes, query and one of {' | '.join(RULE_KEYS)}")
     rules = [k for k in RULE_KEYS if k in decl]
     if len(rules) != 1:
         raise ValueError(f"{at}: expected exactly one rule ({' | '.join(RULE_KEYS)}), got "
@@ -329,7 +367,7 @@ def task_from_declaration(name: str, decl: dict, where: str = "") -> Task:
         raise ValueError(f"{at}: {e}") from e
     domain = str(decl.get("domain", OWN))
     return Task(name, str(decl.get("title", name)), {OWN: domain}, rule,
-                str(decl.get("notes", "")))
+                str(decl.get("notes", "")), str(decl.get("query", "")))
 
 
 def load_task_file(path: Path) -> list[Task]:

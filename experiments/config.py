@@ -34,7 +34,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from maskstudy.callbacks.learning_check import LearningConfig
-from maskstudy.callbacks.linear_probe import REPRESENTATIONS
+from maskstudy.callbacks.linear_probe import QUERY_PROTOCOLS, REPRESENTATIONS
 from maskstudy.callbacks.mask_schedule import RAMPS, check_prewarmup, check_ramp
 from maskstudy.datamodules.datamodules import DataConfig
 from maskstudy.datamodules.hierarchical import InputConfig, default_text_encoder
@@ -100,6 +100,9 @@ class EvalConfig:
     c: float = 1.0  # inverse L2 strength of the probe's logistic regression
     references: bool = True  # untrained-backbone and bag-of-events rows (cached per dataset)
     representation: str = "projected"  # projected | pooled: what eval/* describes (both probed)
+    # fixed: every task probes one embedding per user (data.probe_query); task: each task probes
+    # the embeddings under its own scenario query (Query-as-Anchor), the fixed protocol beside it
+    query: str = "fixed"
 
     def check(self) -> None:
         if self.representation not in REPRESENTATIONS:
@@ -109,6 +112,8 @@ class EvalConfig:
         if self.min_class_users < MIN_SCORABLE:
             raise ValueError(f"eval.min_class_users expected at least {MIN_SCORABLE} (one user "
                              f"of each class on each side of a task's split)")
+        if self.query not in QUERY_PROTOCOLS:
+            raise ValueError(f"eval.query expected one of {list(QUERY_PROTOCOLS)}")
         if self.sparse_tasks not in SPARSE_TASKS:
             raise ValueError(f"eval.sparse_tasks expected one of {list(SPARSE_TASKS)}")
         try:

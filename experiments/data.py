@@ -17,12 +17,13 @@ class ProbeSourceAdapter:
         self.task_names = dm.task_names
         self.labels = dm.probe.labels
         self.domains = {t.name: t.domain(suite) for t in dm.probe.tasks}
+        self.queries = {t.name: t.scenario for t in dm.probe.tasks}
 
     def test_mask(self, task: str) -> np.ndarray:
         return self.dm.probe.test_mask(task)
 
-    def dataloader(self):
-        return self.dm.probe_dataloader(all_ranks=True)
+    def dataloader(self, query: str | None = None):
+        return self.dm.probe_dataloader(all_ranks=True, query=query)
 
 
 def suite_of(tasks: list[str]) -> str:

@@ -34,7 +34,7 @@ def _cache_key(cfg: ExperimentConfig, kind: str, tasks: list,
         model = to_dict(cfg)
         parts += [model["backbone"], model["encoder"], model["input"], d.tokenizer,
                   d.vocab_size, d.max_tokens, d.probe_query, d.anchor, cfg.seed, d.caps,
-                  cfg.eval.representation]
+                  cfg.eval.representation, cfg.eval.query]
         if backbone is not None:  # the reference is that pre-trained backbone
             parts.append(backbone.key)
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -61,7 +61,8 @@ def reference_rows(cfg: ExperimentConfig, probe_dm: ProbeDataModule,
                                               modality_slots=probe_dm.modality_slots)
             load_pretrained(module, backbone)
             per_task = evaluate(module, source, cfg.eval.c,
-                                representation=cfg.eval.representation).per_task
+                                representation=cfg.eval.representation,
+                                query=cfg.eval.query).per_task
         else:
             x = baseline.features(probe_dm.probe.history_table())
             per_task = {}

@@ -228,6 +228,46 @@ def summary(recipes: dict[str, Recipe], tasks: list[str], domains: dict[str, str
 # --- significance -------------------------------------------------------------------------
 
 
+def query_protocols(recipes: dict[str, Recipe]) -> list[dict]:
+    """Per recipe evaluated under ``eval.query: task``: the fixed and the task protocol's
+    average AUC on the same models, and task minus fixed paired by seed (a 95% t interval
+    with 2 or more seeds)."""
+    rows = []
+    for name, rec in recipes.items():
+        pairs = [(run.results["metrics"]["eval/by_query/fixed/avg_auc"],
+                  run.results["metrics"]["eval/by_query/task/avg_auc"])
+                 for _, run in sorted(rec.runs.items())
+                 if "eval/by_query/task/avg_auc" in run.results.get("metrics", {})]
+        if not pairs:
+            continue
+        fixed, task = zip(*pairs)
+        mean, lo, hi = seed_interval([t - f for f, t in pairs])
+        rows.append({"recipe": name, "seeds": len(pairs), "fixed": mean_std(list(fixed)),
+                     "task": mean_std(list(task)), "diff": mean, "seed_low": lo,
+                     "seed_high": hi,
+                     "verdict": ("undecided: one seed" if len(pairs) < 2 else
+                                 f"task query {'better' if mean > 0 else 'worse'} beyond seed "
+                                 f"noise" if excludes_zero(lo, hi) else "within seed noise")})
+    return rows
+
+
+def query_markdown(rows: list[dict]) -> list[str]:
+    if not rows:
+        return []
+    lines = ["## Scenario query against the fixed query (average AUC)", "",
+             "The same models probed twice: each task on embeddings under its own scenario "
+             "query (`eval.query: task`) and every task on one embedding per user (`fixed`); "
+             "task minus fixed, paired by seed.", "",
+             "| recipe | seeds | fixed | task | Δ (task - fixed) | seeds: 95% t interval | "
+             "verdict |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        iv = ("-" if math.isnan(r["seed_low"])
+              else f"[{r['seed_low']:+.4f}, {r['seed_high']:+.4f}]")
+        lines.append(f"| {r['recipe']} | {r['seeds']} | {_cell(r['fixed'], False)} | "
+                     f"{_cell(r['task'], False)} | {r['diff']:+.4f} | {iv} | {r['verdict']} |")
+    return lines + [""]
+
+
 def seed_interval(diffs: list[float], level: float = 0.95) -> tuple[float, float, float]:
     """(mean, low, high) of paired seed differences; a t interval (NaN with one seed)."""
     d = np.asarray(diffs, dtype=float)
@@ -481,7 +521,7 @@ def untrained_markdown(rows: list[dict]) -> list[str]:
 
 def markdown(recipes, tasks, domains, table, comparisons, stab, sweep_dir,
              learning: list[dict] | None = None, aa: dict | None = None,
-             gains: list[dict] | None = None) -> str:
+             gains: list[dict] | None = None, queries: list[dict] | None = None) -> str:
     doms = list(dict.fromkeys(domains[t] for t in tasks))
     seeds = sorted({s for r in recipes.values() for s in r.runs})
     trained = {n: r for n, r in recipes.items() if not n.endswith("(reference)")}
@@ -504,6 +544,7 @@ def markdown(recipes, tasks, domains, table, comparisons, stab, sweep_dir,
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
     lines += untrained_markdown(gains or [])
+    lines += query_markdown(queries or [])
     if comparisons:
         lines += ["## Against causal (average AUC)", "",
                   "Verdicts are decided across seeds (training noise): a 95% t interval of the "
@@ -637,13 +678,14 @@ def report(sweep_dir: str | Path, out: str | Path | None = None, *, rounds: int 
     aa = aa_false_positive_rate(recipes)
     gains = against_untrained(recipes, refs)
     stab = stability(recipes)
+    queries = query_protocols(recipes)
     text = markdown({**refs, **recipes}, tasks, domains, table, comparisons, stab, sweep_dir,
-                    learning, aa, gains)
+                    learning, aa, gains, queries)
     (out / "report.md").write_text(text)
     write_csv(out / "report.csv", {**refs, **recipes}, table)
     (out / "report.json").write_text(json.dumps(
         {"table": {n: {c: list(v) for c, v in cols.items()} for n, cols in table.items()},
-         "comparisons": comparisons, "against_untrained": gains,
+         "comparisons": comparisons, "against_untrained": gains, "query_protocols": queries,
          "aa_false_positive_rate": aa, "learning": learning,
          "stability": stab}, indent=2) + "\n")
     paths = figures(out / "figures", recipes, table)

@@ -156,7 +156,8 @@ def fit(cfg: ExperimentConfig, *, resume: str | Path | None = None,
     if cfg.trainer.compile:
         module.encoder.backbone.compile()
     probe_cb = LinearProbeEvaluation(source, every_n_steps=cfg.eval.every_n_steps, c=cfg.eval.c,
-                                     out_dir=run_dir, representation=cfg.eval.representation)
+                                     out_dir=run_dir, representation=cfg.eval.representation,
+                                     query=cfg.eval.query)
     t = cfg.trainer
     max_steps = t.max_steps if t.train else 0
     detector = CollapseDetector(cfg.learning)
@@ -253,7 +254,8 @@ def evaluate_checkpoint(checkpoint: str | Path, tasks: list[str] | None = None) 
     if tasks:
         cfg.eval.tasks = tasks
     source = ProbeSourceAdapter(probe_datamodule(cfg), suite_of(list(cfg.eval.tasks)))
-    result = evaluate(module, source, cfg.eval.c, representation=cfg.eval.representation)
+    result = evaluate(module, source, cfg.eval.c, representation=cfg.eval.representation,
+                      query=cfg.eval.query)
     return {"checkpoint": str(checkpoint), "metrics": result.metrics, "tasks": result.per_task,
             "skipped_tasks": source.dm.probe.skipped}
 

@@ -162,13 +162,19 @@ def test_tasks_from_yaml_files_and_inline_declarations(tmp_path, world):
         "tasks:\n"
         "  big_bill: {title: A big bill, event: {modality: bill, field: amount, op: ge, "
         "value: 1500}}\n"
-        "  coffee: {event: {modality: bill, field: category, op: in, value: coffee}}\n")
+        "  coffee: {event: {modality: bill, field: category, op: in, value: coffee},\n"
+        "           query: 'Will this user buy coffee next period?'}\n")
     tasks = resolve_tasks(["mine.yaml", {"name": "silent", "event": {"modality": "any",
                                                                      "negate": True}}],
                           (tmp_path,))
     assert [t.name for t in tasks] == ["big_bill", "coffee", "silent"]
     assert tasks[0].title == "A big bill" and tasks[0].domain("ggsm") == "own"
     assert tasks[1].rule.value == ("coffee",)
+    # The scenario query a probe reads under eval.query: task; the title asked by default.
+    assert tasks[1].scenario == "Will this user buy coffee next period?"
+    assert tasks[0].scenario == "A big bill?"
+    assert all(TASKS[t].query for t in TASKS)  # every registered task has its own
+    assert len({TASKS[t].query for t in TASKS}) == len(TASKS)
     # The same rules as the registry's power and mau_loss tasks give the same labels.
     probe = probe_of(world, ["power", "mau_loss", *tasks])
     k = probe.task_names.index

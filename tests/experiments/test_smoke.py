@@ -165,3 +165,33 @@ def test_the_probe_reads_the_representation_asked_for(world, tmp_path, monkeypat
     assert main(["eval", str(ckpt), "--json", str(tmp_path / "e.json")]) == 0
     again = json.loads((tmp_path / "e.json").read_text())["metrics"]
     assert again["eval/avg_auc"] == pytest.approx(m["eval/avg_auc"])
+
+
+def test_the_task_query_protocol_reads_each_tasks_scenario(world, tmp_path, monkeypatch):
+    """eval.query: task embeds the probe users once per task, the task's scenario query after
+    the history, and probes each task on its own embeddings; the fixed protocol is probed
+    beside it."""
+    from maskstudy.callbacks.linear_probe import evaluate, probe_all, task_query_embeddings
+    from maskstudy.lightning_modules.module import ContrastiveMaskingModule
+
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    overrides = tiny(world, tmp_path, "eval.query=task", "eval.tasks=[concert,transit,power]")
+    cfg = load_config(EXPERIMENTS_DIR / "causal.yaml", overrides)
+    train_dm, probe_dm = build_datamodules(cfg)
+    source = ProbeSourceAdapter(probe_dm, "ggsm")
+    assert source.queries["concert"] == "Will this user buy concert tickets next period?"
+    batch = next(iter(source.dataloader(source.queries["concert"])))
+    tok = probe_dm.template.tok
+    assert "Instruction: Will this user buy concert tickets next period?" in tok.decode(
+        batch["user_input_ids"][0].tolist())
+    module = ContrastiveMaskingModule(cfg.module_config(), vocab_size=train_dm.vocab_size).eval()
+    by_task = task_query_embeddings(module, source)["projected"]
+    assert not np.allclose(by_task["concert"], by_task["transit"])
+    result = evaluate(module, source, cfg.eval.c, query="task")
+    assert result.per_task == probe_all(by_task, source, cfg.eval.c)[0]
+    m = result.metrics
+    assert m["eval/avg_auc"] == m["eval/by_query/task/avg_auc"]
+    assert m["eval/by_query/fixed/avg_auc"] == evaluate(module, source, cfg.eval.c).metrics[
+        "eval/avg_auc"]
+    res = fit(cfg).results
+    assert res["query"] == "task" and "eval/by_query/fixed/avg_auc" in res["metrics"]

@@ -467,3 +467,24 @@ def test_runs_that_did_not_learn_are_listed_and_left_out(tmp_path):
     fabricate(only_failed, "causal", 0, [0.9] * 3, learning=check(False))
     md = report(only_failed, rounds=50).read_text()
     assert "No trained run passed its learning check" in md
+
+
+def test_the_report_sets_the_scenario_query_beside_the_fixed_one(tmp_path):
+    """Runs probed under eval.query: task carry both protocols' averages; the report pairs
+    them by seed and decides across seeds."""
+    for seed, gain in ((0, 0.030), (1, 0.034), (2, 0.026)):
+        for name, delta in (("causal", gain), ("hybrid", 0.001 * (seed - 1))):
+            run = fabricate(tmp_path, name, seed, [0.6, 0.7, 0.8])
+            results = json.loads((run / "results.json").read_text())
+            fixed = results["metrics"]["eval/avg_auc"]
+            results["metrics"].update({"eval/by_query/fixed/avg_auc": fixed,
+                                       "eval/by_query/task/avg_auc": fixed + delta})
+            (run / "results.json").write_text(json.dumps(results))
+    md = report(tmp_path, rounds=100).read_text()
+    assert "## Scenario query against the fixed query" in md
+    rows = {line.split(" | ")[0].strip("| "): line for line in md.splitlines()
+            if "| 3 |" in line and ("task query" in line or "within seed noise" in line)}
+    assert "task query better beyond seed noise" in rows["causal"] and "+0.0300" in rows["causal"]
+    assert "within seed noise" in rows["hybrid"]
+    data = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert {r["recipe"] for r in data["query_protocols"]} == {"causal", "hybrid"}
