@@ -82,6 +82,7 @@ bench: setup
 	$(BIN)/python -m benchmarks.schedule_overhead
 	$(BIN)/python -m benchmarks.data_throughput
 	$(BIN)/python -m benchmarks.hierarchical_input
+	$(BIN)/python -m benchmarks.scenarios
 	$(BIN)/python -m benchmarks.targets
 
 clean:

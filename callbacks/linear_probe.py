@@ -13,8 +13,9 @@ the contrastive loss reads) and ``pooled`` (the pooled hidden state before the p
 
 Two query protocols: ``fixed`` embeds every user once with the data's probe query; ``task``
 (Query-as-Anchor) embeds the users once per task, each with that task's scenario query after
-the history, and probes each task on its own embeddings (one pass over the probe users per
-distinct query, each recomputing the history).
+the history, and probes each task on its own embeddings. The history, truncated once for the
+longest query, is computed once for all queries where the mask keeps it blind to the query
+(the packed layout, ``lightning_modules/scenarios.py``), else once per distinct query.
 
 Logged as ``eval/<task>/auc``, ``eval/<task>/ks``, ``eval/<domain>/avg_auc``, ``eval/avg_auc``
 and ``eval/avg_ks``, plus ``eval/by_representation/<name>/avg_auc|avg_ks`` for both
@@ -24,8 +25,9 @@ evaluation is also written to ``results.json`` and, for W&B, as the table ``eval
 
 The callback does not know where users come from: it takes a *probe source* with
 ``task_names``, ``domains`` (task -> domain), ``queries`` (task -> scenario query),
-``labels`` (users x tasks), ``test_mask(task)`` and ``dataloader(query=None)`` yielding
-batches with ``probe_index``.
+``labels`` (users x tasks), ``test_mask(task)``, ``suffix(query)`` (the ids a query adds
+after the history) and ``dataloader(query=None, reserve=0)`` yielding batches with
+``probe_index``.
 """
 
 from __future__ import annotations
@@ -43,6 +45,8 @@ from sklearn.metrics import roc_auc_score, roc_curve
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from maskstudy.lightning_modules.scenarios import NotCacheable
+
 
 class ProbeSource(Protocol):
     task_names: list[str]
@@ -52,7 +56,9 @@ class ProbeSource(Protocol):
 
     def test_mask(self, task: str) -> np.ndarray: ...
 
-    def dataloader(self, query: str | None = None): ...
+    def dataloader(self, query: str | None = None, reserve: int = 0): ...
+
+    def suffix(self, query: str) -> list[int]: ...
 
 
 QUERY_PROTOCOLS = ("fixed", "task")
@@ -119,15 +125,16 @@ REPRESENTATIONS = ("projected", "pooled")
 
 
 @torch.no_grad()
-def embed_probe_users(module, source: ProbeSource,
-                      query: str | None = None) -> dict[str, np.ndarray]:
+def embed_probe_users(module, source: ProbeSource, query: str | None = None,
+                      reserve: int = 0) -> dict[str, np.ndarray]:
     """Per representation (``projected``: the embedding; ``pooled``: the hidden state the
     projector reads), the (users, D) matrix in label order, each probe user embedded once
-    with ``query`` after the history (None: the source's fixed probe query)."""
+    with ``query`` after the history (None: the source's fixed probe query), the history
+    truncated to leave room for ``reserve`` query tokens."""
     n = source.labels.shape[0]
     out: dict[str, np.ndarray] = {}
     seen = np.zeros(n, dtype=bool)
-    for batch in source.dataloader(query):
+    for batch in source.dataloader(query, reserve):
         reps = module.user_representations(batch)
         idx = batch["probe_index"].numpy()
         for name, emb in reps.items():
@@ -151,11 +158,47 @@ class Evaluation:
     query: str = "fixed"  # the query protocol they were probed under
 
 
-def task_query_embeddings(module, source: ProbeSource) -> dict[str, dict[str, np.ndarray]]:
-    """Per representation, per task the users' embeddings under the task's scenario query
-    (each distinct query embedded once)."""
-    by_query = {q: embed_probe_users(module, source, q)
-                for q in dict.fromkeys(source.queries[t] for t in source.task_names)}
+@torch.no_grad()
+def packed_scenario_users(module, source: ProbeSource, queries: list[str],
+                          reserve: int) -> dict[str, dict[str, np.ndarray]]:
+    """Per query, per representation the (users, D) matrix in label order: one pass over the
+    probe users, each user's history encoded once for every query (the packed layout).
+    Raises NotCacheable when the module cannot pack its mask, pooling or input."""
+    n = source.labels.shape[0]
+    suffixes = [source.suffix(q) for q in queries]
+    out: dict[str, dict[str, np.ndarray]] = {q: {} for q in queries}
+    seen = np.zeros(n, dtype=bool)
+    for batch in source.dataloader(queries[0], reserve):
+        reps = module.scenario_representations(batch, suffixes)
+        idx = batch["probe_index"].numpy()
+        for name, emb in reps.items():
+            emb = emb.float().cpu().numpy()
+            for k, q in enumerate(queries):
+                if name not in out[q]:
+                    out[q][name] = np.zeros((n, emb.shape[-1]), dtype=np.float32)
+                out[q][name][idx] = emb[:, k]
+        seen[idx] = True
+    if not seen.all():
+        raise RuntimeError(f"probe evaluation embedded {int(seen.sum())} of {n} probe users")
+    return out
+
+
+def task_query_embeddings(module, source: ProbeSource,
+                          packed: bool = True) -> dict[str, dict[str, np.ndarray]]:
+    """Per representation, per task the users' embeddings under the task's scenario query.
+    Every user's history is truncated once, to leave room for the longest query, so all
+    queries read the same history; it is computed once for all queries where the mask keeps
+    the history blind to the query (``packed``), else once per distinct query."""
+    queries = list(dict.fromkeys(source.queries[t] for t in source.task_names))
+    reserve = max(len(source.suffix(q)) for q in queries)
+    by_query = None
+    if packed:
+        try:
+            by_query = packed_scenario_users(module, source, queries, reserve)
+        except NotCacheable:
+            by_query = None
+    if by_query is None:
+        by_query = {q: embed_probe_users(module, source, q, reserve) for q in queries}
     names = next(iter(by_query.values())).keys()
     return {name: {t: by_query[source.queries[t]][name] for t in source.task_names}
             for name in names}

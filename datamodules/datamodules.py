@@ -416,17 +416,19 @@ class ProbeDataModule(UserDataModule):
         self.probe.load()
 
     def _make_user(self, users: UserColumns, i: int, epoch: int,
-                   query: str | None = None) -> list[dict]:
-        enc = self.template.encode(users, i, self.cfg.probe_query if query is None else query)
+                   query: str | None = None, reserve: int = 0) -> list[dict]:
+        enc = self.template.encode(users, i, self.cfg.probe_query if query is None else query,
+                                   reserve=reserve)
         k = self.probe.index[users.user_ids[i]]
         return [{**self.sample(enc), "labels": self.probe.labels[k], "probe_index": k}]
 
-    def probe_dataloader(self, *, all_ranks: bool = False,
-                         query: str | None = None) -> DataLoader:
+    def probe_dataloader(self, *, all_ranks: bool = False, query: str | None = None,
+                         reserve: int = 0) -> DataLoader:
         """One pass over the probe users in file order, sharded across dataloader workers and,
         unless ``all_ranks`` (evaluation on one rank), across DDP ranks. Users read
-        ``query`` after their history (None: ``data.probe_query``)."""
-        make = partial(self._make_user, query=query)
+        ``query`` after their history (None: ``data.probe_query``), the history truncated to
+        leave room for ``reserve`` query tokens."""
+        make = partial(self._make_user, query=query, reserve=reserve)
         stream = UserStream(self.files, self.split(PROBE), make,
                             columns=history_columns(self.modalities), future=False,
                             cycle=False, shuffle=False, seed=self.cfg.seed,

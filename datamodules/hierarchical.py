@@ -328,10 +328,11 @@ class HierarchicalTemplate(UserTemplate):
         return self.spans(users, i)
 
     def encode(self, users: UserColumns, i: int, query: str = "",
-               history=None) -> HierarchicalUser:
+               history=None, reserve: int = 0) -> HierarchicalUser:
         q = self.query_ids(query)
         summary = self.summary_slots()
-        fixed = len(summary) + 2 * len(self.segments) + len(q) + int(self.cfg.anchor)
+        fixed = (len(summary) + 2 * len(self.segments) + max(len(q), reserve)
+                 + int(self.cfg.anchor))
         budget = self.cfg.max_tokens - fixed
         if budget < 0:
             raise ValueError(f"query {query!r} and the summary tokens need {fixed} tokens: no "

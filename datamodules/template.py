@@ -252,13 +252,15 @@ class UserTemplate:
         return ids + [tab_ids]
 
     def encode(self, users: UserColumns, i: int, query: str = "",
-               history: list[list[list[int]]] | None = None) -> EncodedUser:
+               history: list[list[list[int]]] | None = None, reserve: int = 0) -> EncodedUser:
         """User ``i`` with ``query`` in the template, truncated to ``max_tokens``.
 
         Pass ``history`` (from :meth:`history`) to encode several queries of one user
-        without rendering the history again."""
+        without rendering the history again. ``reserve``: query tokens to leave room for
+        (at least the query's own), so the history is the same under any query that short."""
         q = self.query_ids(query)
-        budget = self.cfg.max_tokens - 2 * len(self.segments) - len(q) - int(self.cfg.anchor)
+        budget = (self.cfg.max_tokens - 2 * len(self.segments) - max(len(q), reserve)
+                  - int(self.cfg.anchor))
         if budget < 0:
             raise ValueError(f"query {query!r} is {len(q)} tokens: no room left in "
                              f"max_tokens={self.cfg.max_tokens}")

@@ -22,8 +22,13 @@ class ProbeSourceAdapter:
     def test_mask(self, task: str) -> np.ndarray:
         return self.dm.probe.test_mask(task)
 
-    def dataloader(self, query: str | None = None):
-        return self.dm.probe_dataloader(all_ranks=True, query=query)
+    def dataloader(self, query: str | None = None, reserve: int = 0):
+        return self.dm.probe_dataloader(all_ranks=True, query=query, reserve=reserve)
+
+    def suffix(self, query: str) -> list[int]:
+        """The token ids a scenario adds after the history: the query, then the anchor."""
+        template = self.dm.template
+        return template.query_ids(query) + ([template.ids.user] if template.cfg.anchor else [])
 
 
 def suite_of(tasks: list[str]) -> str:

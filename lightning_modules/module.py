@@ -36,11 +36,12 @@ from maskstudy.datamodules.hierarchical import BUILTIN_SLOTS, InputConfig
 from .backbone import BackboneConfig, build_backbone, hidden_size, num_layers
 from .encoder import ContrastiveEncoder, check_encoder_options
 from .hierarchical import HierarchicalInput, slots_of
+from .scenarios import NotCacheable, packed_anchor_states
 from .learning import (
     effective_rank, isotropic_spread, loss_chance, retrieval_chance, spread,
 )
 from .loss import LossOutput, contrastive_loss
-from .masks import AttentionMask, build_mask
+from .masks import HISTORY, AttentionMask, build_mask
 
 
 @dataclass
@@ -357,6 +358,30 @@ class ContrastiveMaskingModule(L.LightningModule):
     def embed_users(self, batch: dict) -> torch.Tensor:
         """Frozen user embeddings (B, D) under the inference mask."""
         return self.user_representations(batch)["projected"]
+
+    @torch.no_grad()
+    def scenario_representations(self, batch: dict,
+                                 suffixes: list[list[int]]) -> dict[str, torch.Tensor]:
+        """Both frozen representations ((B, N, D) and (B, N, H)) of every user under each of
+        N scenario suffixes (query ids, then the anchor) after the batch's history, from one
+        packed forward under the inference mask (``lightning_modules/scenarios.py``). Raises
+        NotCacheable when the mask, the pooling or the input does not allow it."""
+        if self.encoder.pooling not in ("user_token", "last"):
+            raise NotCacheable(f"{self.encoder.pooling} pooling reads more than the anchor")
+        was_training = self.training
+        self.eval()
+        try:
+            ids = batch["user_input_ids"].to(self.device)
+            history = ((batch["user_segment_ids"] == HISTORY)
+                       & batch["user_attention_mask"].bool())
+            pooled = packed_anchor_states(
+                self.encoder, ids, history.long().to(self.device),
+                [torch.tensor(s, device=self.device) for s in suffixes],
+                self.inference_mask or self.encoder.mask)
+            projected = self.encoder.project(pooled.flatten(0, 1)).unflatten(0, pooled.shape[:2])
+        finally:
+            self.train(was_training)
+        return {"projected": projected, "pooled": pooled}
 
     @torch.no_grad()
     def user_representations(self, batch: dict) -> dict[str, torch.Tensor]:

@@ -72,3 +72,14 @@ def test_the_target_table_needs_results(tmp_path, monkeypatch):
     monkeypatch.setattr(targets, "TARGETS", tmp_path / "missing.json")
     with pytest.raises(SystemExit, match="make bench"):
         targets.main()
+
+
+def test_the_scenario_benchmark_runs(monkeypatch, capsys):
+    from benchmarks import scenarios
+
+    monkeypatch.setattr("sys.argv", ["scenarios", "--batch", "2", "--prefixes", "32",
+                                     "--queries", "2", "--rounds", "1", "--no-write"])
+    scenarios.main()
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| 32 "))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[:2] == ["32", "2"] and float(cells[6]) == pytest.approx(2 * 48 / 64)

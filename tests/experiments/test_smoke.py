@@ -187,6 +187,14 @@ def test_the_task_query_protocol_reads_each_tasks_scenario(world, tmp_path, monk
     module = ContrastiveMaskingModule(cfg.module_config(), vocab_size=train_dm.vocab_size).eval()
     by_task = task_query_embeddings(module, source)["projected"]
     assert not np.allclose(by_task["concert"], by_task["transit"])
+    # Causal keeps the history blind to the query: one packed pass serves every query and
+    # equals a pass per query over the same histories.
+    suffixes = [source.suffix(source.queries[t]) for t in ("concert", "transit")]
+    reps = module.scenario_representations(batch, suffixes)
+    assert reps["projected"].shape[:2] == (len(batch["probe_index"]), 2)
+    per_query = task_query_embeddings(module, source, packed=False)["projected"]
+    for task in by_task:
+        np.testing.assert_allclose(by_task[task], per_query[task], atol=1e-5)
     result = evaluate(module, source, cfg.eval.c, query="task")
     assert result.per_task == probe_all(by_task, source, cfg.eval.c)[0]
     m = result.metrics
