@@ -280,6 +280,11 @@ class UserDataModule(L.LightningDataModule):
                        event_vectors=enc.event_vectors)
         return out
 
+    def suffix(self, query: str) -> list[int]:
+        """The token ids a scenario adds after the history: the query, then the anchor."""
+        template = self.template
+        return template.query_ids(query) + ([template.ids.user] if template.cfg.anchor else [])
+
     @property
     def collator(self) -> Collator:
         return Collator(self.template.ids.pad, self.cfg.left_padding, self.cfg.pad_to_multiple_of)
@@ -293,17 +298,22 @@ class UserDataModule(L.LightningDataModule):
         """Event adapters a hierarchical model needs for this dataset's modalities."""
         return modality_slots(self.spec)
 
-    def _make_plain(self, users: UserColumns, i: int, epoch: int) -> list[dict]:
-        enc = self.template.encode(users, i, self.cfg.probe_query)
+    def _make_plain(self, users: UserColumns, i: int, epoch: int, query: str | None = None,
+                    reserve: int = 0) -> list[dict]:
+        enc = self.template.encode(users, i, self.cfg.probe_query if query is None else query,
+                                   reserve=reserve)
         return [{**self.sample(enc), "user_id": users.user_ids[i]}]
 
-    def users_dataloader(self, split: str = "all") -> DataLoader:
-        """One pass over the users of a split (``all``, ``train``, ``val``, ``probe``) with the
-        probe query, for exporting embeddings; batches carry ``user_ids``."""
+    def users_dataloader(self, split: str = "all", query: str | None = None,
+                         reserve: int = 0) -> DataLoader:
+        """One pass over the users of a split (``all``, ``train``, ``val``, ``probe``) in file
+        order with ``query`` (None: the probe query), the history truncated to leave room for
+        ``reserve`` query tokens, for exporting embeddings; batches carry ``user_ids``."""
         codes = {"all": None, **SPLIT_NAMES}
         if split not in codes:
             raise ValueError(f"split {split!r}: expected one of {list(codes)}")
-        stream = UserStream(self.files, self.split(codes[split]), self._make_plain,
+        make = partial(self._make_plain, query=query, reserve=reserve)
+        stream = UserStream(self.files, self.split(codes[split]), make,
                             columns=history_columns(self.modalities), future=False,
                             cycle=False, shuffle=False, seed=self.cfg.seed)
         return self._loader(stream, self.cfg.eval_batch_size, self.collator.plain)

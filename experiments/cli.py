@@ -268,8 +268,10 @@ def _eval(args: argparse.Namespace) -> int:
 def _embed(args: argparse.Namespace) -> int:
     from maskstudy.experiments.run import embed_checkpoint
 
-    n = embed_checkpoint(args.checkpoint, args.out, split=args.split, data=args.data)
-    print(f"wrote {n} user embeddings to {args.out}")
+    n = embed_checkpoint(args.checkpoint, args.out, split=args.split, data=args.data,
+                         queries=args.queries)
+    what = "(user, scenario) embeddings" if args.queries else "user embeddings"
+    print(f"wrote {n} {what} to {args.out}")
     return 0
 
 
@@ -509,6 +511,11 @@ def build_parser() -> argparse.ArgumentParser:
     emb.add_argument("--out", required=True, help="output Parquet file")
     emb.add_argument("--split", default="all", choices=["all", "train", "val", "probe"])
     emb.add_argument("--data", help="another dataset in the same schema (default: the run's)")
+    emb.add_argument("--queries", metavar="FILE|tasks",
+                     help="one row per (user, scenario query): the queries of a text file, one "
+                          "a line, or 'tasks' (the run's tasks and their scenario queries); the "
+                          "history is computed once for all queries where the inference mask "
+                          "keeps it blind to the query")
     emb.set_defaults(func=_embed)
 
     study = commands.add_parser(

@@ -26,9 +26,7 @@ class ProbeSourceAdapter:
         return self.dm.probe_dataloader(all_ranks=True, query=query, reserve=reserve)
 
     def suffix(self, query: str) -> list[int]:
-        """The token ids a scenario adds after the history: the query, then the anchor."""
-        template = self.dm.template
-        return template.query_ids(query) + ([template.ids.user] if template.cfg.anchor else [])
+        return self.dm.suffix(query)
 
 
 def suite_of(tasks: list[str]) -> str:

@@ -33,6 +33,7 @@ from maskstudy.datamodules.datamodules import UserDataModule
 from maskstudy.datamodules.tokenizer import save_tokenizer, tags
 from maskstudy.lightning_modules.masks import AttentionMask
 from maskstudy.lightning_modules.module import ContrastiveMaskingModule
+from maskstudy.lightning_modules.scenarios import NotCacheable
 
 from .checkpoints import (
     CheckpointError, check_same_model, checkpoint_state, load_run, run_config_path,
@@ -260,9 +261,51 @@ def evaluate_checkpoint(checkpoint: str | Path, tasks: list[str] | None = None) 
             "skipped_tasks": source.dm.probe.skipped}
 
 
+def scenario_queries(cfg: ExperimentConfig, queries: str) -> dict[str, str]:
+    """Scenario name -> query: ``tasks`` (the run's tasks and their scenario queries) or a
+    text file of queries, one a line (each its own name)."""
+    if queries == "tasks":
+        return {t.name: t.scenario for t in cfg.eval.resolved_tasks()}
+    path = Path(queries)
+    if not path.is_file():
+        raise FileNotFoundError(f"--queries {queries}: no such file (give a text file of "
+                                f"queries, one a line, or 'tasks')")
+    lines = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    if not lines:
+        raise FileNotFoundError(f"--queries {queries}: the file holds no query")
+    return {q: q for q in lines}
+
+
+@torch.no_grad()
+def embed_scenarios(module, dm: UserDataModule, split: str,
+                    queries: list[str]) -> tuple[list[str], np.ndarray]:
+    """(user ids, (users, N, D) embeddings) of every user of ``split`` under each query, the
+    history truncated once for the longest; one packed pass where the inference mask keeps
+    the history blind to the query, else one pass per query."""
+    reserve = max(len(dm.suffix(q)) for q in queries)
+    suffixes = [dm.suffix(q) for q in queries]
+    ids, parts = [], []
+    try:
+        for batch in dm.users_dataloader(split, queries[0], reserve):
+            parts.append(module.scenario_representations(batch, suffixes)["projected"].numpy())
+            ids += batch["user_ids"]
+        return ids, np.concatenate(parts)
+    except NotCacheable:
+        columns = []
+        for q in queries:
+            ids, embs = [], []
+            for batch in dm.users_dataloader(split, q, reserve):
+                embs.append(module.embed_users(batch).float().numpy())
+                ids += batch["user_ids"]
+            columns.append(np.concatenate(embs))
+        return ids, np.stack(columns, 1)
+
+
 def embed_checkpoint(checkpoint: str | Path, out: str | Path, split: str = "all",
-                     data: str | None = None) -> int:
-    """Writes ``user_id`` and ``embedding`` (list<float>) for every user of ``split``."""
+                     data: str | None = None, queries: str | None = None) -> int:
+    """Writes ``user_id`` and ``embedding`` (list<float>) for every user of ``split``; with
+    ``queries`` (``tasks`` or a file, see :func:`scenario_queries`) one row per (user,
+    scenario), with ``scenario`` and ``query`` columns. Returns the number of rows."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -276,15 +319,25 @@ def embed_checkpoint(checkpoint: str | Path, out: str | Path, split: str = "all"
             raise CheckpointError(
                 f"{data} declares modalities {list(dm.spec.names)}, which the model of "
                 f"{checkpoint} was not trained on; embed data with the modalities of its run")
+    scenarios = scenario_queries(cfg, queries) if queries else None
     dm.setup()
-    ids, embs = [], []
-    with torch.no_grad():
-        for batch in dm.users_dataloader(split):
-            embs.append(module.embed_users(batch).float().numpy())
-            ids += batch["user_ids"]
-    matrix = np.concatenate(embs) if embs else np.zeros((0, module.config.encoder.projector_out))
-    table = pa.table({"user_id": pa.array(ids, pa.string()),
-                      "embedding": pa.array(list(matrix), pa.list_(pa.float32()))})
+    if scenarios is None:
+        ids, embs = [], []
+        with torch.no_grad():
+            for batch in dm.users_dataloader(split):
+                embs.append(module.embed_users(batch).float().numpy())
+                ids += batch["user_ids"]
+        matrix = (np.concatenate(embs) if embs
+                  else np.zeros((0, module.config.encoder.projector_out)))
+        columns = {"user_id": pa.array(ids, pa.string())}
+    else:
+        names = list(scenarios)
+        ids, matrix = embed_scenarios(module, dm, split, [scenarios[n] for n in names])
+        columns = {"user_id": pa.array(np.repeat(ids, len(names)).tolist(), pa.string()),
+                   "scenario": pa.array(names * len(ids), pa.string()),
+                   "query": pa.array([scenarios[n] for n in names] * len(ids), pa.string())}
+        matrix = matrix.reshape(-1, matrix.shape[-1])
+    table = pa.table({**columns, "embedding": pa.array(list(matrix), pa.list_(pa.float32()))})
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(table, out)
-    return len(ids)
+    return len(table)

@@ -134,6 +134,32 @@ def test_eval_and_embed_from_a_checkpoint(input, world, tmp_path, monkeypatch, c
     exported = np.array([rows[u] for u in probe_ids], dtype=np.float32)
     np.testing.assert_allclose(exported, own["projected"], atol=1e-5)
 
+    # One row per (user, scenario): the run's tasks under their scenario queries, equal to
+    # what the task-query probe reads (packed for text input, a pass per query otherwise).
+    from maskstudy.callbacks.linear_probe import task_query_embeddings
+
+    assert main(["embed", str(ckpt), "--out", str(tmp_path / "s.parquet"), "--split", "probe",
+                 "--queries", "tasks"]) == 0
+    scen = pq.read_table(tmp_path / "s.parquet").to_pydict()
+    assert len(scen["user_id"]) == len(probe_ids) * 9
+    source = ProbeSourceAdapter(build_datamodules(cfg)[1], "ggsm")
+    by_task = task_query_embeddings(module, source)["projected"]
+    index = {u: k for k, u in enumerate(probe_ids)}
+    for task in ("concert", "physical"):
+        rows = [(index[u], e) for u, t, e in zip(scen["user_id"], scen["scenario"],
+                                                  scen["embedding"]) if t == task]
+        got = np.zeros_like(by_task[task])
+        for k, e in rows:
+            got[k] = e
+        np.testing.assert_allclose(got, by_task[task], atol=1e-5)
+    (tmp_path / "q.txt").write_text("Will this user travel?\n\nWill this user save money?\n")
+    assert main(["embed", str(ckpt), "--out", str(tmp_path / "q.parquet"), "--queries",
+                 str(tmp_path / "q.txt")]) == 0
+    assert set(pq.read_table(tmp_path / "q.parquet").column("query").to_pylist()) == {
+        "Will this user travel?", "Will this user save money?"}
+    assert main(["embed", str(ckpt), "--out", str(tmp_path / "x.parquet"), "--queries",
+                 str(tmp_path / "none.txt")]) == 2
+
     assert main(["eval", str(tmp_path / "missing.ckpt")]) == 2
     assert "no such file" in capsys.readouterr().err
 
