@@ -130,7 +130,7 @@ def embed_probe_users(module, source: ProbeSource, query: str | None = None,
     """Per representation (``projected``: the embedding; ``pooled``: the hidden state the
     projector reads), the (users, D) matrix in label order, each probe user embedded once
     with ``query`` after the history (None: the source's fixed probe query), the history
-    truncated to leave room for ``reserve`` query tokens."""
+    truncated to leave ``reserve`` tokens for the query and the anchor."""
     n = source.labels.shape[0]
     out: dict[str, np.ndarray] = {}
     seen = np.zeros(n, dtype=bool)

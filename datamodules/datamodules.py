@@ -307,8 +307,9 @@ class UserDataModule(L.LightningDataModule):
     def users_dataloader(self, split: str = "all", query: str | None = None,
                          reserve: int = 0) -> DataLoader:
         """One pass over the users of a split (``all``, ``train``, ``val``, ``probe``) in file
-        order with ``query`` (None: the probe query), the history truncated to leave room for
-        ``reserve`` query tokens, for exporting embeddings; batches carry ``user_ids``."""
+        order with ``query`` (None: the probe query), the history truncated to leave
+        ``reserve`` tokens for the query and the anchor, for exporting embeddings; batches
+        carry ``user_ids``."""
         codes = {"all": None, **SPLIT_NAMES}
         if split not in codes:
             raise ValueError(f"split {split!r}: expected one of {list(codes)}")
@@ -437,7 +438,7 @@ class ProbeDataModule(UserDataModule):
         """One pass over the probe users in file order, sharded across dataloader workers and,
         unless ``all_ranks`` (evaluation on one rank), across DDP ranks. Users read
         ``query`` after their history (None: ``data.probe_query``), the history truncated to
-        leave room for ``reserve`` query tokens."""
+        leave ``reserve`` tokens for the query and the anchor (see ``UserTemplate.encode``)."""
         make = partial(self._make_user, query=query, reserve=reserve)
         stream = UserStream(self.files, self.split(PROBE), make,
                             columns=history_columns(self.modalities), future=False,

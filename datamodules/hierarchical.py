@@ -331,8 +331,8 @@ class HierarchicalTemplate(UserTemplate):
                history=None, reserve: int = 0) -> HierarchicalUser:
         q = self.query_ids(query)
         summary = self.summary_slots()
-        fixed = (len(summary) + 2 * len(self.segments) + max(len(q), reserve)
-                 + int(self.cfg.anchor))
+        fixed = (len(summary) + 2 * len(self.segments)
+                 + max(len(q) + int(self.cfg.anchor), reserve))
         budget = self.cfg.max_tokens - fixed
         if budget < 0:
             raise ValueError(f"query {query!r} and the summary tokens need {fixed} tokens: no "

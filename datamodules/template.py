@@ -256,11 +256,12 @@ class UserTemplate:
         """User ``i`` with ``query`` in the template, truncated to ``max_tokens``.
 
         Pass ``history`` (from :meth:`history`) to encode several queries of one user
-        without rendering the history again. ``reserve``: query tokens to leave room for
-        (at least the query's own), so the history is the same under any query that short."""
+        without rendering the history again. ``reserve``: the tokens to leave after the
+        history (at least the query's and the anchor's), so the history is the same under any
+        query whose suffix is that short."""
         q = self.query_ids(query)
-        budget = (self.cfg.max_tokens - 2 * len(self.segments) - max(len(q), reserve)
-                  - int(self.cfg.anchor))
+        budget = (self.cfg.max_tokens - 2 * len(self.segments)
+                  - max(len(q) + int(self.cfg.anchor), reserve))
         if budget < 0:
             raise ValueError(f"query {query!r} is {len(q)} tokens: no room left in "
                              f"max_tokens={self.cfg.max_tokens}")

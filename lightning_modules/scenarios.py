@@ -32,7 +32,9 @@ from .masks import ANCHOR, HISTORY, QUERY, AttentionMask, blocked_value
 
 
 class NotCacheable(ValueError):
-    """The mask lets the prefix depend on the query: each query needs its own forward."""
+    """Packing would not equal per-query recompute (the mask lets the history see the query,
+    or the pooling, the input or the mask needs more than the anchor's state): each query
+    needs its own forward."""
 
 
 def compact_prefix(ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor,
