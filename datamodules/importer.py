@@ -125,9 +125,14 @@ class ImportSpec:
     def check(self) -> None:
         if not self.events:
             raise DataImportError("events: the event table to import is required")
-        if not self.modalities:
-            raise DataImportError("modalities: declare at least one, e.g. "
+        if not self.modalities or not isinstance(self.modalities, dict):
+            raise DataImportError("modalities: declare at least one as a mapping, e.g. "
                                   "{purchase: {item: category, amount: number}}")
+        for key in ("tabular", "attributes", "labels"):
+            value = getattr(self, key)
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise DataImportError(f"{key}: expected a list of user-table column names, "
+                                      f"got {value!r}")
         if not self.out:
             raise DataImportError("out: the dataset directory to write is required")
         if (self.split_time is None) == (self.split_column is None):

@@ -130,6 +130,8 @@ def test_user_table_problems_are_errors_naming_row_and_column(tmp_path, users_te
     (dict(modalities={}), "declare at least one"),
     (dict(tabular=["age"]), "give users"),
     (dict(modalities={"shop": {"item": "colour"}}), "kind 'colour'"),
+    (dict(modalities=["shop"]), "as a mapping"),
+    (dict(users="u.csv", tabular="age"), "tabular: expected a list"),
 ])
 def test_spec_mistakes_fail_before_reading(tmp_path, change, message):
     events = write(tmp_path / "e.csv", HEADER + "a,2026-09-01,shop,CD,1\n")
