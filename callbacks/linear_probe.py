@@ -159,49 +159,53 @@ class Evaluation:
 
 
 @torch.no_grad()
-def packed_scenario_users(module, source: ProbeSource, queries: list[str],
-                          reserve: int) -> dict[str, dict[str, np.ndarray]]:
-    """Per query, per representation the (users, D) matrix in label order: one pass over the
-    probe users, each user's history encoded once for every query (the packed layout).
-    Raises NotCacheable when the module cannot pack its mask, pooling or input."""
-    n = source.labels.shape[0]
-    suffixes = [source.suffix(q) for q in queries]
-    out: dict[str, dict[str, np.ndarray]] = {q: {} for q in queries}
-    seen = np.zeros(n, dtype=bool)
-    for batch in source.dataloader(queries[0], reserve):
-        reps = module.scenario_representations(batch, suffixes)
-        idx = batch["probe_index"].numpy()
-        for name, emb in reps.items():
-            emb = emb.float().cpu().numpy()
-            for k, q in enumerate(queries):
-                if name not in out[q]:
-                    out[q][name] = np.zeros((n, emb.shape[-1]), dtype=np.float32)
-                out[q][name][idx] = emb[:, k]
-        seen[idx] = True
-    if not seen.all():
-        raise RuntimeError(f"probe evaluation embedded {int(seen.sum())} of {n} probe users")
-    return out
+def scenario_passes(module, dataloader, suffix, queries: list[str], key: str,
+                    packed: bool = True) -> tuple[list, dict[str, np.ndarray]]:
+    """(keys, {representation: (users, N, D)}): the users ``dataloader(query, reserve)``
+    yields, in its order (``batch[key]`` of each), under each of N queries. Every query reads
+    the history truncated once for the longest suffix (``suffix(query)``: query and anchor
+    ids); it is computed once for all queries in one pass where the module packs its mask
+    (``packed``), else once per query."""
+    reserve = max(len(suffix(q)) for q in queries)
+    suffixes = [suffix(q) for q in queries]
+
+    def one_pass(query: str, represent) -> tuple[list, dict[str, np.ndarray]]:
+        keys, parts = [], {}
+        for batch in dataloader(query, reserve):
+            for name, emb in represent(batch).items():
+                parts.setdefault(name, []).append(emb.float().cpu().numpy())
+            found = batch[key]
+            keys += found.tolist() if isinstance(found, torch.Tensor) else list(found)
+        return keys, {name: np.concatenate(v) for name, v in parts.items()}
+
+    if packed:
+        try:
+            return one_pass(queries[0],
+                            lambda batch: module.scenario_representations(batch, suffixes))
+        except NotCacheable:
+            pass
+    passes = [one_pass(q, module.user_representations) for q in queries]
+    return passes[0][0], {name: np.stack([reps[name] for _, reps in passes], 1)
+                          for name in passes[0][1]}
 
 
 def task_query_embeddings(module, source: ProbeSource,
                           packed: bool = True) -> dict[str, dict[str, np.ndarray]]:
-    """Per representation, per task the users' embeddings under the task's scenario query.
-    Every user's history is truncated once, to leave room for the longest query, so all
-    queries read the same history; it is computed once for all queries where the mask keeps
-    the history blind to the query (``packed``), else once per distinct query."""
+    """Per representation, per task the users' embeddings under the task's scenario query
+    (see :func:`scenario_passes`: one history, truncated for the longest query, for all)."""
     queries = list(dict.fromkeys(source.queries[t] for t in source.task_names))
-    reserve = max(len(source.suffix(q)) for q in queries)
-    by_query = None
-    if packed:
-        try:
-            by_query = packed_scenario_users(module, source, queries, reserve)
-        except NotCacheable:
-            by_query = None
-    if by_query is None:
-        by_query = {q: embed_probe_users(module, source, q, reserve) for q in queries}
-    names = next(iter(by_query.values())).keys()
-    return {name: {t: by_query[source.queries[t]][name] for t in source.task_names}
-            for name in names}
+    keys, reps = scenario_passes(module, source.dataloader, source.suffix, queries,
+                                 "probe_index", packed)
+    n = source.labels.shape[0]
+    if len(set(keys)) != n:
+        raise RuntimeError(f"probe evaluation embedded {len(set(keys))} of {n} probe users")
+    out = {}
+    for name, emb in reps.items():
+        matrix = np.zeros((n, *emb.shape[1:]), dtype=np.float32)
+        matrix[keys] = emb
+        column = {q: matrix[:, k] for k, q in enumerate(queries)}
+        out[name] = {t: column[source.queries[t]] for t in source.task_names}
+    return out
 
 
 def evaluate(module, source: ProbeSource, c: float = 1.0, step: int = 0,

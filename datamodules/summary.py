@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from . import baseline
-from .probe import MIN_SCORABLE, ProbeSet, check_task_columns
+from .probe import MIN_SCORABLE, ProbeSet
 from .schema import DataValidationError, dataset_files, dataset_spec
 from .splits import PROBE
 from .stream import SplitSpec
@@ -30,7 +30,6 @@ def world_summary(path: str | Path, *, tasks: str | list = "all",
         resolved = resolve_tasks(tasks, task_dirs)
     except ValueError as e:
         raise DataValidationError(f"tasks: {e}") from e
-    check_task_columns(resolved, files[0])
     probe = ProbeSet(files, SplitSpec(PROBE, probe_fraction, val_fraction, split_seed),
                      resolved, test_fraction=test_fraction, seed=split_seed,
                      min_class_users=min_class_users, sparse_tasks="skip").load()

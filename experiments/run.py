@@ -25,7 +25,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from tokenizers import Tokenizer
 
 from maskstudy.callbacks.learning_check import CollapseDetector, LearningCheck
-from maskstudy.callbacks.linear_probe import LinearProbeEvaluation, evaluate
+from maskstudy.callbacks.linear_probe import LinearProbeEvaluation, evaluate, scenario_passes
 from maskstudy.callbacks.mask_schedule import (
     FutureAttentionMonitor, GradientGuidedPrewarmup, MaskHeatmap, MaskMonitor,
 )
@@ -33,7 +33,6 @@ from maskstudy.datamodules.datamodules import UserDataModule
 from maskstudy.datamodules.tokenizer import save_tokenizer, tags
 from maskstudy.lightning_modules.masks import AttentionMask
 from maskstudy.lightning_modules.module import ContrastiveMaskingModule
-from maskstudy.lightning_modules.scenarios import NotCacheable
 
 from .checkpoints import (
     CheckpointError, check_same_model, checkpoint_state, load_run, run_config_path,
@@ -276,31 +275,6 @@ def scenario_queries(cfg: ExperimentConfig, queries: str) -> dict[str, str]:
     return {q: q for q in lines}
 
 
-@torch.no_grad()
-def embed_scenarios(module, dm: UserDataModule, split: str,
-                    queries: list[str]) -> tuple[list[str], np.ndarray]:
-    """(user ids, (users, N, D) embeddings) of every user of ``split`` under each query, the
-    history truncated once for the longest; one packed pass where the inference mask keeps
-    the history blind to the query, else one pass per query."""
-    reserve = max(len(dm.suffix(q)) for q in queries)
-    suffixes = [dm.suffix(q) for q in queries]
-    ids, parts = [], []
-    try:
-        for batch in dm.users_dataloader(split, queries[0], reserve):
-            parts.append(module.scenario_representations(batch, suffixes)["projected"].numpy())
-            ids += batch["user_ids"]
-        return ids, np.concatenate(parts)
-    except NotCacheable:
-        columns = []
-        for q in queries:
-            ids, embs = [], []
-            for batch in dm.users_dataloader(split, q, reserve):
-                embs.append(module.embed_users(batch).float().numpy())
-                ids += batch["user_ids"]
-            columns.append(np.concatenate(embs))
-        return ids, np.stack(columns, 1)
-
-
 def embed_checkpoint(checkpoint: str | Path, out: str | Path, split: str = "all",
                      data: str | None = None, queries: str | None = None) -> int:
     """Writes ``user_id`` and ``embedding`` (list<float>) for every user of ``split``; with
@@ -332,7 +306,10 @@ def embed_checkpoint(checkpoint: str | Path, out: str | Path, split: str = "all"
         columns = {"user_id": pa.array(ids, pa.string())}
     else:
         names = list(scenarios)
-        ids, matrix = embed_scenarios(module, dm, split, [scenarios[n] for n in names])
+        ids, reps = scenario_passes(
+            module, lambda query, reserve: dm.users_dataloader(split, query, reserve),
+            dm.suffix, [scenarios[n] for n in names], "user_ids")
+        matrix = reps["projected"]
         columns = {"user_id": pa.array(np.repeat(ids, len(names)).tolist(), pa.string()),
                    "scenario": pa.array(names * len(ids), pa.string()),
                    "query": pa.array([scenarios[n] for n in names] * len(ids), pa.string())}
