@@ -332,8 +332,8 @@ def import_events(spec: ImportSpec) -> dict:
     else:
         col = pc.cast(_column(events, spec.modality_column, events_file, "modalities"),
                       pa.string())
-        which = np.array([names.index(v) if v in spec.modalities else -1
-                          for v in col.to_pylist()], dtype=np.int64)
+        which = pc.fill_null(pc.index_in(col, value_set=pa.array(names, pa.string())),
+                             -1).to_numpy(zero_copy_only=False).astype(np.int64)
         drop(which < 0, "unknown_modality")
     declared = spec.dataset_spec(1, True)  # the fields; windows and clock are settled below
     values: dict[tuple[str, str], np.ndarray | list] = {}
