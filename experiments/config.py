@@ -430,6 +430,13 @@ def check(cfg: ExperimentConfig, where: str = "config") -> None:
     if cfg.schedule.ramp != "none" and not mask.rampable:
         fail("schedule", f"a ramp opens a mask that can be opened; mask {cfg.mask.name!r} "
                          f"cannot (set mask.name: soft, not learnable, or window)")
+    if cfg.loss.ntp_weight > 0 and cfg.backbone.attention == "flex":
+        fail("loss.ntp_weight", "the joint next-token loss builds a dense bias over prefix and "
+                                "answer; use backbone.attention sdpa or eager")
+    if cfg.loss.ntp_head is not None and cfg.backbone.name_or_path is not None:
+        fail("loss.ntp_head", "a pretrained backbone predicts with its own LM head; leave "
+                              "loss.ntp_head null (tied/untied choose the head of a "
+                              "config-built backbone)")
     if cfg.backbone.attention == "flex" and trains and not uses_cuda(cfg.trainer.accelerator):
         fail("backbone.attention", "flex trains on a CUDA GPU only (FlexAttention has no "
                                    "backward on a CPU); use sdpa here")

@@ -4,8 +4,9 @@ The default needs no download: a Qwen2-architecture decoder sized for a CPU stud
 tokenizer's vocabulary. ``name_or_path`` points at a pretrained model directory instead
 (Qwen2/Qwen2.5, Qwen3, Llama, Mistral, ...); it is loaded with ``local_files_only``, its
 embeddings are resized to the tokenizer, and LoRA (peft) and gradient checkpointing are
-optional. Only the base model is built (no LM head): the encoder pools hidden states and
-never needs vocabulary logits.
+optional. The base model is built without an LM head: the encoder pools hidden states. The
+joint next-token loss (``loss.ntp_weight``) asks :func:`build_decoder` for a pretrained model's
+own head as well; a config-built model gets its head from the encoder.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 from torch import nn
-from transformers import AutoModel, Qwen2Config
+from transformers import AutoModel, AutoModelForCausalLM, Qwen2Config
 
 from .attention import IMPLEMENTATIONS, implementation
 
@@ -67,14 +68,27 @@ def build_backbone(cfg: BackboneConfig, vocab_size: int,
     """The base decoder (``AutoModel``), wired to maskstudy's attention implementation.
     ``special_token_ids``: the template's special tokens, whose embedding rows stay trainable
     under LoRA (a pretrained model never learned them)."""
+    return build_decoder(cfg, vocab_size, special_token_ids)[0]
+
+
+def build_decoder(cfg: BackboneConfig, vocab_size: int, special_token_ids: Sequence[int] = (),
+                  lm_head: bool = False) -> tuple[nn.Module, nn.Module | None]:
+    """(base decoder, LM head): :func:`build_backbone`, plus with ``lm_head`` a pretrained
+    model's own vocabulary head (loaded with the model, so a tied head stays the embedding
+    matrix; frozen under LoRA, like every weight the adapters do not own). The head is None
+    for a config-built model or without ``lm_head``."""
     attn = implementation(cfg.attention)
+    head = None
     if cfg.name_or_path is None:
         model = AutoModel.from_config(tiny_qwen2_config(cfg, vocab_size), attn_implementation=attn)
     else:
-        model = AutoModel.from_pretrained(cfg.name_or_path, local_files_only=True,
-                                          attn_implementation=attn)
+        loader = AutoModelForCausalLM if lm_head else AutoModel
+        model = loader.from_pretrained(cfg.name_or_path, local_files_only=True,
+                                       attn_implementation=attn)
         if model.get_input_embeddings().num_embeddings < vocab_size:
             model.resize_token_embeddings(vocab_size)
+        if lm_head:
+            head, model = model.get_output_embeddings(), model.get_decoder()
     model.config.use_cache = False
     if cfg.gradient_checkpointing:
         kwargs = {"use_reentrant": False}
@@ -84,7 +98,9 @@ def build_backbone(cfg: BackboneConfig, vocab_size: int,
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
     if cfg.lora.enabled:
         model = _with_lora(model, cfg.lora, special_token_ids)
-    return model
+        if head is not None:
+            head.requires_grad_(False)
+    return model, head
 
 
 def _with_lora(model: nn.Module, cfg: LoraConfig, special_token_ids: Sequence[int]) -> nn.Module:

@@ -21,6 +21,11 @@ hidden states, attention masks and segment ids of the user tower then have lengt
 Hierarchical input (``input_layer``, ``lightning_modules/hierarchical.py``): the user tower's
 ``slots`` (the batch's ``user_slot_*`` and ``user_event_*`` fields) turn placeholder positions
 into event, modality, user and tabular tokens before the backbone; the answer tower stays text.
+
+Joint next-token loss (``lightning_modules/ntp.py``): the user tower may read the answer after
+the anchor in the same forward (``answer``); the prefix never sees it, and ``lm_head`` (the
+pretrained model's own head, an untied ``nn.Linear``, or None for logits from the tied input
+embedding) turns the states before each answer token into its logits.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from torch import nn
 
 from .attention import FLEX, FlexBias, flex_bias, flex_scores, layer_biases, record_future_attention
 from .masks import ANCHOR, GLOBAL, HISTORY, AttentionMask, BidirectionalMask, CausalMask
+from .ntp import answer_positions, joint_bias
 
 POOLINGS = ("user_token", "last", "mean", "weighted_mean", "global_token")
 SINGLE_TOKEN_POOLINGS = ("user_token", "last", "global_token")
@@ -101,7 +107,8 @@ class Projector(nn.Sequential):
 class ContrastiveEncoder(nn.Module):
     def __init__(self, backbone: nn.Module, mask: AttentionMask, *, hidden_size: int,
                  pooling: str = "user_token", projector_dims: tuple[int, int] = (512, 128),
-                 answer_mask: str = "same", input_layer: nn.Module | None = None):
+                 answer_mask: str = "same", input_layer: nn.Module | None = None,
+                 lm_head: nn.Module | None = None):
         super().__init__()
         check_encoder_options(pooling, answer_mask)
         if pooling == "global_token" and not mask.global_token:
@@ -113,6 +120,7 @@ class ContrastiveEncoder(nn.Module):
         self.answer_mask = answer_mask
         self.projector = Projector(hidden_size, *projector_dims)
         self.input_layer = input_layer
+        self.lm_head = lm_head
         # FlexAttention backbones get a block mask and score mods instead of a dense bias.
         self.flex = getattr(backbone.config, "_attn_implementation", None) == FLEX
         self._fixed_answer_mask = {"causal": CausalMask(), "bidirectional": BidirectionalMask()}
@@ -163,13 +171,23 @@ class ContrastiveEncoder(nn.Module):
     def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                       segment_ids: torch.Tensor, mask: AttentionMask, capture: bool = False,
                       global_token: bool = False, slots: dict | None = None,
-                      dense: bool = False):
+                      dense: bool = False,
+                      answer: tuple[torch.Tensor, torch.Tensor] | None = None):
         """(final-layer hidden states (B, L', H), attention mask, segment ids) under ``mask``;
         L' = L + 1 with ``global_token``. With ``capture``, the last layer's input is kept in
-        ``last_layer_input``. ``dense`` makes a flex backbone take the dense bias (sdpa)."""
+        ``last_layer_input``. ``dense`` makes a flex backbone take the dense bias (sdpa).
+        ``answer`` (ids, mask) follows the prefix under :func:`~.ntp.joint_bias`: the hidden
+        states then span L' + A (mask and segment ids stay the prefix's)."""
         model_inputs, attention_mask, segment_ids, bias = self.inputs(
             input_ids, attention_mask, segment_ids, mask, global_token, slots, dense)
         kwargs = {"output_hidden_states": True} if capture else {}
+        if answer is not None:
+            if isinstance(bias, FlexBias):
+                raise ValueError("the joint next-token loss needs a dense bias: "
+                                 "backbone.attention sdpa or eager")
+            model_inputs = self._append_answer(model_inputs, answer[0])
+            bias = joint_bias(bias, attention_mask, answer[1])
+            kwargs["position_ids"] = answer_positions(attention_mask, answer[0].shape[1])
         if isinstance(bias, FlexBias):
             with flex_scores(bias.score_mod):
                 out = self.backbone(**model_inputs, attention_mask=bias.block_mask, **kwargs)
@@ -179,8 +197,26 @@ class ContrastiveEncoder(nn.Module):
         else:
             out = self.backbone(**model_inputs, attention_mask=bias, **kwargs)
         if capture:
-            self.last_layer_input = out.hidden_states[-2]
+            self.last_layer_input = out.hidden_states[-2][:, :attention_mask.shape[1]]
         return out.last_hidden_state, attention_mask, segment_ids
+
+    def _append_answer(self, model_inputs: dict, answer_ids: torch.Tensor) -> dict:
+        if "inputs_embeds" in model_inputs:
+            answer = self.backbone.get_input_embeddings()(answer_ids)
+            return {"inputs_embeds": torch.cat([model_inputs["inputs_embeds"], answer], 1)}
+        return {"input_ids": torch.cat([model_inputs["input_ids"], answer_ids], 1)}
+
+    def answer_logits(self, hidden: torch.Tensor, prefix_mask: torch.Tensor) -> torch.Tensor:
+        """(B, A, V) logits of each answer token, from the joint hidden states (B, L + A, H):
+        the prefix's last real token (the anchor) predicts the first, answer token k - 1 the
+        k-th."""
+        width = prefix_mask.shape[1]
+        anchor = hidden[torch.arange(hidden.shape[0], device=hidden.device),
+                        last_index(prefix_mask)]
+        states = torch.cat([anchor[:, None], hidden[:, width:-1]], 1)
+        if self.lm_head is not None:
+            return self.lm_head(states)
+        return F.linear(states, self.backbone.get_input_embeddings().weight)
 
     @torch.no_grad()
     def future_attention(self, input_ids, attention_mask, segment_ids,
@@ -220,6 +256,23 @@ class ContrastiveEncoder(nn.Module):
         the user tower."""
         pooled, hidden = self.pooled_users(input_ids, attention_mask, segment_ids, mask, slots)
         return self.project(pooled), hidden
+
+    def encode_users_and_answer(self, input_ids, attention_mask, segment_ids,
+                                answer_ids: torch.Tensor, answer_mask: torch.Tensor,
+                                slots: dict | None = None
+                                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The user tower with the answer after the anchor, one forward (training mask):
+        (embeddings (B, D), the prefix's final hidden states (B, L', H), answer logits
+        (B, A, V), see :meth:`answer_logits`). ``answer_ids``/``answer_mask`` are
+        right-padded. The embeddings and prefix states are those of :meth:`encode_users`."""
+        hidden, attention_mask, segment_ids = self.hidden_states(
+            input_ids, attention_mask, segment_ids, self.mask,
+            capture=self.capture_last_layer_input,
+            global_token=self.global_query is not None, slots=slots,
+            answer=(answer_ids, answer_mask))
+        prefix = hidden[:, :attention_mask.shape[1]]
+        users = self.embed(prefix, attention_mask, self.pooling, segment_ids)
+        return users, prefix, self.answer_logits(hidden, attention_mask)
 
     def answer_segments(self, attention_mask: torch.Tensor) -> torch.Tensor:
         """Answer content as history, its last real token (``<eos>``) as anchor."""

@@ -10,6 +10,7 @@ number can be read against its chance level:
     spread               mean over dimensions of the per-dimension standard deviation of the
                          user embeddings; 0 when every user gets the same embedding, about
                          1 / sqrt(D) for unit vectors spread evenly over D dimensions
+    next-token chance    the next-token loss of a uniform guess over the vocabulary: ln V
     effective rank       RankMe (Garrido et al., 2023): exp of the entropy of the normalised
                          singular values; 1 when all embeddings lie on one line
 """
@@ -33,6 +34,11 @@ def retrieval_accuracy(users: torch.Tensor, answers: torch.Tensor) -> torch.Tens
 def retrieval_chance(batch_size: int) -> float:
     """The retrieval accuracy of embeddings that carry no information: 1 / B."""
     return 1.0 / batch_size
+
+
+def ntp_chance(vocab_size: int) -> float:
+    """The next-token loss of a uniform guess over ``vocab_size`` tokens: ln V."""
+    return math.log(vocab_size)
 
 
 def loss_chance(batch_size: int) -> float:

@@ -18,6 +18,7 @@ class LossOutput:
     fn_masked_frac: torch.Tensor  # share of negatives dropped by the false-negative filter
     kept_chance: torch.Tensor  # mean_i log(1 + kept negatives of row i): the loss at chance
     retrieval_acc: torch.Tensor  # share of users whose own answer is the batch's most similar
+    ntp_loss: torch.Tensor | None = None  # the joint next-token term, when the module adds one
 
 
 def info_nce_loss(users: torch.Tensor, answers: torch.Tensor, *, temperature: float = 0.02,

@@ -2,7 +2,8 @@
 
 It reads ``ContrastiveDataModule`` batches (keys documented in ``datamodules/datamodules.py``),
 encodes the user and answer towers through one shared backbone, and minimises the GG-SM
-contrastive loss. The attention mask is the one thing recipes swap (``mask.name`` and its
+contrastive loss (plus, with ``loss.ntp_weight``, Query-as-Anchor's next-token loss of the
+answer read after the anchor in the same user-tower forward; ``ntp.py``). The attention mask is the one thing recipes swap (``mask.name`` and its
 options); callbacks may update a mask's state, which lives in module buffers and therefore in
 checkpoints.
 
@@ -13,7 +14,10 @@ given the negatives the filter kept), ``user_spread`` and ``user_rank`` (spread 
 effective rank of the user embeddings; at validation over all validation users) and the
 reference lines ``loss_chance`` (ln(3B - 2)), ``retrieval_chance`` (1/B) and
 ``spread_isotropic`` (1/sqrt(D)); see ``learning.py``. Training also logs ``train/lr``,
-``train/grad_norm`` and ``train/skipped_steps`` (cumulative).
+``train/grad_norm`` and ``train/skipped_steps`` (cumulative). With the next-token term, also
+``ntp_loss``, its reference ``ntp_chance`` (ln V) and ``objective`` (what is minimised:
+``loss + ntp_weight * ntp_loss``); ``loss`` stays the contrastive term, read against
+``loss_chance``.
 
 A NaN or inf loss or gradient never reaches the weights (``optim.nonfinite``): ``stop`` raises
 :class:`NonFiniteError` naming the step and the tensor (the run ends, its last checkpoint is
@@ -30,18 +34,20 @@ from dataclasses import asdict, dataclass, field
 
 import lightning as L
 import torch
+from torch import nn
 
 from maskstudy.datamodules.hierarchical import BUILTIN_SLOTS, InputConfig
 
-from .backbone import BackboneConfig, build_backbone, hidden_size, num_layers
+from .backbone import BackboneConfig, build_decoder, hidden_size, num_layers
 from .encoder import ContrastiveEncoder, check_encoder_options
 from .hierarchical import HierarchicalInput, slots_of
-from .scenarios import NotCacheable, packed_anchor_states
 from .learning import (
-    effective_rank, isotropic_spread, loss_chance, retrieval_chance, spread,
+    effective_rank, isotropic_spread, loss_chance, ntp_chance, retrieval_chance, spread,
 )
 from .loss import LossOutput, contrastive_loss
 from .masks import HISTORY, AttentionMask, build_mask
+from .ntp import NTP_HEADS, ntp_loss
+from .scenarios import NotCacheable, compact_prefix, packed_anchor_states
 
 
 @dataclass
@@ -71,10 +77,22 @@ class LossConfig:
     temperature: float = 0.05
     margin: float = 0.1  # false-negative filter: drop negatives above the positive + margin
     gather: bool = True  # negatives from every DDP rank
+    # Query-as-Anchor's joint loss: L_cl + ntp_weight * L_ntp, the answer's next-token loss
+    # after the anchor in the user tower's forward (ntp.py). 0: no answer tokens, no logits.
+    ntp_weight: float = 0.0
+    # The vocabulary head of a config-built backbone: untied (a linear layer of its own) or
+    # tied (the input embedding). null: untied, or a pretrained model's own head.
+    ntp_head: str | None = None
 
     def check(self) -> None:
         if self.temperature <= 0:
             raise ValueError("loss.temperature must be positive")
+        if self.ntp_weight < 0:
+            raise ValueError(f"loss.ntp_weight must be >= 0 (0: no next-token term), "
+                             f"got {self.ntp_weight}")
+        if self.ntp_head is not None and self.ntp_head not in NTP_HEADS:
+            raise ValueError(f"loss.ntp_head {self.ntp_head!r}: expected one of "
+                             f"{list(NTP_HEADS)} or null")
 
 
 @dataclass
@@ -131,6 +149,19 @@ def warmup_cosine(step: int, warmup: int, total: int, min_ratio: float) -> float
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+def ntp_head(config: ModuleConfig, own_head: nn.Module | None, hidden: int,
+             vocab_size: int) -> nn.Module | None:
+    """The LM head of the joint next-token loss: a pretrained model's own, an untied linear
+    layer (initialised as HF initialises heads), or None for the tied input embedding."""
+    if own_head is not None:
+        return own_head
+    if config.loss.ntp_head == "tied":
+        return None
+    head = nn.Linear(hidden, vocab_size, bias=False)
+    nn.init.normal_(head.weight, std=0.02)
+    return head
+
+
 def _from_dict(cls, data):
     """Rebuilds nested config dataclasses from ``asdict`` output (checkpoint hparams)."""
     if not isinstance(data, dict):
@@ -156,7 +187,9 @@ class ContrastiveMaskingModule(L.LightningModule):
         self.save_hyperparameters({"config": asdict(config), "vocab_size": vocab_size,
                                    "special_token_ids": list(special_token_ids),
                                    "modality_slots": modality_slots})
-        backbone = build_backbone(config.backbone, vocab_size, special_token_ids)
+        ntp = config.loss.ntp_weight > 0
+        backbone, own_head = build_decoder(config.backbone, vocab_size, special_token_ids,
+                                           lm_head=ntp)
         sizes = {"hidden_size": hidden_size(backbone), "layers": num_layers(backbone)}
         mask = build_mask(config.mask.name, config.mask.options, target=config.mask.target,
                           **sizes)
@@ -165,7 +198,8 @@ class ContrastiveMaskingModule(L.LightningModule):
         self.encoder = ContrastiveEncoder(
             backbone, mask, hidden_size=hidden_size(backbone), pooling=config.encoder.pooling,
             projector_dims=(config.encoder.projector_inner, config.encoder.projector_out),
-            answer_mask=config.encoder.answer_mask, input_layer=input_layer)
+            answer_mask=config.encoder.answer_mask, input_layer=input_layer,
+            lm_head=ntp_head(config, own_head, hidden_size(backbone), vocab_size) if ntp else None)
         self.inference_mask = (None if config.mask.inference is None
                                else build_mask(config.mask.inference, **sizes))
 
@@ -188,13 +222,35 @@ class ContrastiveMaskingModule(L.LightningModule):
     def _loss_and_users(self, batch: dict, gather: bool | None = None
                         ) -> tuple[LossOutput, torch.Tensor]:
         """(loss output, user embeddings); ``gather``: negatives from every DDP rank (None:
-        ``loss.gather``)."""
-        users, answers, hidden = self(batch)
-        self.last_user_hidden = hidden  # callbacks (GG-SM) read its gradient
+        ``loss.gather``). With ``loss.ntp_weight`` the user tower's forward also reads the
+        answer after the anchor, and ``ntp_loss`` holds its next-token loss."""
         cfg = self.config.loss
+        ntp = None
+        if cfg.ntp_weight > 0:
+            answer_ids, lengths = compact_prefix(batch["answer_input_ids"],
+                                                 batch["answer_attention_mask"])
+            answer_mask = (torch.arange(answer_ids.shape[1], device=answer_ids.device)[None]
+                           < lengths[:, None]).long()
+            users, hidden, logits = self.encoder.encode_users_and_answer(
+                batch["user_input_ids"], batch["user_attention_mask"],
+                batch["user_segment_ids"], answer_ids, answer_mask, slots=slots_of(batch))
+            answers = self.encoder.encode_answers(batch["answer_input_ids"],
+                                                  batch["answer_attention_mask"])
+            ntp = ntp_loss(logits, answer_ids, answer_mask)
+        else:
+            users, answers, hidden = self(batch)
+        self.last_user_hidden = hidden  # callbacks (GG-SM) read its gradient
         out = contrastive_loss(users, answers, temperature=cfg.temperature, margin=cfg.margin,
                                gather=cfg.gather if gather is None else gather)
+        out.ntp_loss = ntp
         return out, users
+
+    def objective(self, out: LossOutput) -> torch.Tensor:
+        """What training minimises: the contrastive loss, plus ``ntp_weight`` times the
+        next-token loss when there is one."""
+        if out.ntp_loss is None:
+            return out.loss
+        return out.loss + self.config.loss.ntp_weight * out.ntp_loss
 
     def chance_levels(self, batch_size: int, gather: bool | None = None) -> dict[str, float]:
         """Reference lines: what the learning metrics read for an encoder that learned nothing
@@ -211,6 +267,9 @@ class ContrastiveMaskingModule(L.LightningModule):
                   "sim_gap": out.pos_sim - out.neg_sim, "fn_masked_frac": out.fn_masked_frac,
                   "kept_chance": out.kept_chance, "retrieval_acc": out.retrieval_acc,
                   **self.chance_levels(batch_size)}
+        if out.ntp_loss is not None:
+            values.update(ntp_loss=out.ntp_loss, objective=self.objective(out),
+                          ntp_chance=ntp_chance(self.hparams["vocab_size"]))
         self.log_dict({f"{stage}/{k}": v for k, v in values.items()},
                       on_step=on_step, on_epoch=not on_step, batch_size=batch_size,
                       prog_bar=False, sync_dist=not on_step)
@@ -223,14 +282,16 @@ class ContrastiveMaskingModule(L.LightningModule):
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor | None:
         out, users = self._loss_and_users(batch)
-        if not all_ranks_finite(out.loss.detach()):
-            self._nonfinite(f"train/loss is {out.loss.item()}")
+        loss = self.objective(out)
+        if not all_ranks_finite(loss.detach()):
+            self._nonfinite(f"train/{'loss' if out.ntp_loss is None else 'objective'} is "
+                            f"{loss.item()}")
             return None  # Lightning skips backward and the optimiser step
         self._log("train", out, batch["user_input_ids"].shape[0])
         self._log_spread("train", users)
         self.log("train/lr", self.optimizers().param_groups[0]["lr"], on_step=True,
                  batch_size=1)
-        return out.loss
+        return loss
 
     def on_validation_epoch_start(self) -> None:
         self._val_users: list[torch.Tensor] = []
