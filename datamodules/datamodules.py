@@ -27,6 +27,7 @@ import zlib
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import numpy as np
@@ -34,7 +35,9 @@ import torch
 from torch.utils.data import DataLoader
 
 from .dataset import DatasetSpec
-from .pairs import ANSWER_SELECTIONS, BEHAVIOUR_QUERY, topics_for, user_pairs
+from .pairs import (
+    ANSWER_SELECTIONS, BEHAVIOUR_QUERY, Pair, scenario_answer, topics_for, user_pairs,
+)
 from .records import UserColumns
 from .schema import (
     EMPTY_HISTORY, DataValidationError, dataset_files, dataset_spec, tabular_names,
@@ -42,8 +45,8 @@ from .schema import (
 )
 from .splits import PROBE, SPLIT_NAMES, TRAIN, VAL
 from .stream import SplitSpec, UserStream, split_tables
-from .probe import MIN_SCORABLE, ProbeSet, all_columns, history_columns
-from .tasks import Task, resolve_tasks
+from .probe import MIN_SCORABLE, ProbeSet, all_columns, check_task_columns, history_columns
+from .tasks import Task, compute_labels, event_counts, label_columns, resolve_tasks
 from .hierarchical import (
     EventTextCache, HierarchicalTemplate, HierarchicalUser, InputConfig, default_text_encoder,
     event_texts, modality_slots,
@@ -140,6 +143,11 @@ class DataConfig:
     # model, which with topic pairs learns to match the query to the topic without reading the
     # history (docs/learning.md); pretrained backbones can afford the paper's mix (2).
     topics_per_user: int = 0
+    # Scenario pairs per user (Query-as-Anchor): a task's scenario query answered by its label
+    # on the future window, drawn from scenario_tasks (names, suites, files; empty: the
+    # evaluation's tasks). Per user: 1 behaviour : topics_per_user : scenarios_per_user.
+    scenarios_per_user: int = 0
+    scenario_tasks: list[Any] = field(default_factory=list)
     # Behaviour answers list the next period's most frequent action types (top), so one
     # user's answer depends on that user alone; sampled draws them in proportion to frequency
     # (the paper's wording), so one user's answer varies between epochs.
@@ -171,6 +179,9 @@ class DataConfig:
         """Raises ValueError('data.<key> <what is wrong>')."""
         if self.answer_selection not in ANSWER_SELECTIONS:
             raise ValueError(f"data.answer_selection expected one of {list(ANSWER_SELECTIONS)}")
+        for key in ("topics_per_user", "scenarios_per_user"):
+            if not isinstance(getattr(self, key), int) or getattr(self, key) < 0:
+                raise ValueError(f"data.{key} expected a whole number >= 0")
         if self.batch_size < 2:
             raise ValueError("data.batch_size contrastive training needs at least 2 pairs "
                              "per batch")
@@ -358,7 +369,43 @@ def build_tokenizer(dm: UserDataModule, out: Path, users: int | None = None) -> 
 
 
 class ContrastiveDataModule(UserDataModule):
-    """(user history + query, answer) pairs from the train and val splits."""
+    """(user history + query, answer) pairs from the train and val splits. ``scenarios``: the
+    tasks whose scenario queries ``data.scenarios_per_user`` draws from, resolved (an
+    experiment passes ``data.scenario_tasks`` or its evaluation tasks; None: resolved here
+    from ``data.scenario_tasks``)."""
+
+    def __init__(self, config: DataConfig | None = None, *, input: InputConfig | None = None,
+                 scenarios: list[Task] | None = None, **overrides):
+        super().__init__(config, input=input, **overrides)
+        self.scenario_tasks: list[Task] = []
+        if self.cfg.scenarios_per_user:
+            self.scenario_tasks = list(scenarios or resolve_tasks(self.cfg.scenario_tasks))
+            if not self.scenario_tasks:
+                raise ValueError("data.scenarios_per_user needs tasks to ask about: set "
+                                 "data.scenario_tasks (or the evaluation's eval.tasks)")
+            check_task_columns(self.scenario_tasks, self.files[0])
+        self._facts: tuple[UserColumns | None, np.ndarray, np.ndarray] = (None, None, None)
+
+    def _scenario_facts(self, users: UserColumns) -> tuple[np.ndarray, np.ndarray]:
+        """(labels, event counts) (users, scenario tasks) of a table, computed once per
+        table the stream reads."""
+        if self._facts[0] is not users:
+            tasks = self.scenario_tasks
+            self._facts = (users, compute_labels(users.table, tasks),
+                           event_counts(users.table, tasks))
+        return self._facts[1], self._facts[2]
+
+    def _scenario_pairs(self, users: UserColumns, i: int, rng: np.random.Generator
+                        ) -> list[Pair]:
+        labels, counts = self._scenario_facts(users)
+        tasks = self.scenario_tasks
+        chosen = rng.choice(len(tasks), size=min(self.cfg.scenarios_per_user, len(tasks)),
+                            replace=False)  # never reads the future: the query enters the tower
+        days = users.spec.future_days
+        return [Pair(f"scenario:{tasks[k].name}", tasks[k].scenario,
+                     scenario_answer(tasks[k].title, bool(labels[i, k]), int(counts[i, k]),
+                                     tasks[k].rule.window(days) if counts[i, k] >= 0 else ""))
+                for k in chosen]
 
     def _make_pairs(self, users: UserColumns, i: int, epoch: int) -> list[dict]:
         cfg = self.cfg
@@ -366,9 +413,13 @@ class ContrastiveDataModule(UserDataModule):
         rng = np.random.default_rng(_sample_seed(cfg.seed, epoch, uid))
         out = []
         history = self.template.history(users, i)
-        for pair in user_pairs(users, i, rng, topics_per_user=cfg.topics_per_user,
-                               behaviour_query=cfg.behaviour_query,
-                               answer_selection=cfg.answer_selection):
+        pairs = user_pairs(users, i, rng, topics_per_user=cfg.topics_per_user,
+                           behaviour_query=cfg.behaviour_query,
+                           answer_selection=cfg.answer_selection)
+        if self.scenario_tasks:
+            pairs += self._scenario_pairs(
+                users, i, np.random.default_rng([*_sample_seed(cfg.seed, epoch, uid), 1]))
+        for pair in pairs:
             enc = self.template.encode(users, i, pair.query, history)
             out.append({**self.sample(enc),
                         "answer_ids": self.template.encode_answer(pair.answer,
@@ -378,8 +429,9 @@ class ContrastiveDataModule(UserDataModule):
 
     def stream(self, code: int, skip_batches: int = 0) -> UserStream:
         train = code == TRAIN
-        return UserStream(self.files, self.split(code), self._make_pairs,
-                          columns=all_columns(self.modalities),
+        columns = list(dict.fromkeys(
+            all_columns(self.modalities) + label_columns(self.scenario_tasks, self.modalities)))
+        return UserStream(self.files, self.split(code), self._make_pairs, columns=columns,
                           future=True, cycle=train, shuffle=train, seed=self.cfg.seed,
                           shuffle_buffer=self.cfg.shuffle_buffer if train else 0,
                           batch_size=self.cfg.batch_size, skip_batches=skip_batches)

@@ -14,6 +14,12 @@ declares as its action type (``dataset.Modality.action_field``): the category fo
 mini-programs and apps, the page (``a.b`` prefix) for SPM ids, the query text for searches,
 each genre of a rated movie (a movie of three genres counts once under each), a declared
 modality's first category field. Time spans in the answers follow the dataset's windows.
+(c) Scenario pairs (Query-as-Anchor): a task's scenario query, answered by the task's label
+    on the user's future window ("Yes" / "No", the task's title and, for an event rule, how
+    many events it counted). The task is drawn independently of the future. These answers
+    are the evaluation tasks' labels on *training* users: the probe users stay disjoint, but a
+    model trained on them has been supervised on those tasks (docs/model.md).
+
 Answers are plain text; the template appends ``<eos>``.
 """
 
@@ -279,9 +285,16 @@ def topic_answer(topic: Topic, hist: dict, fut: dict, spec: DatasetSpec | None =
             f"({detail}), mostly {when}; {_trend(n, f, spec)}.")
 
 
+def scenario_answer(title: str, label: bool, count: int = -1, window: str = "") -> str:
+    """The answer of a scenario pair: the label, the task's title and, when the task's rule
+    counts events (``count >= 0``), the count and where it counted (``window``)."""
+    counted = "" if count < 0 else f", {count} matching event{'s' if count != 1 else ''} {window}"
+    return f"{'Yes' if label else 'No'}. {title}{counted}."
+
+
 @dataclass(frozen=True)
 class Pair:
-    kind: str  # behaviour | topic:<name>
+    kind: str  # behaviour | topic:<name> | scenario:<task>
     query: str
     answer: str
 

@@ -70,6 +70,7 @@ class UserColumns:
     table's declaration."""
 
     def __init__(self, table: pa.Table, *, future: bool = True):
+        self.table = table  # its label columns serve scenario pairs
         self.n = table.num_rows
         self.user_ids: list[str] = table.column("user_id").to_pylist()
         self.ref_time = ts_seconds(table.column("ref_time"))

@@ -76,6 +76,14 @@ class EventRule:
             self.day_to if self.day_to >= 0 else future_days + self.day_to)
         return lo, hi
 
+    def window(self, future_days: int) -> str:
+        """Where the rule counts, in words: ``in the next 30 days``, ``in days 24-30 of the
+        next 30``."""
+        lo, hi = self.days(future_days)
+        if (lo, hi) == (0, future_days):
+            return f"in the next {future_days} days"
+        return f"in days {lo + 1}-{hi} of the next {future_days}"
+
     def check(self, spec: DatasetSpec) -> None:
         """Raises ValueError when the rule does not fit the dataset."""
         if self.modality != ANY and self.modality not in spec.names:
@@ -485,6 +493,16 @@ def _attribute_hits(table: pa.Table, rule: AttributeRule) -> np.ndarray:
 def label_columns(tasks: list[Task], modalities: tuple[str, ...]) -> list[str]:
     """The future, attribute and label columns the tasks' labels read."""
     return list(dict.fromkeys(c for t in tasks for c in t.rule.columns(modalities)))
+
+
+def event_counts(table: pa.Table, tasks: list[Task]) -> np.ndarray:
+    """(users, tasks) int64: per event-rule task, the events its rule counts in its slice of
+    the future window; -1 for attribute and label tasks, which count nothing."""
+    out = np.full((table.num_rows, len(tasks)), -1, dtype=np.int64)
+    for k, task in enumerate(tasks):
+        if isinstance(task.rule, EventRule):
+            out[:, k] = _rule_counts(table, task.rule)
+    return out
 
 
 def compute_labels(table: pa.Table, tasks: list[Task]) -> np.ndarray:

@@ -8,7 +8,8 @@ sections. A config is composed, in this order, from
 2. one option of each group, ``<group>/<option>.yaml`` (``data``, ``input``, ``mask``): the
    recipe's choices (its ``defaults: {mask: ggsm}``), overridden by ``group=option`` on the
    command line, defaulting to ``data=world input=text mask=causal``;
-3. the recipe's own keys (``experiments/<recipe>.yaml``);
+3. the recipe's own keys (``experiments/<recipe>.yaml``), after those of the recipe it
+   ``extends`` (a recipe name or file; an ablation holds only what it changes);
 4. ``key=value`` overrides (OmegaConf dotlists: ``trainer.max_steps=50``).
 
 Group options and recipes are looked up in the directories of ``MASKSTUDY_CONFIG_PATH``
@@ -211,6 +212,15 @@ class ExperimentConfig:
                 self.optim, self.trainer, self.eval, self.schedule, self.learning,
                 self.logging]
 
+    def scenario_tasks(self) -> list[Task]:
+        """The tasks ``data.scenarios_per_user`` asks about: ``data.scenario_tasks``, or the
+        evaluation's tasks when that is empty (none without scenario pairs)."""
+        if not self.data.scenarios_per_user:
+            return []
+        if not self.data.scenario_tasks:
+            return self.eval.resolved_tasks()
+        return resolve_tasks(list(self.data.scenario_tasks), tuple(config_dirs()))
+
     def module_config(self) -> ModuleConfig:
         """A deep copy: the module may change its config without touching the experiment's."""
         return copy.deepcopy(ModuleConfig(backbone=self.backbone, mask=self.mask,
@@ -305,6 +315,23 @@ def _load(path: Path) -> DictConfig:
     return node
 
 
+def _recipe_node(path: Path, seen: tuple[Path, ...] = ()) -> DictConfig:
+    """A recipe's keys merged over those of the recipe it ``extends``, recursively."""
+    node = _load(path)
+    parent = node.pop("extends", None)
+    if parent is None:
+        return node
+    if not isinstance(parent, str):
+        raise ConfigError(f"{path}: key 'extends': expected one recipe (a name or a file)")
+    if path.resolve() in seen:
+        raise ConfigError(f"{path}: key 'extends': recipes extend each other in a cycle")
+    base = _recipe_node(recipe_path(parent), (*seen, path.resolve()))
+    try:
+        return OmegaConf.merge(base, node)
+    except OmegaConfBaseException as e:
+        raise _explain(e, str(path)) from e
+
+
 def _explain(e: OmegaConfBaseException, where: str) -> ConfigError:
     key = getattr(e, "full_key", None)
     msg = str(e).splitlines()[0]
@@ -329,7 +356,7 @@ def split_overrides(overrides: list[str]) -> tuple[dict[str, str], list[str]]:
 def compose(recipe: str | Path | None, overrides: list[str] | None = None) -> DictConfig:
     """The merged (unresolved) config of a recipe, group choices and overrides."""
     path = recipe_path(recipe) if recipe is not None else None
-    node = _load(path) if path is not None else OmegaConf.create({})
+    node = _recipe_node(path) if path is not None else OmegaConf.create({})
     where = str(path) if path is not None else "config"
     own = node.pop("defaults", None) or {}
     if not isinstance(own, (dict, DictConfig)) or set(own) - set(GROUPS):
@@ -455,6 +482,10 @@ def check(cfg: ExperimentConfig, where: str = "config") -> None:
         check_task_columns(cfg.eval.resolved_tasks(), dataset_files(cfg.data.path)[0])
     except ValueError as e:
         fail("eval.tasks", str(e))
+    try:
+        check_task_columns(cfg.scenario_tasks(), dataset_files(cfg.data.path)[0])
+    except ValueError as e:
+        fail("data.scenario_tasks", str(e))
 
 
 def to_yaml(cfg: ExperimentConfig) -> str:

@@ -48,6 +48,7 @@ def probe_datamodule(cfg: ExperimentConfig, template=None) -> ProbeDataModule:
 
 
 def build_datamodules(cfg: ExperimentConfig) -> tuple[ContrastiveDataModule, ProbeDataModule]:
-    train_dm = ContrastiveDataModule(cfg.data, input=cfg.input)
+    train_dm = ContrastiveDataModule(cfg.data, input=cfg.input,
+                                     scenarios=cfg.scenario_tasks())
     train_dm.setup()
     return train_dm, probe_datamodule(cfg, train_dm.template)

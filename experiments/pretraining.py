@@ -45,8 +45,9 @@ class PretrainedBackbone:
 
 
 def text_datamodule(cfg: ExperimentConfig) -> ContrastiveDataModule:
-    """The training pairs as text, in the pre-training stage's own order."""
-    data = dataclasses.replace(cfg.data, seed=cfg.pretrain.seed)
+    """The training pairs as text, in the pre-training stage's own order. Scenario pairs stay
+    out: they are a recipe's training signal, and recipes share one pre-trained backbone."""
+    data = dataclasses.replace(cfg.data, seed=cfg.pretrain.seed, scenarios_per_user=0)
     dm = ContrastiveDataModule(data, input=InputConfig())
     dm.setup()
     return dm

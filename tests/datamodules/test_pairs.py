@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -10,7 +11,8 @@ from maskstudy.datamodules.datamodules import ContrastiveDataModule
 from maskstudy.datamodules.pairs import TOPICS, aggregate, behaviour_answer, user_pairs
 from maskstudy.datamodules.records import UserColumns
 from maskstudy.datamodules.schema import EVENT_MODALITIES, future_column
-from maskstudy.datamodules.tasks import compute_labels, resolve_tasks
+from maskstudy.datamodules.splits import TRAIN
+from maskstudy.datamodules.tasks import compute_labels, event_counts, resolve_tasks
 from tests.helpers import table_of, user_row
 
 
@@ -95,3 +97,60 @@ def test_future_changes_labels_and_answers_never_the_user_input(world):
         assert [p["segment_ids"] for p in pa_] == [p["segment_ids"] for p in pb]
         answers_differ += any(x["answer_ids"] != y["answer_ids"] for x, y in zip(pa_, pb))
     assert answers_differ >= 0.9 * len(a)
+
+
+def scenario_module(world, **options) -> ContrastiveDataModule:
+    dm = ContrastiveDataModule(path=str(world), num_workers=0, batch_size=8, validate=False,
+                               scenarios_per_user=2, scenario_tasks=["qanchor"], **options)
+    dm.setup()
+    return dm
+
+
+def first_table(dm: ContrastiveDataModule) -> UserColumns:
+    table = pq.ParquetFile(dm.files[0]).read(columns=dm.stream(TRAIN).columns)
+    return UserColumns(table.slice(0, 40))
+
+
+def test_scenario_pairs_answer_each_task_query_with_its_label(world):
+    dm = scenario_module(world)
+    users = first_table(dm)
+    tasks = dm.scenario_tasks
+    labels, counts = compute_labels(users.table, tasks), event_counts(users.table, tasks)
+    by_name = {t.name: k for k, t in enumerate(tasks)}
+    seen = 0
+    for i in range(len(users)):
+        pairs = dm._make_pairs(users, i, epoch=0)
+        assert [p["kind"] for p in pairs][0] == "behaviour" and len(pairs) == 3
+        for p in pairs[1:]:
+            k = by_name[p["kind"].removeprefix("scenario:")]
+            answer = dm.template.tok.decode(p["answer_ids"])
+            assert answer.startswith("Yes." if labels[i, k] else "No.")
+            assert f"{counts[i, k]} matching event" in answer and tasks[k].title in answer
+            query = dm.template.tok.decode(p["input_ids"]).replace(" ", "")
+            assert query.endswith(f"Instruction:{tasks[k].scenario}".replace(" ", ""))
+            seen += 1
+    assert seen == 80
+
+
+def test_which_scenario_is_asked_never_depends_on_the_future(world, monkeypatch):
+    """The query enters the user tower: its choice may not follow the label."""
+    dm = scenario_module(world)
+    users = first_table(dm)
+    kinds = [[p["kind"] for p in dm._make_pairs(users, i, 0)] for i in range(len(users))]
+    flipped = compute_labels(users.table, dm.scenario_tasks) ^ 1
+    monkeypatch.setattr("maskstudy.datamodules.datamodules.compute_labels",
+                        lambda table, tasks: flipped)
+    dm._facts = (None, None, None)
+    again = [dm._make_pairs(users, i, 0) for i in range(len(users))]
+    assert [[p["kind"] for p in ps] for ps in again] == kinds
+    assert any(dm.template.tok.decode(ps[1]["answer_ids"]).startswith("Yes.") for ps in again)
+
+
+def test_without_scenario_pairs_the_stream_reads_no_label_column(world):
+    dm = ContrastiveDataModule(path=str(world), num_workers=0, validate=False)
+    dm.setup()
+    assert dm.scenario_tasks == [] and not any(
+        c.startswith(("attr_", "label_")) for c in dm.stream(TRAIN).columns)
+    with pytest.raises(ValueError, match="movielens|rating"):
+        ContrastiveDataModule(path=str(world), validate=False, scenarios_per_user=1,
+                              scenario_tasks=["movielens"])

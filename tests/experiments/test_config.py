@@ -7,10 +7,12 @@ import dataclasses
 import textwrap
 
 import pytest
+import yaml
 
 from maskstudy.datamodules.datamodules import DataConfig
 from maskstudy.experiments.config import (
-    DEFAULT_CHOICES, EXPERIMENTS_DIR, GROUPS, ConfigError, ExperimentConfig, group_options,
+    DEFAULT_CHOICES, EXPERIMENTS_DIR, GROUPS, ConfigError, ExperimentConfig, group_file,
+    group_options,
     load_config, to_yaml,
 )
 from maskstudy.lightning_modules.module import OptimConfig
@@ -31,15 +33,30 @@ def test_every_recipe_composes(recipe, data_ok):
     assert cfg.description  # every mask option describes itself
 
 
+def flat_keys(node: dict, prefix: str = "") -> set[str]:
+    keys = set()
+    for key, value in node.items():
+        if isinstance(value, dict) and key not in ("options", "caps"):
+            keys |= flat_keys(value, f"{prefix}{key}.")
+        else:
+            keys.add(f"{prefix}{key}")
+    return keys
+
+
 def test_recipes_pick_from_groups_and_hold_only_their_differences():
-    """A recipe is its group choices plus the keys that make it what it is: no recipe
-    repeats a mask, a dataset or an input."""
+    """A recipe is its group choices (or the recipe it extends) plus the keys that make it
+    what it is: no recipe sets a key a group option owns (a mask, a schedule, a dataset, an
+    input mode), so ``group=option`` on the command line always takes effect."""
+    owned = set()
+    for group in GROUPS:
+        for option in group_options(group):
+            owned |= flat_keys(yaml.safe_load(group_file(group, option).read_text()) or {})
+    owned -= {"description"}  # every recipe and mask option describes itself
+    assert {"mask.name", "schedule.prewarmup", "data.path", "input.mode", "eval.tasks"} <= owned
     for recipe in RECIPES:
-        lines = [line for line in recipe.read_text().splitlines()
-                 if line and not line.startswith((" ", "#"))]
-        top = {line.split(":")[0] for line in lines}
-        assert "defaults" in top, recipe
-        assert not top & {"mask", "data", "input", "schedule"}, (recipe, top)
+        node = yaml.safe_load(recipe.read_text()) or {}
+        assert "defaults" in node or "extends" in node, recipe
+        assert not flat_keys(node) & owned, (recipe, flat_keys(node) & owned)
     for group in GROUPS:
         assert DEFAULT_CHOICES[group] in group_options(group)
 
@@ -127,6 +144,12 @@ def test_overrides_apply(data_ok):
     ("eval.tasks=[female]", "key 'eval.tasks': task 'female' reads column 'attr_gender'"),
     ("data.history_days=60", "key 'data.history_days': data.history_days is 60, but"),
     ("eval.sparse_tasks=drop", "key 'eval.sparse_tasks'"),
+    ("data.scenarios_per_user=-1", "key 'data.scenarios_per_user': expected a whole number"),
+    ("data.scenarios_per_user=1 data.scenario_tasks=[conert]",
+     "key 'data.scenario_tasks': unknown task 'conert'"),
+    ("data.scenarios_per_user=1 data.scenario_tasks=[female]",
+     "key 'data.scenario_tasks': task 'female' reads column 'attr_gender'"),
+    ("loss.ntp_weight=-0.5", "key 'loss.ntp_weight': must be >= 0"),
     ("eval.tasks=[nowhere.yaml]", "key 'eval.tasks': task file 'nowhere.yaml' not found"),
     ("input.mode=tree", "key 'input.mode': 'tree': expected one of"),
     ("input.event_encoder=gte", "key 'input.event_encoder': 'gte'"),
@@ -145,6 +168,30 @@ def test_bad_values_name_the_key(override, message, data_ok):
         overrides = data_ok + overrides
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("(", r"\(")):
         load_config(EXPERIMENTS_DIR / "hybrid.yaml", overrides)
+
+
+def test_an_ablation_extends_its_recipe_and_holds_only_what_it_changes(data_ok, tmp_path):
+    base, ablation = load_config("qanchor", data_ok), load_config("qanchor_no_ntp", data_ok)
+    assert base.loss.ntp_weight == 1.0 and ablation.loss.ntp_weight == 0.0
+    assert ablation.input.mode == "hierarchical" and ablation.eval.query == "task"
+    assert ablation.data.scenarios_per_user == 1 and ablation.name == "qanchor_no_ntp"
+    assert load_config("qanchor_no_ntp", data_ok + ["input=text"]).input.mode == "text"
+    (tmp_path / "a.yaml").write_text(f"extends: {tmp_path / 'b.yaml'}\n")
+    (tmp_path / "b.yaml").write_text(f"extends: {tmp_path / 'a.yaml'}\n")
+    with pytest.raises(ConfigError, match="key 'extends': recipes extend each other in a cycle"):
+        load_config(tmp_path / "a.yaml", data_ok)
+    (tmp_path / "c.yaml").write_text("extends: nosuchrecipe\n")
+    with pytest.raises(ConfigError, match="recipe 'nosuchrecipe': no such recipe"):
+        load_config(tmp_path / "c.yaml", data_ok)
+
+
+def test_scenario_pairs_ask_the_evaluation_tasks_unless_told(data_ok):
+    cfg = load_config("causal", data_ok + ["data.scenarios_per_user=2", "eval.tasks=[qanchor]"])
+    assert [t.name for t in cfg.scenario_tasks()] == [t.name for t in cfg.eval.resolved_tasks()]
+    cfg = load_config("causal", data_ok + ["data.scenarios_per_user=2",
+                                           "data.scenario_tasks=[concert,login]"])
+    assert [t.name for t in cfg.scenario_tasks()] == ["concert", "login"]
+    assert load_config("causal", data_ok).scenario_tasks() == []
 
 
 def test_bad_files(tmp_path, data_ok):
