@@ -15,7 +15,8 @@ Two query protocols: ``fixed`` embeds every user once with the data's probe quer
 (Query-as-Anchor) embeds the users once per task, each with that task's scenario query after
 the history, and probes each task on its own embeddings. The history, truncated once for the
 longest query, is computed once for all queries where the mask keeps it blind to the query
-(the packed layout, ``lightning_modules/scenarios.py``), else once per distinct query.
+(a KV cache, ``lightning_modules/scenarios.py``), else once per distinct query; which one
+ran is ``scenario_path`` in the results.
 
 Logged as ``eval/<task>/auc``, ``eval/<task>/ks``, ``eval/<domain>/avg_auc``, ``eval/avg_auc``
 and ``eval/avg_ks``, plus ``eval/by_representation/<name>/avg_auc|avg_ks`` for both
@@ -156,16 +157,22 @@ class Evaluation:
     seconds: float
     representation: str = "projected"  # the one per_task and the main metrics describe
     query: str = "fixed"  # the query protocol they were probed under
+    # under the task protocol: how the users were embedded per query (SCENARIO_PATHS)
+    scenario_path: str | None = None
+
+
+ONE_HISTORY = "one history per user for every query (KV cache)"
+RECOMPUTE = "recomputed per query"
 
 
 @torch.no_grad()
 def scenario_passes(module, dataloader, suffix, queries: list[str], key: str,
-                    packed: bool = True) -> tuple[list, dict[str, np.ndarray]]:
-    """(keys, {representation: (users, N, D)}): the users ``dataloader(query, reserve)``
-    yields, in its order (``batch[key]`` of each), under each of N queries. Every query reads
-    the history truncated once for the longest suffix (``suffix(query)``: query and anchor
-    ids); it is computed once for all queries in one pass where the module packs its mask
-    (``packed``), else once per query."""
+                    packed: bool = True) -> tuple[list, dict[str, np.ndarray], str]:
+    """(keys, {representation: (users, N, D)}, path): the users ``dataloader(query,
+    reserve)`` yields, in its order (``batch[key]`` of each), under each of N queries. Every
+    query reads the history truncated once for the longest suffix (``suffix(query)``: query
+    and anchor ids); it is computed once for all queries where the module's mask allows
+    (``packed``), else once per query. ``path`` says which, and why a recompute."""
     reserve = max(len(suffix(q)) for q in queries)
     suffixes = [suffix(q) for q in queries]
 
@@ -178,24 +185,27 @@ def scenario_passes(module, dataloader, suffix, queries: list[str], key: str,
             keys += found.tolist() if isinstance(found, torch.Tensor) else list(found)
         return keys, {name: np.concatenate(v) for name, v in parts.items()}
 
+    path = f"{RECOMPUTE}: not asked to share the history"
     if packed:
         try:
-            return one_pass(queries[0],
-                            lambda batch: module.scenario_representations(batch, suffixes))
-        except NotCacheable:
-            pass
+            return (*one_pass(queries[0],
+                              lambda batch: module.scenario_representations(batch, suffixes)),
+                    ONE_HISTORY)
+        except NotCacheable as e:
+            path = f"{RECOMPUTE}: {e}"
     passes = [one_pass(q, module.user_representations) for q in queries]
     return passes[0][0], {name: np.stack([reps[name] for _, reps in passes], 1)
-                          for name in passes[0][1]}
+                          for name in passes[0][1]}, path
 
 
-def task_query_embeddings(module, source: ProbeSource,
-                          packed: bool = True) -> dict[str, dict[str, np.ndarray]]:
-    """Per representation, per task the users' embeddings under the task's scenario query
-    (see :func:`scenario_passes`: one history, truncated for the longest query, for all)."""
+def task_query_embeddings(module, source: ProbeSource, packed: bool = True
+                          ) -> tuple[dict[str, dict[str, np.ndarray]], str]:
+    """(per representation, per task the users' embeddings under the task's scenario query;
+    the path, see :func:`scenario_passes`: one history, truncated for the longest query, for
+    all)."""
     queries = list(dict.fromkeys(source.queries[t] for t in source.task_names))
-    keys, reps = scenario_passes(module, source.dataloader, source.suffix, queries,
-                                 "probe_index", packed)
+    keys, reps, path = scenario_passes(module, source.dataloader, source.suffix, queries,
+                                       "probe_index", packed)
     n = source.labels.shape[0]
     if len(set(keys)) != n:
         raise RuntimeError(f"probe evaluation embedded {len(set(keys))} of {n} probe users")
@@ -205,7 +215,7 @@ def task_query_embeddings(module, source: ProbeSource,
         matrix[keys] = emb
         column = {q: matrix[:, k] for k, q in enumerate(queries)}
         out[name] = {t: column[source.queries[t]] for t in source.task_names}
-    return out
+    return out, path
 
 
 def evaluate(module, source: ProbeSource, c: float = 1.0, step: int = 0,
@@ -223,8 +233,9 @@ def evaluate(module, source: ProbeSource, c: float = 1.0, step: int = 0,
     start = time.perf_counter()
     metrics, main = {}, None
     protocols = {"fixed": embed_probe_users(module, source)}
+    path = None
     if query == "task":
-        protocols["task"] = task_query_embeddings(module, source)
+        protocols["task"], path = task_query_embeddings(module, source)
     for protocol, embeddings in protocols.items():
         for name, x in embeddings.items():
             per_task, test_scores = probe_all(x, source, c)
@@ -238,7 +249,7 @@ def evaluate(module, source: ProbeSource, c: float = 1.0, step: int = 0,
                 main = (per_task, summary, test_scores)
     per_task, summary, test_scores = main
     result = Evaluation(step, per_task, {**summary, **metrics}, time.perf_counter() - start,
-                        representation, query)
+                        representation, query, path)
     result.test_scores = test_scores  # not a field: kept out of checkpoints
     return result
 
@@ -311,7 +322,7 @@ class LinearProbeEvaluation(L.Callback):
         step."""
         final = self.history[-1]
         return {"step": final.step, "representation": final.representation,
-                "query": final.query,
+                "query": final.query, "scenario_path": final.scenario_path,
                 "metrics": final.metrics, "tasks": final.per_task, "eval_seconds": final.seconds,
                 "history": [{"step": e.step, "avg_auc": e.metrics["eval/avg_auc"]}
                             for e in self.history]}

@@ -306,9 +306,10 @@ def embed_checkpoint(checkpoint: str | Path, out: str | Path, split: str = "all"
         columns = {"user_id": pa.array(ids, pa.string())}
     else:
         names = list(scenarios)
-        ids, reps = scenario_passes(
+        ids, reps, path = scenario_passes(
             module, lambda query, reserve: dm.users_dataloader(split, query, reserve),
             dm.suffix, [scenarios[n] for n in names], "user_ids")
+        log.info("embedded %d users under %d queries: %s", len(ids), len(names), path)
         matrix = reps["projected"]
         columns = {"user_id": pa.array(np.repeat(ids, len(names)).tolist(), pa.string()),
                    "scenario": pa.array(names * len(ids), pa.string()),

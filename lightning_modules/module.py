@@ -47,7 +47,7 @@ from .learning import (
 from .loss import LossOutput, contrastive_loss
 from .masks import HISTORY, AttentionMask, build_mask
 from .ntp import NTP_HEADS, ntp_loss
-from .scenarios import NotCacheable, compact_prefix, packed_anchor_states
+from .scenarios import NotCacheable, cached_anchor_states, compact_prefix
 
 
 @dataclass
@@ -424,9 +424,10 @@ class ContrastiveMaskingModule(L.LightningModule):
     def scenario_representations(self, batch: dict,
                                  suffixes: list[list[int]]) -> dict[str, torch.Tensor]:
         """Both frozen representations ((B, N, D) and (B, N, H)) of every user under each of
-        N scenario suffixes (query ids, then the anchor) after the batch's history, from one
-        packed forward under the inference mask (``lightning_modules/scenarios.py``). Raises
-        NotCacheable when the mask, the pooling or the input does not allow it."""
+        N scenario suffixes (query ids, then the anchor) after the batch's history, the
+        history computed once into a KV cache under the inference mask
+        (``lightning_modules/scenarios.py``). Raises NotCacheable when the mask or the
+        pooling does not allow it."""
         if self.encoder.pooling not in ("user_token", "last"):
             raise NotCacheable(f"{self.encoder.pooling} pooling reads more than the anchor")
         was_training = self.training
@@ -435,10 +436,11 @@ class ContrastiveMaskingModule(L.LightningModule):
             ids = batch["user_input_ids"].to(self.device)
             history = ((batch["user_segment_ids"] == HISTORY)
                        & batch["user_attention_mask"].bool())
-            pooled = packed_anchor_states(
+            pooled = cached_anchor_states(
                 self.encoder, ids, history.long().to(self.device),
                 [torch.tensor(s, device=self.device) for s in suffixes],
-                self.inference_mask or self.encoder.mask)
+                self.inference_mask or self.encoder.mask,
+                slots=slots_of(batch, device=self.device))
             projected = self.encoder.project(pooled.flatten(0, 1)).unflatten(0, pooled.shape[:2])
         finally:
             self.train(was_training)

@@ -15,15 +15,23 @@ P + N Q. Each user becomes one sequence::
   has in its single sequence (RoPE sees the same distances);
 - the embedding of scenario n is read at block n's anchor.
 
+The *cached* path (:func:`cached_anchor_states`) runs the same biases and positions as two
+forwards: the histories fill a KV cache, then every query block runs against it, so no score
+is computed between a history row and a query column.
+
 This equals recomputing each (user, query) sequence exactly when the prefix does not depend
 on the query: the prefix rows never attend to query tokens and their bias over the prefix is
-the same for every query. :func:`check_cacheable` verifies that on the biases themselves, so a
+the same for every query. :func:`history_block` verifies that on the biases themselves, so a
 mask that lets the history see the query (bidirectional over the whole sequence) is refused
 with a clear error, never silently approximated; such masks recompute per query. Masks that
-insert a global token or read embeddings are refused too.
+insert a global token or read embeddings are refused too. Hierarchical input works: its
+history tokens (events, modality, user and tabular tokens) are computed from the history
+alone, so the prefix enters as embeddings and the queries as token ids.
 """
 
 from __future__ import annotations
+
+import inspect
 
 import torch
 
@@ -37,13 +45,16 @@ class NotCacheable(ValueError):
     needs its own forward."""
 
 
+def compaction_order(attention_mask: torch.Tensor) -> torch.Tensor:
+    """(B, L) the positions that move each row's real tokens to the front, in order."""
+    return torch.argsort((~attention_mask.bool()).to(torch.int8), dim=-1, stable=True)
+
+
 def compact_prefix(ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor,
                                                                                torch.Tensor]:
     """(ids, lengths): each row's real tokens moved to the front (left or right padding in,
     right padding out)."""
-    real = attention_mask.bool()
-    order = torch.argsort((~real).to(torch.int8), dim=-1, stable=True)
-    return ids.gather(-1, order), real.sum(-1)
+    return ids.gather(-1, compaction_order(attention_mask)), attention_mask.bool().sum(-1)
 
 
 def single_layouts(prefix: torch.Tensor, lengths: torch.Tensor, suffix: torch.Tensor,
@@ -94,56 +105,138 @@ def history_block(bias: torch.Tensor, lengths: torch.Tensor, q: int,
     return history
 
 
-@torch.no_grad()
-def packed_anchor_states(encoder, ids: torch.Tensor, attention_mask: torch.Tensor,
-                         suffixes: list[torch.Tensor], mask: AttentionMask,
-                         pad_id: int = 0) -> torch.Tensor:
-    """(B, N, H) final hidden states at the anchor of each of N scenario suffixes (query ids
-    then the anchor id) after each user's prefix (``ids`` with its ``attention_mask``, left
-    or right padded: the history alone), from one packed forward of the encoder's backbone.
-    Raises :class:`NotCacheable` for masks whose prefix depends on the query. ``pad_id`` fills
-    padding, which no real token attends to."""
-    if encoder.input_layer is not None:
-        raise NotCacheable("packed scenarios read text input; hierarchical input embeds "
-                           "each query with its own forward")
+def scenario_biases(mask: AttentionMask, prefix: torch.Tensor, lengths: torch.Tensor,
+                    sizes: list[int], dtype: torch.dtype, pad_id: int = 0
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The biases of N suffixes of ``sizes`` tokens after the right-padded ``prefix``:
+    (history bias (..., B, 1, W, W), suffix bias (..., B, 1, S, W + S) over the history then
+    the S = sum(sizes) suffix tokens laid one after another, suffix position ids (B, S)).
+
+    A mask's bias depends on segment ids and the attention mask only (masks that read
+    embeddings are refused before), so the single layouts of two suffixes of one length
+    share their bias: it is built and checked once per distinct length."""
+    batch, width = prefix.shape
+    device = prefix.device
+    blocked = blocked_value(dtype)
+    real = torch.arange(width, device=device)[None] < lengths[:, None]
+    history, rows_of = None, {}
+    for q in sorted(set(sizes)):
+        blank = torch.full((q,), pad_id, dtype=prefix.dtype, device=device)
+        _, single_mask, segments = single_layouts(prefix, lengths, blank, pad_id)
+        single_bias = mask(segments, single_mask, dtype)
+        history = history_block(single_bias, lengths, q, history)
+        # In the single layout the suffix sits right after each history, at lengths + k.
+        query = lengths[:, None] + torch.arange(q, device=device)  # (B, q)
+        rows = single_bias.gather(-2, query[:, None, :, None].expand(
+            *single_bias.shape[:-2], q, single_bias.shape[-1]))  # (..., B, 1, q, L)
+        rows_of[q] = (torch.where(real[:, None, None, :], rows[..., :width], blocked),
+                      _gather_columns(rows, query), query)
+    total = sum(sizes)
+    suffix_bias = torch.full((*history.shape[:-2], total, width + total), blocked,
+                             dtype=dtype, device=device)
+    positions = torch.zeros(batch, total, dtype=torch.long, device=device)
+    offset = 0
+    for q in sizes:
+        to_history, own, query = rows_of[q]
+        block = slice(offset, offset + q)
+        suffix_bias[..., block, :width] = to_history
+        suffix_bias[..., block, width + offset:width + offset + q] = own
+        positions[:, block] = query
+        offset += q
+    return history, suffix_bias, positions
+
+
+def _prefix(encoder, ids: torch.Tensor, attention_mask: torch.Tensor, mask: AttentionMask,
+            slots: dict | None) -> tuple[dict, torch.Tensor, torch.Tensor]:
+    """({"input_ids"} or, with hierarchical ``slots``, {"inputs_embeds"} of the right-padded
+    histories, the compacted ids (B, W), lengths (B,)), after refusing what one history
+    cannot serve."""
     if mask.global_token or mask.reads_embeddings:
         raise NotCacheable(f"mask {mask.name!r} inserts a token or reads embeddings; embed "
                            f"each query with its own forward")
+    if (slots is None) != (encoder.input_layer is None):
+        raise ValueError("hierarchical input needs its slots, and only it has slots")
     prefix, lengths = compact_prefix(ids, attention_mask)
+    if slots is None:
+        return {"input_ids": prefix}, prefix, lengths
+    embeds = encoder.input_embeddings(ids, slots)  # slots index the batch's own positions
+    order = compaction_order(attention_mask)
+    embeds = embeds.gather(1, order[..., None].expand(-1, -1, embeds.shape[-1]))
+    return {"inputs_embeds": embeds}, prefix, lengths
+
+
+def _forward(backbone, bias: torch.Tensor, per_layer: bool, **inputs):
+    if per_layer:
+        with layer_biases(bias):
+            return backbone(**inputs, attention_mask=bias[0])
+    return backbone(**inputs, attention_mask=bias)
+
+
+def _cache_keyword(backbone) -> str:
+    """The forward keyword of a KV cache: ``cache`` in recent transformers 5.x,
+    ``past_key_values`` before (still accepted, deprecated)."""
+    model = backbone.get_base_model() if hasattr(backbone, "get_base_model") else backbone
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def _anchors(width: int, sizes: list[int], device) -> torch.Tensor:
+    ends = torch.tensor(sizes, device=device).cumsum(0)
+    return width + ends - 1
+
+
+@torch.no_grad()
+def packed_anchor_states(encoder, ids: torch.Tensor, attention_mask: torch.Tensor,
+                         suffixes: list[torch.Tensor], mask: AttentionMask,
+                         pad_id: int = 0, slots: dict | None = None) -> torch.Tensor:
+    """(B, N, H) final hidden states at the anchor of each of N scenario suffixes (query ids
+    then the anchor id) after each user's prefix (``ids`` with its ``attention_mask``, left
+    or right padded: the history alone; with hierarchical input, ``slots`` of the batch the
+    ids come from), from one packed forward of the encoder's backbone. Raises
+    :class:`NotCacheable` for masks whose prefix depends on the query. ``pad_id`` fills
+    padding, which no real token attends to."""
+    inputs, prefix, lengths = _prefix(encoder, ids, attention_mask, mask, slots)
     batch, width = prefix.shape
+    device = ids.device
     dtype = encoder.backbone.get_input_embeddings().weight.dtype
     sizes = [int(s.numel()) for s in suffixes]
-    offsets = [sum(sizes[:n]) for n in range(len(sizes))]
+    history, suffix_bias, positions = scenario_biases(mask, prefix, lengths, sizes, dtype,
+                                                      pad_id)
     total = width + sum(sizes)
-    device = ids.device
-    packed_ids = torch.cat([prefix, *[s.to(device).expand(batch, -1) for s in suffixes]], -1)
-    lead = (encoder.backbone.config.num_hidden_layers,) if mask.per_layer else ()
-    bias = torch.full((*lead, batch, 1, total, total), blocked_value(dtype), dtype=dtype,
-                      device=device)
-    positions = torch.zeros(batch, total, dtype=torch.long, device=device)
-    positions[:, :width] = torch.arange(width, device=device)
-    history = None
-    for suffix, offset, q in zip(suffixes, offsets, sizes):
-        _, single_mask, segments = single_layouts(prefix, lengths, suffix.to(device), pad_id)
-        single_bias = mask(segments, single_mask, dtype)
-        history = history_block(single_bias, lengths, q, history)
-        # Block n's rows: in the single layout the query sits right after each history, at
-        # lengths + k; its columns are the history (same positions) and the query itself.
-        block = slice(width + offset, width + offset + q)
-        query = lengths[:, None] + torch.arange(q, device=device)  # (B, Q)
-        rows = single_bias.gather(-2, query[:, None, :, None].expand(
-            *single_bias.shape[:-2], q, single_bias.shape[-1]))  # (..., B, 1, Q, L)
-        real = torch.arange(width, device=device)[None] < lengths[:, None]
-        bias[..., block, :width] = torch.where(real[:, None, None, :], rows[..., :width],
-                                               blocked_value(dtype))
-        bias[..., block, block] = _gather_columns(rows, query)
-        positions[:, block] = query
-    bias[..., :width, :width] = history
-    inputs = {"input_ids": packed_ids}
-    if mask.per_layer:
-        with layer_biases(bias):
-            out = encoder.backbone(**inputs, attention_mask=bias[0], position_ids=positions)
+    bias = torch.cat([torch.nn.functional.pad(history, (0, total - width),
+                                              value=blocked_value(dtype)), suffix_bias], -2)
+    suffix_ids = torch.cat([s.to(device).expand(batch, -1) for s in suffixes], -1)
+    if "inputs_embeds" in inputs:
+        inputs = {"inputs_embeds": torch.cat([inputs["inputs_embeds"],
+                                              encoder.input_embeddings(suffix_ids)], 1)}
     else:
-        out = encoder.backbone(**inputs, attention_mask=bias, position_ids=positions)
-    anchors = torch.tensor([width + o + q - 1 for o, q in zip(offsets, sizes)], device=device)
-    return out.last_hidden_state[:, anchors]
+        inputs = {"input_ids": torch.cat([prefix, suffix_ids], -1)}
+    positions = torch.cat([torch.arange(width, device=device).expand(batch, -1), positions], -1)
+    out = _forward(encoder.backbone, bias, mask.per_layer, position_ids=positions, **inputs)
+    return out.last_hidden_state[:, _anchors(width, sizes, device)]
+
+
+@torch.no_grad()
+def cached_anchor_states(encoder, ids: torch.Tensor, attention_mask: torch.Tensor,
+                         suffixes: list[torch.Tensor], mask: AttentionMask,
+                         pad_id: int = 0, slots: dict | None = None) -> torch.Tensor:
+    """:func:`packed_anchor_states` from a KV cache: one forward over the histories fills a
+    ``DynamicCache``, a second runs every suffix token against it under the suffix bias.
+    Same biases and positions, so the same states; no score is computed between a history
+    row and a suffix column."""
+    from transformers import DynamicCache
+
+    inputs, prefix, lengths = _prefix(encoder, ids, attention_mask, mask, slots)
+    batch, width = prefix.shape
+    device = ids.device
+    dtype = encoder.backbone.get_input_embeddings().weight.dtype
+    sizes = [int(s.numel()) for s in suffixes]
+    history, suffix_bias, positions = scenario_biases(mask, prefix, lengths, sizes, dtype,
+                                                      pad_id)
+    cache = {_cache_keyword(encoder.backbone): DynamicCache()}
+    _forward(encoder.backbone, history, mask.per_layer, use_cache=True,
+             position_ids=torch.arange(width, device=device).expand(batch, -1), **inputs,
+             **cache)
+    suffix_ids = torch.cat([s.to(device).expand(batch, -1) for s in suffixes], -1)
+    out = _forward(encoder.backbone, suffix_bias, mask.per_layer, input_ids=suffix_ids,
+                   use_cache=True, position_ids=positions, **cache)
+    return out.last_hidden_state[:, _anchors(0, sizes, device)]

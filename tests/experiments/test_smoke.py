@@ -143,7 +143,7 @@ def test_eval_and_embed_from_a_checkpoint(input, world, tmp_path, monkeypatch, c
     scen = pq.read_table(tmp_path / "s.parquet").to_pydict()
     assert len(scen["user_id"]) == len(probe_ids) * 9
     source = ProbeSourceAdapter(build_datamodules(cfg)[1], "ggsm")
-    by_task = task_query_embeddings(module, source)["projected"]
+    by_task = task_query_embeddings(module, source)[0]["projected"]
     index = {u: k for k, u in enumerate(probe_ids)}
     for task in ("concert", "physical"):
         rows = [(index[u], e) for u, t, e in zip(scen["user_id"], scen["scenario"],
@@ -193,15 +193,21 @@ def test_the_probe_reads_the_representation_asked_for(world, tmp_path, monkeypat
     assert again["eval/avg_auc"] == pytest.approx(m["eval/avg_auc"])
 
 
-def test_the_task_query_protocol_reads_each_tasks_scenario(world, tmp_path, monkeypatch):
+@pytest.mark.parametrize("inputs", ["text", "hierarchical"])
+def test_the_task_query_protocol_reads_each_tasks_scenario(world, tmp_path, monkeypatch,
+                                                           inputs):
     """eval.query: task embeds the probe users once per task, the task's scenario query after
     the history, and probes each task on its own embeddings; the fixed protocol is probed
     beside it."""
-    from maskstudy.callbacks.linear_probe import evaluate, probe_all, task_query_embeddings
+    from maskstudy.callbacks.linear_probe import (
+        ONE_HISTORY, RECOMPUTE, evaluate, probe_all, task_query_embeddings,
+    )
+    from maskstudy.lightning_modules.masks import BidirectionalMask
     from maskstudy.lightning_modules.module import ContrastiveMaskingModule
 
     monkeypatch.setenv("WANDB_MODE", "disabled")
-    overrides = tiny(world, tmp_path, "eval.query=task", "eval.tasks=[concert,transit,power]")
+    overrides = tiny(world, tmp_path, "eval.query=task", "eval.tasks=[concert,transit,power]",
+                     f"input={inputs}")
     cfg = load_config(EXPERIMENTS_DIR / "causal.yaml", overrides)
     train_dm, probe_dm = build_datamodules(cfg)
     source = ProbeSourceAdapter(probe_dm, "ggsm")
@@ -211,14 +217,18 @@ def test_the_task_query_protocol_reads_each_tasks_scenario(world, tmp_path, monk
     assert "Instruction: Will this user buy concert tickets next period?" in tok.decode(
         batch["user_input_ids"][0].tolist())
     module = ContrastiveMaskingModule(cfg.module_config(), vocab_size=train_dm.vocab_size).eval()
-    by_task = task_query_embeddings(module, source)["projected"]
+    embeddings, path = task_query_embeddings(module, source)
+    by_task = embeddings["projected"]
+    assert path == ONE_HISTORY
     assert not np.allclose(by_task["concert"], by_task["transit"])
-    # Causal keeps the history blind to the query: one packed pass serves every query and
-    # equals a pass per query over the same histories.
+    # Causal keeps the history blind to the query: one history (cached) serves every query
+    # and equals a pass per query over the same histories, for text and hierarchical input.
     suffixes = [source.suffix(source.queries[t]) for t in ("concert", "transit")]
     reps = module.scenario_representations(batch, suffixes)
     assert reps["projected"].shape[:2] == (len(batch["probe_index"]), 2)
-    per_query = task_query_embeddings(module, source, packed=False)["projected"]
+    per_query, recomputed = task_query_embeddings(module, source, packed=False)
+    per_query = per_query["projected"]
+    assert recomputed.startswith(RECOMPUTE)
     for task in by_task:
         np.testing.assert_allclose(by_task[task], per_query[task], atol=1e-5)
     result = evaluate(module, source, cfg.eval.c, query="task")
@@ -227,5 +237,11 @@ def test_the_task_query_protocol_reads_each_tasks_scenario(world, tmp_path, monk
     assert m["eval/avg_auc"] == m["eval/by_query/task/avg_auc"]
     assert m["eval/by_query/fixed/avg_auc"] == evaluate(module, source, cfg.eval.c).metrics[
         "eval/avg_auc"]
+    assert result.scenario_path == ONE_HISTORY
+    module.inference_mask = BidirectionalMask()  # the history sees the query: recompute
+    path = evaluate(module, source, cfg.eval.c, query="task").scenario_path
+    assert path.startswith(RECOMPUTE) and "history tokens attend to the query" in path
+    module.inference_mask = None
     res = fit(cfg).results
     assert res["query"] == "task" and "eval/by_query/fixed/avg_auc" in res["metrics"]
+    assert res["scenario_path"] == ONE_HISTORY

@@ -1,4 +1,5 @@
-"""Packed multi-scenario embeddings equal per-query recompute, or are refused."""
+"""Multi-scenario embeddings, packed or from a KV cache, equal per-query recompute, or are
+refused."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from maskstudy.lightning_modules.masks import (
     BidirectionalMask, CausalMask, HybridMask, build_mask,
 )
 from maskstudy.lightning_modules.scenarios import (
-    NotCacheable, packed_anchor_states, single_layouts, compact_prefix,
+    NotCacheable, cached_anchor_states, compact_prefix, packed_anchor_states, scenario_biases,
+    single_layouts,
 )
 from tests.lightning_modules.conftest import VOCAB, tiny_model
 
@@ -49,32 +51,53 @@ def recomputed(encoder, ids, mask, attn_mask) -> torch.Tensor:
 OPTIONS = {"causal": {}, "hybrid": {}, "soft": {"init": 0.3, "scope": "history"}}
 
 
-@pytest.mark.parametrize("mask_name", list(OPTIONS))
+PATHS = {"packed": packed_anchor_states, "cached": cached_anchor_states}
+
+
+@pytest.mark.parametrize("path", list(PATHS))
+@pytest.mark.parametrize("mask_name", list(OPTIONS) + ["soft-per-layer"])
 @pytest.mark.parametrize("left", [False, True], ids=["right", "left"])
-def test_packed_equals_per_query_recompute(backend, mask_name, left):
-    """Causal, hybrid and a soft mask opened over the history only: the history never sees
-    the query, so one packed forward serves every query."""
-    mask = build_mask(mask_name, OPTIONS[mask_name], hidden_size=32, layers=2)
+def test_one_history_for_every_query_equals_per_query_recompute(backend, mask_name, left, path):
+    """Causal, hybrid and soft masks opened over the history only (one weight for all
+    layers, or one per layer): the history never sees the query, so one history serves
+    every query, laid out packed or held in a KV cache."""
+    options = OPTIONS.get(mask_name, {"init": 0.3, "scope": "history", "layers": 2})
+    mask = build_mask(mask_name.removesuffix("-per-layer"), options, hidden_size=32, layers=2)
     enc = ContrastiveEncoder(tiny_model(backend), mask, hidden_size=32, projector_dims=(16, 8))
     enc.eval()
     ids, attn = users(left)
     with torch.no_grad():
         expected = recomputed(enc, ids, attn, mask)
-        packed = packed_anchor_states(enc, ids, attn, SUFFIXES, mask, PAD)
-    assert packed.shape == (3, len(SUFFIXES), 32)
-    torch.testing.assert_close(packed, expected, atol=1e-5, rtol=1e-5)
+        states = PATHS[path](enc, ids, attn, SUFFIXES + SUFFIXES[:1], mask, PAD)
+    assert states.shape == (3, len(SUFFIXES) + 1, 32)
+    torch.testing.assert_close(states[:, :3], expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(states[:, 3], expected[:, 0], atol=1e-5, rtol=1e-5)
     # The three queries see the same history yet read different states.
-    assert not torch.allclose(packed[:, 0], packed[:, 1])
+    assert not torch.allclose(states[:, 0], states[:, 1])
 
 
+@pytest.mark.parametrize("path", list(PATHS))
 @pytest.mark.parametrize("mask", [BidirectionalMask(), build_mask(
     "soft", {"init": 0.3, "scope": "all"}, hidden_size=32, layers=2)], ids=["bidirectional",
                                                                            "soft-all"])
-def test_a_mask_whose_history_sees_the_query_is_refused(mask):
+def test_a_mask_whose_history_sees_the_query_is_refused(mask, path):
     enc = ContrastiveEncoder(tiny_model(), mask, hidden_size=32, projector_dims=(16, 8))
     ids, attn = users(False)
     with pytest.raises(NotCacheable, match="history tokens attend to the query"):
-        packed_anchor_states(enc, ids, attn, SUFFIXES, enc.mask, PAD)
+        PATHS[path](enc, ids, attn, SUFFIXES, enc.mask, PAD)
+
+
+def test_suffix_bias_keeps_each_query_to_the_history_and_itself():
+    prefix, lengths = compact_prefix(*users(False, lengths=(3, 2)))
+    history, suffix, positions = scenario_biases(CausalMask(), prefix, lengths, [2, 1, 2],
+                                                 torch.float32)
+    seen = (suffix[:, 0] == 0).long()
+    assert history.shape == (2, 1, 3, 3) and suffix.shape == (2, 1, 5, 8)
+    # user 1 (2 history tokens): block rows see the history, then only their own block
+    assert seen[1].tolist() == [[1, 1, 0, 1, 0, 0, 0, 0], [1, 1, 0, 1, 1, 0, 0, 0],
+                                [1, 1, 0, 0, 0, 1, 0, 0], [1, 1, 0, 0, 0, 0, 1, 0],
+                                [1, 1, 0, 0, 0, 0, 1, 1]]
+    assert positions.tolist() == [[3, 4, 3, 3, 4], [2, 3, 2, 2, 3]]
 
 
 def test_single_layouts_put_the_query_right_after_each_history():
