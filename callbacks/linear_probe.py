@@ -223,8 +223,9 @@ def evaluate(module, source: ProbeSource, c: float = 1.0, step: int = 0,
     """Probes every representation; ``per_task`` and the ``eval/...`` metrics describe
     ``representation`` under the ``query`` protocol. Every representation's averages are
     logged as ``eval/by_representation/<name>/avg_auc`` and ``.../avg_ks``; under the
-    ``task`` protocol the fixed one is probed too, and both averages are logged as
-    ``eval/by_query/<protocol>/avg_auc`` and ``.../avg_ks``."""
+    ``task`` protocol the fixed one is probed too, and both protocols' averages and per-task
+    values are logged as ``eval/by_query/<protocol>/avg_auc`` (``avg_ks``) and
+    ``eval/by_query/<protocol>/<task>/auc`` (``ks``)."""
     if representation not in REPRESENTATIONS:
         raise ValueError(f"eval representation {representation!r}: expected one of "
                          f"{REPRESENTATIONS}")
@@ -245,6 +246,10 @@ def evaluate(module, source: ProbeSource, c: float = 1.0, step: int = 0,
                     metrics[f"eval/by_representation/{name}/{key}"] = summary[f"eval/{key}"]
                 if name == representation and len(protocols) > 1:
                     metrics[f"eval/by_query/{protocol}/{key}"] = summary[f"eval/{key}"]
+            if name == representation and len(protocols) > 1:
+                for task, values in per_task.items():
+                    for key in ("auc", "ks"):
+                        metrics[f"eval/by_query/{protocol}/{task}/{key}"] = values[key]
             if name == representation and protocol == query:
                 main = (per_task, summary, test_scores)
     per_task, summary, test_scores = main

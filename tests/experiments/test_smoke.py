@@ -235,6 +235,8 @@ def test_the_task_query_protocol_reads_each_tasks_scenario(world, tmp_path, monk
     assert result.per_task == probe_all(by_task, source, cfg.eval.c)[0]
     m = result.metrics
     assert m["eval/avg_auc"] == m["eval/by_query/task/avg_auc"]
+    assert m["eval/by_query/task/concert/auc"] == result.per_task["concert"]["auc"]
+    assert {f"eval/by_query/fixed/{t}/ks" for t in by_task} <= set(m)
     assert m["eval/by_query/fixed/avg_auc"] == evaluate(module, source, cfg.eval.c).metrics[
         "eval/avg_auc"]
     assert result.scenario_path == ONE_HISTORY
