@@ -57,6 +57,7 @@ def reference_rows(cfg: ExperimentConfig, probe_dm: ProbeDataModule,
             L.seed_everything(cfg.seed, verbose=False)
             module_cfg = cfg.module_config()
             module_cfg.mask = MaskConfig(name="causal")  # the decoder as it comes, every recipe alike
+            module_cfg.loss.ntp_weight = 0.0  # no training, no head: one reference per seed
             module = ContrastiveMaskingModule(module_cfg, vocab_size=probe_dm.vocab_size,
                                               modality_slots=probe_dm.modality_slots)
             load_pretrained(module, backbone)

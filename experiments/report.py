@@ -3,9 +3,10 @@
 Every finished run under the directory (any ``results.json``) is one (recipe, seed) cell. The
 report gives, per recipe, the test AUC and KS of every task (grouped by domain), the domain and
 overall averages, as mean +- standard deviation over seeds (best mean per column in bold), and
-for each recipe against ``causal`` two paired comparisons of the average AUC:
+for each recipe against the baseline (``causal``; in a sweep without it, ``qanchor``, so its
+ablations are read against it) two paired comparisons of the average AUC:
 
-    seeds         d_s = avgAUC(recipe, s) - avgAUC(causal, s) over the seeds both ran;
+    seeds         d_s = avgAUC(recipe, s) - avgAUC(baseline, s) over the seeds both ran;
                   mean d and a 95% t interval (needs 2 seeds)
     test users    bootstrap: B resamples of each task's test users, the same resample for
                   both recipes and every seed; per resample the mean over seeds of the
@@ -23,6 +24,10 @@ decides a verdict. Each comparison also gets its minimum detectable effect at 80
 its seed spread and count, and the seeds a 0.004 difference (the spread between the papers'
 recipes) would need; the rule's own false-positive rate is measured on A/A comparisons
 between disjoint seed groups of one recipe.
+
+Runs probed under ``eval.query: task`` get the Query-as-Anchor table: every task's AUC and KS
+under the fixed query and under its own scenario query, side by side on the same models, and
+the paired seed comparison of the two protocols' average AUC with its verdict.
 
 Each recipe is also set against the untrained model of its input (the backbone it started
 from), paired by seed: what contrastive training added to the probe.
@@ -50,7 +55,8 @@ from scipy import stats
 # The paper's Table 2 order; other recipes follow alphabetically.
 ORDER = ("untrained", "causal", "hybrid", "hybrid_soft", "hybrid_mlp", "hybrid_gq",
          "bidirectional", "scheduler", "scheduler_window", "ggsm", "ggsm_calibrated")
-BASELINE = "causal"
+# The recipe the others are compared with: the first of these the sweep ran.
+BASELINES = ("causal", "qanchor")
 PAPER_GAP = 0.004  # the spread between the GG-SM paper's recipes, in average AUC
 
 
@@ -251,6 +257,60 @@ def query_protocols(recipes: dict[str, Recipe]) -> list[dict]:
     return rows
 
 
+PROTOCOL_NAMES = {"fixed": "fixed query", "task": "scenario query"}
+
+
+def scenario_summary(recipes: dict[str, Recipe], tasks: list[str]) -> dict:
+    """{(recipe, protocol): (seeds, {"<task>/auc" | "<task>/ks" | "avg_auc" | "avg_ks":
+    (mean, std)})} for the recipes whose runs logged both protocols per task
+    (``eval.query: task``)."""
+    out = {}
+    for name, rec in recipes.items():
+        runs = [r for r in rec.runs.values()
+                if f"eval/by_query/task/{tasks[0]}/auc" in r.results.get("metrics", {})]
+        if not runs:
+            continue
+        for protocol in PROTOCOL_NAMES:
+            cols: dict[str, list[float]] = {}
+            for run in runs:
+                m = run.results["metrics"]
+                for t in tasks:
+                    for metric in ("auc", "ks"):
+                        cols.setdefault(f"{t}/{metric}", []).append(
+                            m[f"eval/by_query/{protocol}/{t}/{metric}"])
+                for metric in ("avg_auc", "avg_ks"):
+                    cols.setdefault(metric, []).append(m[f"eval/by_query/{protocol}/{metric}"])
+            out[(name, protocol)] = (len(runs), {k: mean_std(v) for k, v in cols.items()})
+    return out
+
+
+def scenario_markdown(rows: dict, references: dict, tasks: list[str]) -> list[str]:
+    """The Query-as-Anchor table: per task AUC and KS under the fixed and the scenario query,
+    with the reference rows (as they were probed) below."""
+    if not rows:
+        return []
+    lines = ["## Query-as-Anchor table: fixed query and scenario query per task", "",
+             "The same models probed twice: every task on one embedding per user (fixed "
+             "query) and each task on the embeddings under its own scenario query. Reference "
+             "rows as they were computed (the untrained model under the runs' protocol).", ""]
+    for metric in ("auc", "ks"):
+        avg = ["avg_auc", "avg_ks"] if metric == "auc" else ["avg_ks"]
+        cols = [f"{t}/{metric}" for t in tasks] + avg
+        head = ["recipe", "query", "seeds", *tasks, *[a.replace("_", " ") for a in avg]]
+        lines += [f"### {metric.upper()}", "", "| " + " | ".join(head) + " |",
+                  "|" + "---|" * len(head)]
+        best = {c: np.nanmax([v[c][0] for _, v in rows.values()]) for c in cols}
+        for (name, protocol), (seeds, values) in rows.items():
+            cells = [name, PROTOCOL_NAMES[protocol], str(seeds)]
+            lines.append("| " + " | ".join(cells + [_cell(values[c], values[c][0] == best[c])
+                                                    for c in cols]) + " |")
+        for name, values in references.items():
+            lines.append("| " + " | ".join([name, "-", "-"] + [_cell(values[c], False)
+                                                               for c in cols]) + " |")
+        lines.append("")
+    return lines
+
+
 def query_markdown(rows: list[dict]) -> list[str]:
     if not rows:
         return []
@@ -316,23 +376,31 @@ def bootstrap_difference(a: Recipe, b: Recipe, rounds: int = 2000,
     return diff / max(n_tasks, 1)
 
 
+def baseline_of(recipes: dict[str, Recipe]) -> str | None:
+    """The recipe the sweep's others are compared with (``BASELINES``), or None."""
+    return next((name for name in BASELINES if name in recipes), None)
+
+
 def compare(recipes: dict[str, Recipe], rounds: int = 2000,
             target: float = PAPER_GAP) -> list[dict]:
-    """Each recipe against causal (see the module docstring), with the minimum detectable
-    effect of its seed comparison and the seeds a difference of ``target`` would need."""
-    if BASELINE not in recipes:
+    """Each recipe against the baseline (see the module docstring), with the minimum
+    detectable effect of its seed comparison and the seeds a difference of ``target`` would
+    need."""
+    baseline = baseline_of(recipes)
+    if baseline is None:
         return []
-    base = recipes[BASELINE]
+    base = recipes[baseline]
     rows = []
     for name, rec in recipes.items():
-        if name == BASELINE:
+        if name == baseline:
             continue
         seeds = sorted(set(rec.runs) & set(base.runs))
         diffs = [rec.runs[s].results["metrics"]["eval/avg_auc"]
                  - base.runs[s].results["metrics"]["eval/avg_auc"] for s in seeds]
         mean, lo, hi = seed_interval(diffs)
         sd = float(np.std(diffs, ddof=1)) if len(diffs) > 1 else float("nan")
-        row = {"recipe": name, "seeds": len(seeds), "diff": mean, "seed_low": lo,
+        row = {"recipe": name, "baseline": baseline, "seeds": len(seeds), "diff": mean,
+               "seed_low": lo,
                "seed_high": hi, "boot_low": float("nan"), "boot_high": float("nan"),
                "p": float("nan"), "diff_sd": sd, "mde": detectable_effect(sd, len(seeds)),
                "seeds_for_target": seeds_needed(sd, target), "target": target}
@@ -357,7 +425,8 @@ def verdict(row: dict) -> str:
     if row["seeds"] < 2:
         return "undecided: one seed, training noise not measured"
     if excludes_zero(row["seed_low"], row["seed_high"]):
-        return f"{'better' if row['diff'] > 0 else 'worse'} than causal beyond seed noise"
+        return (f"{'better' if row['diff'] > 0 else 'worse'} than {row['baseline']} beyond "
+                f"seed noise")
     return "within seed noise"
 
 
@@ -521,7 +590,8 @@ def untrained_markdown(rows: list[dict]) -> list[str]:
 
 def markdown(recipes, tasks, domains, table, comparisons, stab, sweep_dir,
              learning: list[dict] | None = None, aa: dict | None = None,
-             gains: list[dict] | None = None, queries: list[dict] | None = None) -> str:
+             gains: list[dict] | None = None, queries: list[dict] | None = None,
+             scenario_lines: list[str] | None = None) -> str:
     doms = list(dict.fromkeys(domains[t] for t in tasks))
     seeds = sorted({s for r in recipes.values() for s in r.runs})
     trained = {n: r for n, r in recipes.items() if not n.endswith("(reference)")}
@@ -545,8 +615,9 @@ def markdown(recipes, tasks, domains, table, comparisons, stab, sweep_dir,
         lines.append("")
     lines += untrained_markdown(gains or [])
     lines += query_markdown(queries or [])
+    lines += scenario_lines or []
     if comparisons:
-        lines += ["## Against causal (average AUC)", "",
+        lines += [f"## Against {comparisons[0]['baseline']} (average AUC)", "",
                   "Verdicts are decided across seeds (training noise): a 95% t interval of the "
                   "paired per-seed differences that excludes 0. The test-user bootstrap shows "
                   "how much fixed models' AUCs move with the sampled test users; it never "
@@ -679,13 +750,17 @@ def report(sweep_dir: str | Path, out: str | Path | None = None, *, rounds: int 
     gains = against_untrained(recipes, refs)
     stab = stability(recipes)
     queries = query_protocols(recipes)
+    scenarios = scenario_summary(recipes, tasks)
     text = markdown({**refs, **recipes}, tasks, domains, table, comparisons, stab, sweep_dir,
-                    learning, aa, gains, queries)
+                    learning, aa, gains, queries,
+                    scenario_markdown(scenarios, {n: table[n] for n in refs}, tasks))
     (out / "report.md").write_text(text)
     write_csv(out / "report.csv", {**refs, **recipes}, table)
     (out / "report.json").write_text(json.dumps(
         {"table": {n: {c: list(v) for c, v in cols.items()} for n, cols in table.items()},
          "comparisons": comparisons, "against_untrained": gains, "query_protocols": queries,
+         "scenario_table": {f"{n} ({PROTOCOL_NAMES[p]})": {"seeds": k, **{
+             c: list(v) for c, v in cols.items()}} for (n, p), (k, cols) in scenarios.items()},
          "aa_false_positive_rate": aa, "learning": learning,
          "stability": stab}, indent=2) + "\n")
     paths = figures(out / "figures", recipes, table)

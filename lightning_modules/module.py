@@ -198,8 +198,9 @@ class ContrastiveMaskingModule(L.LightningModule):
         self.encoder = ContrastiveEncoder(
             backbone, mask, hidden_size=hidden_size(backbone), pooling=config.encoder.pooling,
             projector_dims=(config.encoder.projector_inner, config.encoder.projector_out),
-            answer_mask=config.encoder.answer_mask, input_layer=input_layer,
-            lm_head=ntp_head(config, own_head, hidden_size(backbone), vocab_size) if ntp else None)
+            answer_mask=config.encoder.answer_mask, input_layer=input_layer)
+        if ntp:  # drawn last: every other weight starts as it would without the NTP term
+            self.encoder.lm_head = ntp_head(config, own_head, hidden_size(backbone), vocab_size)
         self.inference_mask = (None if config.mask.inference is None
                                else build_mask(config.mask.inference, **sizes))
 

@@ -488,3 +488,30 @@ def test_the_report_sets_the_scenario_query_beside_the_fixed_one(tmp_path):
     assert "within seed noise" in rows["hybrid"]
     data = json.loads((tmp_path / "report" / "report.json").read_text())
     assert {r["recipe"] for r in data["query_protocols"]} == {"causal", "hybrid"}
+
+
+def test_the_query_as_anchor_table_and_ablations_against_qanchor(tmp_path):
+    """Without causal in the sweep, qanchor is the baseline its ablations are read against;
+    runs that logged both protocols per task get the per-task table of both queries."""
+    for seed in range(3):
+        for name, shift in (("qanchor", 0.0), ("qanchor_no_ntp", -0.02 - 0.002 * seed)):
+            aucs = [0.70 + shift + 0.01 * seed, 0.75 + shift, 0.80 + shift]
+            run = fabricate(tmp_path, name, seed, aucs)
+            results = json.loads((run / "results.json").read_text())
+            m = results["metrics"]
+            for protocol, delta in (("fixed", -0.05), ("task", 0.0)):
+                for k, auc in enumerate(aucs):
+                    m[f"eval/by_query/{protocol}/t{k}/auc"] = auc + delta
+                    m[f"eval/by_query/{protocol}/t{k}/ks"] = (auc + delta) / 2
+                m[f"eval/by_query/{protocol}/avg_auc"] = float(np.mean(aucs)) + delta
+                m[f"eval/by_query/{protocol}/avg_ks"] = (float(np.mean(aucs)) + delta) / 2
+            (run / "results.json").write_text(json.dumps(results))
+    md = report(tmp_path, rounds=50).read_text()
+    assert "## Against qanchor (average AUC)" in md
+    assert "worse than qanchor beyond seed noise" in md
+    assert "## Query-as-Anchor table: fixed query and scenario query per task" in md
+    assert "| qanchor | fixed query | 3 | 0.6600 ± 0.0100 |" in md
+    assert "| qanchor | scenario query | 3 | **0.7100 ± 0.0100** |" in md
+    table = json.loads((tmp_path / "report" / "report.json").read_text())["scenario_table"]
+    assert table["qanchor_no_ntp (scenario query)"]["seeds"] == 3
+    assert table["qanchor (fixed query)"]["avg_auc"][0] == pytest.approx(0.75 + 0.01 / 3 - 0.05)

@@ -200,3 +200,14 @@ def test_the_next_token_loss_falls_during_training(world, tmp_path):
     assert sum(ntp[-4:]) / 4 < sum(ntp[:4]) / 4 - 0.5  # nats; it falls by about 1
     assert objective[0] > ntp[0]  # the contrastive term is in it
     assert any(r.get("val/ntp_loss") for r in rows)
+
+
+def test_the_head_is_drawn_last_so_a_seed_starts_alike_with_and_without_ntp():
+    """The NTP ablation pairs by seed: every weight but the head starts the same."""
+    torch.manual_seed(0)
+    plain = ContrastiveMaskingModule(ModuleConfig(backbone=SMALL), vocab_size=VOCAB)
+    joint = joint_module("causal", {})
+    extra = set(joint.state_dict()) - set(plain.state_dict())
+    assert extra == {"encoder.lm_head.weight"}
+    for key, value in plain.state_dict().items():
+        torch.testing.assert_close(joint.state_dict()[key], value, rtol=0, atol=0)
