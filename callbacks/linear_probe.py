@@ -167,12 +167,12 @@ RECOMPUTE = "recomputed per query"
 
 @torch.no_grad()
 def scenario_passes(module, dataloader, suffix, queries: list[str], key: str,
-                    packed: bool = True) -> tuple[list, dict[str, np.ndarray], str]:
+                    share_history: bool = True) -> tuple[list, dict[str, np.ndarray], str]:
     """(keys, {representation: (users, N, D)}, path): the users ``dataloader(query,
     reserve)`` yields, in its order (``batch[key]`` of each), under each of N queries. Every
     query reads the history truncated once for the longest suffix (``suffix(query)``: query
     and anchor ids); it is computed once for all queries where the module's mask allows
-    (``packed``), else once per query. ``path`` says which, and why a recompute."""
+    (``share_history``), else once per query. ``path`` says which, and why a recompute."""
     reserve = max(len(suffix(q)) for q in queries)
     suffixes = [suffix(q) for q in queries]
 
@@ -186,7 +186,7 @@ def scenario_passes(module, dataloader, suffix, queries: list[str], key: str,
         return keys, {name: np.concatenate(v) for name, v in parts.items()}
 
     path = f"{RECOMPUTE}: not asked to share the history"
-    if packed:
+    if share_history:
         try:
             return (*one_pass(queries[0],
                               lambda batch: module.scenario_representations(batch, suffixes)),
@@ -198,14 +198,14 @@ def scenario_passes(module, dataloader, suffix, queries: list[str], key: str,
                           for name in passes[0][1]}, path
 
 
-def task_query_embeddings(module, source: ProbeSource, packed: bool = True
+def task_query_embeddings(module, source: ProbeSource, share_history: bool = True
                           ) -> tuple[dict[str, dict[str, np.ndarray]], str]:
     """(per representation, per task the users' embeddings under the task's scenario query;
     the path, see :func:`scenario_passes`: one history, truncated for the longest query, for
     all)."""
     queries = list(dict.fromkeys(source.queries[t] for t in source.task_names))
     keys, reps, path = scenario_passes(module, source.dataloader, source.suffix, queries,
-                                       "probe_index", packed)
+                                       "probe_index", share_history)
     n = source.labels.shape[0]
     if len(set(keys)) != n:
         raise RuntimeError(f"probe evaluation embedded {len(set(keys))} of {n} probe users")

@@ -135,7 +135,7 @@ def test_eval_and_embed_from_a_checkpoint(input, world, tmp_path, monkeypatch, c
     np.testing.assert_allclose(exported, own["projected"], atol=1e-5)
 
     # One row per (user, scenario): the run's tasks under their scenario queries, equal to
-    # what the task-query probe reads (packed for text input, a pass per query otherwise).
+    # what the task-query probe reads (one history per user for every query).
     from maskstudy.callbacks.linear_probe import task_query_embeddings
 
     assert main(["embed", str(ckpt), "--out", str(tmp_path / "s.parquet"), "--split", "probe",
@@ -226,7 +226,7 @@ def test_the_task_query_protocol_reads_each_tasks_scenario(world, tmp_path, monk
     suffixes = [source.suffix(source.queries[t]) for t in ("concert", "transit")]
     reps = module.scenario_representations(batch, suffixes)
     assert reps["projected"].shape[:2] == (len(batch["probe_index"]), 2)
-    per_query, recomputed = task_query_embeddings(module, source, packed=False)
+    per_query, recomputed = task_query_embeddings(module, source, share_history=False)
     per_query = per_query["projected"]
     assert recomputed.startswith(RECOMPUTE)
     for task in by_task:
