@@ -26,11 +26,12 @@ from typing import Callable
 
 import lightning as L
 import torch
+from torch import nn
 
 from maskstudy.datamodules.datamodules import ContrastiveDataModule
 from maskstudy.datamodules.hierarchical import InputConfig
 from maskstudy.datamodules.schema import dataset_files
-from maskstudy.lightning_modules.backbone import build_backbone
+from maskstudy.lightning_modules.backbone import build_backbone, hidden_size
 from maskstudy.lightning_modules.pretrain import pretrain_backbone
 
 from .config import ExperimentConfig, cache_dir, to_dict
@@ -42,6 +43,7 @@ log = logging.getLogger(__name__)
 class PretrainedBackbone:
     key: str  # what the backbone was pre-trained from and how (see cache_key)
     state: dict[str, torch.Tensor]
+    head: dict[str, torch.Tensor] | None = None  # its vocabulary head (None: an older cache)
 
 
 def text_datamodule(cfg: ExperimentConfig) -> ContrastiveDataModule:
@@ -95,26 +97,40 @@ def pretrained_backbone(cfg: ExperimentConfig, tokenizer: Path | None = None, *,
     path = cache / f"backbone-{key}.pt"
     with _locked(path):
         if path.exists():
-            return PretrainedBackbone(
-                key, torch.load(path, map_location="cpu", weights_only=True)["state_dict"])
+            saved = torch.load(path, map_location="cpu", weights_only=True)
+            return PretrainedBackbone(key, saved["state_dict"], saved.get("head"))
         dm = dm or text_datamodule(cfg)
         start = time.perf_counter()
         log.info("pre-training the backbone: %d next-token steps (cached at %s)",
                  cfg.pretrain.steps, path)
         L.seed_everything(cfg.pretrain.seed, verbose=False)
         backbone = build_backbone(cfg.backbone, dm.vocab_size)
+        head = nn.Linear(hidden_size(backbone), dm.vocab_size, bias=False)
         losses = pretrain_backbone(backbone, iter(dm.train_dataloader()), cfg.pretrain,
-                                   dm.vocab_size, on_step=on_step)
+                                   dm.vocab_size, on_step=on_step, head=head)
         state = {k: v.detach().cpu() for k, v in backbone.state_dict().items()}
-        torch.save({"state_dict": state, "losses": losses,
+        head_state = {k: v.detach().cpu() for k, v in head.state_dict().items()}
+        torch.save({"state_dict": state, "head": head_state, "losses": losses,
                     "seconds": time.perf_counter() - start}, path.with_suffix(".tmp"))
         path.with_suffix(".tmp").rename(path)
         log.info("pre-training done in %.0fs: next-token loss %.3f -> %.3f",
                  time.perf_counter() - start, losses[0], losses[-1])
-        return PretrainedBackbone(key, state)
+        return PretrainedBackbone(key, state, head_state)
 
 
 def load_pretrained(module, backbone: PretrainedBackbone | None) -> None:
-    """Puts the pre-trained weights into a module's backbone."""
-    if backbone is not None:
-        module.encoder.backbone.load_state_dict(backbone.state)
+    """Puts the pre-trained weights into a module's backbone and, when the module has an
+    untied next-token head (``loss.ntp_weight``), the pre-training stage's head into it: the
+    head the backbone learned language with, as a pretrained LLM's own."""
+    if backbone is None:
+        return
+    module.encoder.backbone.load_state_dict(backbone.state)
+    head = module.encoder.lm_head
+    if head is None:
+        return
+    if backbone.head is None:
+        log.warning("the cached pre-trained backbone %s has no head (an older cache): the "
+                    "next-token head starts fresh; delete the cache file to pre-train it "
+                    "again with its head", backbone.key)
+        return
+    head.load_state_dict(backbone.head)

@@ -10,7 +10,9 @@ does), whatever mask the recipe then trains with.
 
     loss = mean over real tokens t < L of -log softmax(W h_t)[x_{t+1}]
 
-with ``W`` a vocabulary head used only here and discarded afterwards.
+with ``W`` a vocabulary head, kept with the backbone: it becomes the model's own head when the
+joint next-token loss (``loss.ntp_weight``, untied head) trains after this stage, as a
+pretrained LLM brings its own.
 """
 
 from __future__ import annotations
@@ -70,13 +72,14 @@ def next_token_loss(backbone: nn.Module, head: nn.Module, input_ids: torch.Tenso
 
 def pretrain_backbone(backbone: nn.Module, batches: Iterable[dict], cfg: PretrainConfig,
                       vocab_size: int, *, log_every: float = 20.0,
-                      on_step: Callable[[int, int], None] | None = None) -> list[float]:
+                      on_step: Callable[[int, int], None] | None = None,
+                      head: nn.Module | None = None) -> list[float]:
     """Trains ``backbone`` in place for ``cfg.steps`` steps on the user sequences and answers
     of contrastive batches (``user_input_ids``, ``answer_input_ids`` and their masks), the two
     losses averaged per step. Logs the loss at the first and last step and at least every
     ``log_every`` seconds; ``on_step(step, steps)`` follows every step. Returns the loss per
-    step."""
-    head = nn.Linear(hidden_size(backbone), vocab_size, bias=False)
+    step. ``head``: the vocabulary head to train with it (None: a new one, discarded)."""
+    head = head if head is not None else nn.Linear(hidden_size(backbone), vocab_size, bias=False)
     params = [p for p in backbone.parameters() if p.requires_grad] + list(head.parameters())
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.01)
     schedule = torch.optim.lr_scheduler.LambdaLR(

@@ -10,7 +10,9 @@ import pytest
 import torch
 
 from maskstudy.experiments.config import EXPERIMENTS_DIR, ConfigError, cache_dir, load_config
-from maskstudy.experiments.pretraining import pretrained_backbone, text_datamodule
+from maskstudy.experiments.pretraining import (
+    PretrainedBackbone, load_pretrained, pretrained_backbone, text_datamodule,
+)
 from maskstudy.experiments.run import fit
 from maskstudy.lightning_modules.backbone import build_backbone
 from maskstudy.lightning_modules.module import ContrastiveMaskingModule, ModuleConfig
@@ -115,3 +117,20 @@ def test_the_pretrain_command_fills_the_cache_fit_reads(world, tmp_path, capsys)
     assert "nothing to pre-train" in capsys.readouterr().out
     assert main(["pretrain", "causal", *tiny(world, tmp_path, "pretrain.steps=-2")]) == 2
     assert "pretrain.steps" in capsys.readouterr().err
+
+
+def test_the_next_token_head_starts_as_the_pretraining_stage_left_it(world, tmp_path, caplog):
+    """With loss.ntp_weight the tiny model's untied head is its own: the one pre-training
+    trained with the backbone (a fresh head would start at ln V and pull the backbone)."""
+    cfg = config(world, tmp_path, "loss.ntp_weight=1")
+    pretrained = pretrained_backbone(cfg)
+    assert set(pretrained.head) == {"weight"}
+    module = ContrastiveMaskingModule(cfg.module_config(), vocab_size=800)
+    load_pretrained(module, pretrained)
+    torch.testing.assert_close(module.encoder.lm_head.weight, pretrained.head["weight"])
+    old = PretrainedBackbone(pretrained.key, pretrained.state)  # a cache from before heads
+    fresh = ContrastiveMaskingModule(cfg.module_config(), vocab_size=800)
+    before = fresh.encoder.lm_head.weight.detach().clone()
+    load_pretrained(fresh, old)
+    assert torch.equal(fresh.encoder.lm_head.weight, before)
+    assert "has no head" in caplog.text

@@ -247,3 +247,20 @@ def test_the_task_query_protocol_reads_each_tasks_scenario(world, tmp_path, monk
     res = fit(cfg).results
     assert res["query"] == "task" and "eval/by_query/fixed/avg_auc" in res["metrics"]
     assert res["scenario_path"] == ONE_HISTORY
+
+
+def test_training_mixes_scenario_pairs_from_the_evaluation_tasks(world, tmp_path, monkeypatch):
+    """data.scenarios_per_user: each training user adds scenario pairs (a task's scenario
+    query, answered by its label); the shared pre-training never reads them."""
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    cfg = load_config("qanchor", tiny(world, tmp_path, "data.scenarios_per_user=2",
+                                      "eval.tasks=[concert,login]", "eval.references=false"))
+    train_dm, _ = build_datamodules(cfg)
+    kinds = [k for b, _ in zip(train_dm.train_dataloader(), range(6)) for k in b["pair_kinds"]]
+    assert {"behaviour", "scenario:concert", "scenario:login"} <= set(kinds)
+    from maskstudy.experiments.pretraining import text_datamodule
+
+    pre = text_datamodule(cfg)
+    assert {k for b, _ in zip(pre.train_dataloader(), range(3)) for k in b["pair_kinds"]} == {
+        "behaviour"}
+    assert fit(cfg).results["step"] == 4
