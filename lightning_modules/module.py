@@ -3,9 +3,9 @@
 It reads ``ContrastiveDataModule`` batches (keys documented in ``datamodules/datamodules.py``),
 encodes the user and answer towers through one shared backbone, and minimises the GG-SM
 contrastive loss (plus, with ``loss.ntp_weight``, Query-as-Anchor's next-token loss of the
-answer read after the anchor in the same user-tower forward; ``ntp.py``). The attention mask is the one thing recipes swap (``mask.name`` and its
-options); callbacks may update a mask's state, which lives in module buffers and therefore in
-checkpoints.
+answer read after the anchor in the same user-tower forward; ``ntp.py``). The attention mask
+is the one thing recipes swap (``mask.name`` and its options); callbacks may update a mask's
+state, which lives in module buffers and therefore in checkpoints.
 
 Logged every optimiser step under ``train/`` and averaged over the validation batches under
 ``val/``: ``loss``, ``pos_sim``, ``neg_sim``, ``sim_gap`` (pos - neg), ``fn_masked_frac``,
@@ -80,8 +80,9 @@ class LossConfig:
     # Query-as-Anchor's joint loss: L_cl + ntp_weight * L_ntp, the answer's next-token loss
     # after the anchor in the user tower's forward (ntp.py). 0: no answer tokens, no logits.
     ntp_weight: float = 0.0
-    # The vocabulary head of a config-built backbone: untied (a linear layer of its own) or
-    # tied (the input embedding). null: untied, or a pretrained model's own head.
+    # The vocabulary head of a config-built backbone: untied (a linear layer of its own, the
+    # next-token pre-training's head when there was one) or tied (the input embedding).
+    # null: untied, or a pretrained model's own head.
     ntp_head: str | None = None
 
     def check(self) -> None:
@@ -152,7 +153,8 @@ def warmup_cosine(step: int, warmup: int, total: int, min_ratio: float) -> float
 def ntp_head(config: ModuleConfig, own_head: nn.Module | None, hidden: int,
              vocab_size: int) -> nn.Module | None:
     """The LM head of the joint next-token loss: a pretrained model's own, an untied linear
-    layer (initialised as HF initialises heads), or None for the tied input embedding."""
+    layer (initialised as HF initialises heads; ``experiments.pretraining.load_pretrained``
+    puts the pre-training stage's head into it), or None for the tied input embedding."""
     if own_head is not None:
         return own_head
     if config.loss.ntp_head == "tied":

@@ -32,6 +32,7 @@ alone, so the prefix enters as embeddings and the queries as token ids.
 from __future__ import annotations
 
 import inspect
+from dataclasses import dataclass
 
 import torch
 
@@ -184,6 +185,40 @@ def _anchors(width: int, sizes: list[int], device) -> torch.Tensor:
     return width + ends - 1
 
 
+@dataclass
+class ScenarioLayout:
+    """What both paths run: the histories (right-padded ``input_ids`` or, for hierarchical
+    input, ``inputs_embeds``), the suffix ids (B, S), the biases and suffix positions of
+    :func:`scenario_biases`, the history positions (B, W) and each suffix's size."""
+
+    history_inputs: dict
+    suffix_ids: torch.Tensor
+    history_bias: torch.Tensor
+    suffix_bias: torch.Tensor
+    history_positions: torch.Tensor
+    suffix_positions: torch.Tensor
+    sizes: list[int]
+    dtype: torch.dtype
+
+
+def scenario_layout(encoder, ids: torch.Tensor, attention_mask: torch.Tensor,
+                    suffixes: list[torch.Tensor], mask: AttentionMask, pad_id: int = 0,
+                    slots: dict | None = None) -> ScenarioLayout:
+    """The layout of N suffixes after each user's history (see :func:`packed_anchor_states`
+    for the arguments); raises :class:`NotCacheable` when one history cannot serve them."""
+    inputs, prefix, lengths = _prefix(encoder, ids, attention_mask, mask, slots)
+    batch, width = prefix.shape
+    device = ids.device
+    dtype = encoder.backbone.get_input_embeddings().weight.dtype
+    sizes = [int(s.numel()) for s in suffixes]
+    history, suffix_bias, positions = scenario_biases(mask, prefix, lengths, sizes, dtype,
+                                                      pad_id)
+    suffix_ids = torch.cat([s.to(device).expand(batch, -1) for s in suffixes], -1)
+    return ScenarioLayout(inputs, suffix_ids, history, suffix_bias,
+                          torch.arange(width, device=device).expand(batch, -1), positions,
+                          sizes, dtype)
+
+
 @torch.no_grad()
 def packed_anchor_states(encoder, ids: torch.Tensor, attention_mask: torch.Tensor,
                          suffixes: list[torch.Tensor], mask: AttentionMask,
@@ -194,25 +229,18 @@ def packed_anchor_states(encoder, ids: torch.Tensor, attention_mask: torch.Tenso
     ids come from), from one packed forward of the encoder's backbone. Raises
     :class:`NotCacheable` for masks whose prefix depends on the query. ``pad_id`` fills
     padding, which no real token attends to."""
-    inputs, prefix, lengths = _prefix(encoder, ids, attention_mask, mask, slots)
-    batch, width = prefix.shape
-    device = ids.device
-    dtype = encoder.backbone.get_input_embeddings().weight.dtype
-    sizes = [int(s.numel()) for s in suffixes]
-    history, suffix_bias, positions = scenario_biases(mask, prefix, lengths, sizes, dtype,
-                                                      pad_id)
-    total = width + sum(sizes)
-    bias = torch.cat([torch.nn.functional.pad(history, (0, total - width),
-                                              value=blocked_value(dtype)), suffix_bias], -2)
-    suffix_ids = torch.cat([s.to(device).expand(batch, -1) for s in suffixes], -1)
-    if "inputs_embeds" in inputs:
-        inputs = {"inputs_embeds": torch.cat([inputs["inputs_embeds"],
-                                              encoder.input_embeddings(suffix_ids)], 1)}
-    else:
-        inputs = {"input_ids": torch.cat([prefix, suffix_ids], -1)}
-    positions = torch.cat([torch.arange(width, device=device).expand(batch, -1), positions], -1)
-    out = _forward(encoder.backbone, bias, mask.per_layer, position_ids=positions, **inputs)
-    return out.last_hidden_state[:, _anchors(width, sizes, device)]
+    lay = scenario_layout(encoder, ids, attention_mask, suffixes, mask, pad_id, slots)
+    width = lay.history_positions.shape[1]
+    total = width + sum(lay.sizes)
+    bias = torch.cat([torch.nn.functional.pad(lay.history_bias, (0, total - width),
+                                              value=blocked_value(lay.dtype)),
+                      lay.suffix_bias], -2)
+    (key, history), = lay.history_inputs.items()
+    suffix = (encoder.input_embeddings(lay.suffix_ids) if key == "inputs_embeds"
+              else lay.suffix_ids)
+    out = _forward(encoder.backbone, bias, mask.per_layer, **{key: torch.cat([history, suffix], 1)},
+                   position_ids=torch.cat([lay.history_positions, lay.suffix_positions], -1))
+    return out.last_hidden_state[:, _anchors(width, lay.sizes, ids.device)]
 
 
 @torch.no_grad()
@@ -225,18 +253,10 @@ def cached_anchor_states(encoder, ids: torch.Tensor, attention_mask: torch.Tenso
     row and a suffix column."""
     from transformers import DynamicCache
 
-    inputs, prefix, lengths = _prefix(encoder, ids, attention_mask, mask, slots)
-    batch, width = prefix.shape
-    device = ids.device
-    dtype = encoder.backbone.get_input_embeddings().weight.dtype
-    sizes = [int(s.numel()) for s in suffixes]
-    history, suffix_bias, positions = scenario_biases(mask, prefix, lengths, sizes, dtype,
-                                                      pad_id)
+    lay = scenario_layout(encoder, ids, attention_mask, suffixes, mask, pad_id, slots)
     cache = {_cache_keyword(encoder.backbone): DynamicCache()}
-    _forward(encoder.backbone, history, mask.per_layer, use_cache=True,
-             position_ids=torch.arange(width, device=device).expand(batch, -1), **inputs,
-             **cache)
-    suffix_ids = torch.cat([s.to(device).expand(batch, -1) for s in suffixes], -1)
-    out = _forward(encoder.backbone, suffix_bias, mask.per_layer, input_ids=suffix_ids,
-                   use_cache=True, position_ids=positions, **cache)
-    return out.last_hidden_state[:, _anchors(0, sizes, device)]
+    _forward(encoder.backbone, lay.history_bias, mask.per_layer, use_cache=True,
+             position_ids=lay.history_positions, **lay.history_inputs, **cache)
+    out = _forward(encoder.backbone, lay.suffix_bias, mask.per_layer, input_ids=lay.suffix_ids,
+                   use_cache=True, position_ids=lay.suffix_positions, **cache)
+    return out.last_hidden_state[:, _anchors(0, lay.sizes, ids.device)]
