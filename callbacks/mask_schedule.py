@@ -159,7 +159,8 @@ class GradientGuidedPrewarmup(L.Callback):
         if self._hidden is None or self._hidden.grad is None:
             return
         mask = _soft_mask(pl_module)
-        norms = self._hidden.grad.detach().float().norm(dim=-1)  # (B, L)
+        # (B, L): the user positions (a joint next-token answer may follow them)
+        norms = self._hidden.grad.detach().float().norm(dim=-1)[:, :self._index.shape[1]]
         # Padding adds zeros: weighting instead of boolean indexing keeps the host unsynced.
         index, valid = self._index.flatten(), self._valid.flatten().float()
         if self._sums is None:

@@ -197,7 +197,8 @@ class ContrastiveEncoder(nn.Module):
         else:
             out = self.backbone(**model_inputs, attention_mask=bias, **kwargs)
         if capture:
-            self.last_layer_input = out.hidden_states[-2][:, :attention_mask.shape[1]]
+            # the whole sequence, an answer included: a slice would take no gradient
+            self.last_layer_input = out.hidden_states[-2]
         return out.last_hidden_state, attention_mask, segment_ids
 
     def _append_answer(self, model_inputs: dict, answer_ids: torch.Tensor) -> dict:
@@ -262,17 +263,18 @@ class ContrastiveEncoder(nn.Module):
                                 slots: dict | None = None
                                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The user tower with the answer after the anchor, one forward (training mask):
-        (embeddings (B, D), the prefix's final hidden states (B, L', H), answer logits
-        (B, A, V), see :meth:`answer_logits`). ``answer_ids``/``answer_mask`` are
-        right-padded. The embeddings and prefix states are those of :meth:`encode_users`."""
+        (embeddings (B, D), final hidden states of prefix and answer (B, L' + A, H), answer
+        logits (B, A, V), see :meth:`answer_logits`). ``answer_ids``/``answer_mask`` are
+        right-padded. The embeddings and the first L' states are those of
+        :meth:`encode_users`."""
         hidden, attention_mask, segment_ids = self.hidden_states(
             input_ids, attention_mask, segment_ids, self.mask,
             capture=self.capture_last_layer_input,
             global_token=self.global_query is not None, slots=slots,
             answer=(answer_ids, answer_mask))
-        prefix = hidden[:, :attention_mask.shape[1]]
-        users = self.embed(prefix, attention_mask, self.pooling, segment_ids)
-        return users, prefix, self.answer_logits(hidden, attention_mask)
+        users = self.embed(hidden[:, :attention_mask.shape[1]], attention_mask, self.pooling,
+                           segment_ids)
+        return users, hidden, self.answer_logits(hidden, attention_mask)
 
     def answer_segments(self, attention_mask: torch.Tensor) -> torch.Tensor:
         """Answer content as history, its last real token (``<eos>``) as anchor."""

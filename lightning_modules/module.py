@@ -242,7 +242,8 @@ class ContrastiveMaskingModule(L.LightningModule):
             ntp = ntp_loss(logits, answer_ids, answer_mask)
         else:
             users, answers, hidden = self(batch)
-        self.last_user_hidden = hidden  # callbacks (GG-SM) read its gradient
+        # callbacks (GG-SM) read its gradient; (B, L [+ 1 global] [+ A answer], H)
+        self.last_user_hidden = hidden
         out = contrastive_loss(users, answers, temperature=cfg.temperature, margin=cfg.margin,
                                gather=cfg.gather if gather is None else gather)
         out.ntp_loss = ntp

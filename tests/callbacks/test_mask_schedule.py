@@ -52,6 +52,18 @@ def run(world, tmp_path, recipe, *extra):
     return metrics(result.run_dir), module.mask
 
 
+@pytest.mark.parametrize("source,pooling", [("auto", "user_token"), ("final", "mean")])
+def test_the_prewarmup_measures_user_positions_with_a_joint_answer_after_them(world, tmp_path,
+                                                                              source, pooling):
+    """With loss.ntp_weight the user tower also reads the answer; the importance is still the
+    gradient at the user positions (the last layer's input, or the final states that mean
+    pooling reads everywhere)."""
+    _, mask = run(world, tmp_path, "ggsm", "schedule.warmup_steps=3", "loss.ntp_weight=1",
+                  f"schedule.source={source}", f"encoder.pooling={pooling}",
+                  "trainer.max_steps=4")
+    assert (mask.importance[:50] > 0).all()
+
+
 def test_ggsm_alpha_and_weights_follow_the_formula(world, tmp_path):
     rows, mask = run(world, tmp_path, "ggsm", "schedule.warmup_steps=3")
     alpha = series(rows, "mask/alpha")

@@ -63,6 +63,7 @@ def test_no_token_before_the_answer_sees_it_under_any_mask(name, options, left, 
     if name == "global_query":  # the encoder's inserted token is real too
         real = insert_global_token(hidden[..., :1, :1].expand(-1, real.shape[1], 1), real,
                                    b["user_segment_ids"], torch.zeros(1))[1].bool()
+    prefix, prefix2 = prefix[:, :real.shape[1]], prefix2[:, :real.shape[1]]  # answer after
     torch.testing.assert_close(users, alone, atol=1e-5, rtol=0)
     torch.testing.assert_close(prefix[real], hidden[real], atol=1e-5, rtol=0)
     torch.testing.assert_close(users2, users, atol=1e-6, rtol=0)
