@@ -67,7 +67,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--prefixes", type=int, nargs="+", default=[256, 512])
     parser.add_argument("--queries", type=int, nargs="+", default=[1, 4, 10])
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
