@@ -157,7 +157,8 @@ class Evaluation:
     seconds: float
     representation: str = "projected"  # the one per_task and the main metrics describe
     query: str = "fixed"  # the query protocol they were probed under
-    # under the task protocol: how the users were embedded per query (SCENARIO_PATHS)
+    # under the task protocol: how the users were embedded per query (ONE_HISTORY, or
+    # RECOMPUTE and the reason)
     scenario_path: str | None = None
 
 

@@ -14,6 +14,7 @@ declares as its action type (``dataset.Modality.action_field``): the category fo
 mini-programs and apps, the page (``a.b`` prefix) for SPM ids, the query text for searches,
 each genre of a rated movie (a movie of three genres counts once under each), a declared
 modality's first category field. Time spans in the answers follow the dataset's windows.
+
 (c) Scenario pairs (Query-as-Anchor): a task's scenario query, answered by the task's label
     on the user's future window ("Yes" / "No", the task's title and, for an event rule, how
     many events it counted). The task is drawn independently of the future. These answers
