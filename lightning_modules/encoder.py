@@ -35,19 +35,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from .attention import FLEX, FlexBias, flex_bias, flex_scores, layer_biases, record_future_attention
-from .masks import ANCHOR, GLOBAL, HISTORY, AttentionMask, BidirectionalMask, CausalMask
+from .masks import (
+    ANCHOR, GLOBAL, HISTORY, AttentionMask, BidirectionalMask, CausalMask, last_index,
+)
 from .ntp import answer_positions, joint_bias
 
 POOLINGS = ("user_token", "last", "mean", "weighted_mean", "global_token")
 SINGLE_TOKEN_POOLINGS = ("user_token", "last", "global_token")
 ANSWER_MASKS = ("same", "causal", "bidirectional")
-
-
-def last_index(attention_mask: torch.Tensor) -> torch.Tensor:
-    """(B,) index of the last real token, for right or left padding."""
-    length = attention_mask.shape[-1]
-    positions = torch.arange(length, device=attention_mask.device)
-    return torch.where(attention_mask.bool(), positions, -1).amax(-1)
 
 
 def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, how: str,
@@ -107,8 +102,7 @@ class Projector(nn.Sequential):
 class ContrastiveEncoder(nn.Module):
     def __init__(self, backbone: nn.Module, mask: AttentionMask, *, hidden_size: int,
                  pooling: str = "user_token", projector_dims: tuple[int, int] = (512, 128),
-                 answer_mask: str = "same", input_layer: nn.Module | None = None,
-                 lm_head: nn.Module | None = None):
+                 answer_mask: str = "same", input_layer: nn.Module | None = None):
         super().__init__()
         check_encoder_options(pooling, answer_mask)
         if pooling == "global_token" and not mask.global_token:
@@ -120,7 +114,8 @@ class ContrastiveEncoder(nn.Module):
         self.answer_mask = answer_mask
         self.projector = Projector(hidden_size, *projector_dims)
         self.input_layer = input_layer
-        self.lm_head = lm_head
+        # The joint next-token loss's head (set by the module; None: the tied input embedding)
+        self.lm_head: nn.Module | None = None
         # FlexAttention backbones get a block mask and score mods instead of a dense bias.
         self.flex = getattr(backbone.config, "_attn_implementation", None) == FLEX
         self._fixed_answer_mask = {"causal": CausalMask(), "bidirectional": BidirectionalMask()}

@@ -68,6 +68,13 @@ def real_positions(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
 
 
+def last_index(attention_mask: torch.Tensor) -> torch.Tensor:
+    """(B,) index of the last real token, for right or left padding."""
+    length = attention_mask.shape[-1]
+    positions = torch.arange(length, device=attention_mask.device)
+    return torch.where(attention_mask.bool(), positions, -1).amax(-1)
+
+
 def hard_bias(allowed: torch.Tensor, attention_mask: torch.Tensor,
               dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """(B, 1, L, L) bias from a boolean pattern ((L, L) or (B, L, L)); padding keys blocked."""

@@ -26,7 +26,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .masks import blocked_value
+from .masks import blocked_value, last_index
 
 NTP_HEADS = ("tied", "untied")
 
@@ -56,10 +56,8 @@ def answer_positions(prefix_mask: torch.Tensor, answer_length: int) -> torch.Ten
     position ids), then the answer from one after the prefix's last real token."""
     batch, length = prefix_mask.shape
     device = prefix_mask.device
-    positions = torch.arange(length, device=device)
-    last = torch.where(prefix_mask.bool(), positions, -1).amax(-1, keepdim=True)
-    answer = last + 1 + torch.arange(answer_length, device=device)
-    return torch.cat([positions.expand(batch, -1), answer], -1)
+    answer = last_index(prefix_mask)[:, None] + 1 + torch.arange(answer_length, device=device)
+    return torch.cat([torch.arange(length, device=device).expand(batch, -1), answer], -1)
 
 
 def ntp_loss(logits: torch.Tensor, targets: torch.Tensor, target_mask: torch.Tensor
