@@ -37,6 +37,8 @@ from .records import EventColumns, UserColumns
 from .schema import DAY
 
 BEHAVIOUR_QUERY = "What will this user most likely do next period?"
+ANSWER_OPENING = "Next period:"
+NO_ACTIVITY = f"{ANSWER_OPENING} no activity."
 
 def event_kinds(modality: Modality, ev: EventColumns, lo: int, hi: int) -> list[tuple[str, ...]]:
     """The action types of events ``lo:hi``, one tuple per event (several for a list field
@@ -84,12 +86,19 @@ def event_count(users: UserColumns, i: int, future: bool) -> int:
     return sum(ev.span(i)[1] - ev.span(i)[0] for ev in cols.values())
 
 
+def action_phrase(modality: Modality, kind: str) -> str:
+    """How answers name one action type: ``concert payments``, ``a10.b1001 views``,
+    ``searches for 'hotpot'``."""
+    if modality.quoted:
+        return f"{modality.plural} for '{kind}'"
+    noun = modality.plural.split()[-1]
+    return noun if kind == modality.name else f"{kind} {noun}"
+
+
 def _phrase(modality: Modality, kind: str, ts: np.ndarray, time_of_day: bool = True) -> str:
     if modality.quoted:
-        return f"{modality.plural} for '{kind}' x{len(ts)}"
-    noun = modality.plural.split()[-1]
-    what = noun if kind == modality.name else f"{kind} {noun}"
-    return f"{len(ts)} {what} ({_time_bin(ts, time_of_day)})"
+        return f"{action_phrase(modality, kind)} x{len(ts)}"
+    return f"{len(ts)} {action_phrase(modality, kind)} ({_time_bin(ts, time_of_day)})"
 
 
 ANSWER_SELECTIONS = ("top", "sampled")
@@ -106,7 +115,7 @@ def behaviour_answer(agg: dict[tuple[str, str], np.ndarray], rng: np.random.Gene
     event has one). ``spec``: the dataset's declaration (default: the payment-app world)."""
     spec = spec or DatasetSpec()
     if not agg:
-        return "Next period: no activity."
+        return NO_ACTIVITY
     keys = list(agg)
     counts = np.array([len(agg[key]) for key in keys], dtype=float)
     take = min(k, len(keys))
@@ -116,7 +125,7 @@ def behaviour_answer(agg: dict[tuple[str, str], np.ndarray], rng: np.random.Gene
         chosen = rng.choice(len(keys), size=take, replace=False, p=counts / counts.sum())
     chosen = sorted(chosen, key=lambda j: -counts[j])
     total = int(counts.sum()) if total is None else total
-    return f"Next period: {total} events; " + "; ".join(
+    return f"{ANSWER_OPENING} {total} events; " + "; ".join(
         _phrase(spec.modality(keys[j][0]), keys[j][1], agg[keys[j]], spec.time_of_day)
         for j in chosen) + "."
 

@@ -33,6 +33,7 @@ import pyarrow.compute as pc
 import yaml
 
 from .dataset import DatasetSpec
+from .pairs import ANSWER_OPENING, NO_ACTIVITY, action_phrase
 from .schema import (
     ATTRIBUTE_PREFIX, DAY, LABEL_PREFIX, future_column, table_modalities, table_spec, ts_seconds,
 )
@@ -185,6 +186,33 @@ class LabelRule:
         return [self.column]
 
 
+def behaviour_sentence(rule, spec: DatasetSpec) -> str | None:
+    """The behaviour answer a user who satisfies an event ``rule`` would get, reduced to what
+    the rule names (``Next period: concert payments.``); None when the answers cannot say it
+    (an attribute or label, a number field, a negated event other than no activity at all).
+    The rule's days are not said: the answers name the whole window."""
+    if not isinstance(rule, EventRule):
+        return None
+    if rule.negate:
+        return NO_ACTIVITY if rule.modality == ANY and rule.field is None else None
+    count = f"{rule.min_count} " if rule.min_count > 1 else ""
+    if rule.modality == ANY:
+        return f"{ANSWER_OPENING} {rule.min_count} events." if count else None
+    modality = spec.modality(rule.modality)
+    if rule.field is None:
+        return f"{ANSWER_OPENING} {count}{action_phrase(modality, modality.name)}."
+    if rule.field != modality.action_field:
+        return None
+    if rule.op in ("in", "has"):
+        kinds = rule.value if isinstance(rule.value, tuple) else (str(rule.value),)
+    elif rule.op == "startswith" and modality.fields[rule.field] == "path":
+        kinds = (".".join(str(rule.value).rstrip(".").split(".")[:2]),)
+    else:
+        return None
+    return f"{ANSWER_OPENING} " + "; ".join(f"{count}{action_phrase(modality, k)}"
+                                           for k in kinds) + "."
+
+
 GGSM, QANCHOR, MOVIELENS = "ggsm", "qanchor", "movielens"
 PAPERS = (GGSM, QANCHOR)
 
@@ -199,10 +227,19 @@ class Task:
     # The scenario query (Query-as-Anchor): the question the user tower reads after the
     # history when a probe embeds users per task (eval.query: task). "": the title, asked.
     query: str = ""
+    # The targeting sentence (FIND): what the answer tower reads to rank users for the task,
+    # in the language of the behaviour answers it was trained on. "": written from the rule
+    # where the answers can say it (see behaviour_sentence), else the title.
+    target: str = ""
 
     @property
     def scenario(self) -> str:
         return self.query or f"{self.title}?"
+
+    def targeting(self, spec: DatasetSpec | None = None) -> str:
+        """The targeting sentence on a dataset declared by ``spec`` (default: the world)."""
+        return (self.target or behaviour_sentence(self.rule, spec or DatasetSpec())
+                or f"{self.title}.")
 
     @property
     def papers(self) -> tuple[str, ...]:
@@ -230,7 +267,9 @@ TASKS: dict[str, Task] = {t.name: t for t in (
          query="Will this user pay for the metro or bus regularly next period?"),
     Task("power", "Consumption power", {GGSM: "behaviour_preference"},
          EventRule("bill", "amount", "ge", 1500.0), "a single payment of 1,500 or more",
-         query="Will this user make a payment of 1,500 or more next period?"),
+         query="Will this user make a payment of 1,500 or more next period?",
+         # answers carry no amounts: the categories whose payments reach 1,500
+         target="Next period: luxury payments; travel payments; electronics payments."),
     Task("food", "Food interest", {GGSM: "behaviour_preference"},
          EventRule("minipro", "category", "in", ("food",)),
          "a visit to a food-review or recipe mini-program",
@@ -267,7 +306,9 @@ TASKS: dict[str, Task] = {t.name: t for t in (
     Task("brand", "Brand sensitivity", {QANCHOR: "marketing_sensitivity"},
          EventRule("bill", "merchant", "endswith", " Flagship"),
          "a payment at a brand flagship store",
-         query="Will this user buy from a brand flagship store next period?"),
+         query="Will this user buy from a brand flagship store next period?",
+         # answers name categories, not merchants: those with flagship stores
+         target="Next period: luxury payments; apparel payments; electronics payments."),
     Task("promo", "Big-sale sensitivity", {QANCHOR: "marketing_sensitivity"},
          EventRule("minipro", "category", "in", ("bigsale",)),
          "a visit to a big-sale mini-program (the window holds the 06-18 sale)",
@@ -345,16 +386,16 @@ RULE_KEYS = ("event", "attribute", "label")
 
 
 def task_from_declaration(name: str, decl: dict, where: str = "") -> Task:
-    """A task from its YAML form: ``{title, domain, notes, query, and one of event: {modality,
+    """A task from its YAML form: ``{title, domain, notes, query, target, and one of event: {modality,
     field, op, value, day_from, day_to, min_count, negate}, attribute: {attribute, op,
     value}, label: <column name without label_>}``."""
     at = f"{where}task {name!r}" if where else f"task {name!r}"
     if not isinstance(decl, dict):
         raise ValueError(f"{at}: expected a mapping, got {decl!r}")
-    unknown = set(decl) - {"name", "title", "domain", "notes", "query", *RULE_KEYS}
+    unknown = set(decl) - {"name", "title", "domain", "notes", "query", "target", *RULE_KEYS}
     if unknown:
         raise ValueError(f"{at}: unknown key(s) {sorted(unknown)}; expected title, domain, "
-                         f"notes, query and one of {' | '.join(RULE_KEYS)}")
+                         f"notes, query, target and one of {' | '.join(RULE_KEYS)}")
     rules = [k for k in RULE_KEYS if k in decl]
     if len(rules) != 1:
         raise ValueError(f"{at}: expected exactly one rule ({' | '.join(RULE_KEYS)}), got "
@@ -375,7 +416,8 @@ def task_from_declaration(name: str, decl: dict, where: str = "") -> Task:
         raise ValueError(f"{at}: {e}") from e
     domain = str(decl.get("domain", OWN))
     return Task(name, str(decl.get("title", name)), {OWN: domain}, rule,
-                str(decl.get("notes", "")), str(decl.get("query", "")))
+                str(decl.get("notes", "")), str(decl.get("query", "")),
+                str(decl.get("target", "")))
 
 
 def load_task_file(path: Path) -> list[Task]:

@@ -129,17 +129,21 @@ class ContrastiveEncoder(nn.Module):
 
     def inputs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                segment_ids: torch.Tensor, mask: AttentionMask, global_token: bool = False,
-               slots: dict | None = None, dense: bool = False):
+               slots: dict | None = None, dense: bool = False,
+               embeds: torch.Tensor | None = None):
         """What the backbone receives: (model inputs, attention mask, segment ids, bias).
 
         Model inputs are ``{"input_ids"}``, or ``{"inputs_embeds"}`` when the mask reads
-        embeddings, a global token is inserted (then mask and segments grow by one) or the
-        input is hierarchical (``slots``). The bias is built once per forward: a dense tensor,
-        or for a flex backbone (unless ``dense``) a :class:`FlexBias`."""
+        embeddings, a global token is inserted (then mask and segments grow by one), the
+        input is hierarchical (``slots``) or the caller gives the token embeddings
+        (``embeds`` (B, L, H), e.g. with prompt vectors written in; ``input_ids`` then only
+        shape the batch). The bias is built once per forward: a dense tensor, or for a flex
+        backbone (unless ``dense``) a :class:`FlexBias`."""
         dtype = self.backbone.get_input_embeddings().weight.dtype
         model_inputs, extra = {"input_ids": input_ids}, {}
-        if global_token or mask.reads_embeddings or slots is not None:
-            embeds = self.input_embeddings(input_ids, slots)
+        if embeds is not None or global_token or mask.reads_embeddings or slots is not None:
+            if embeds is None:
+                embeds = self.input_embeddings(input_ids, slots)
             if global_token:
                 embeds, attention_mask, segment_ids = insert_global_token(
                     embeds, attention_mask, segment_ids, self.global_query)
@@ -167,14 +171,16 @@ class ContrastiveEncoder(nn.Module):
                       segment_ids: torch.Tensor, mask: AttentionMask, capture: bool = False,
                       global_token: bool = False, slots: dict | None = None,
                       dense: bool = False,
-                      answer: tuple[torch.Tensor, torch.Tensor] | None = None):
+                      answer: tuple[torch.Tensor, torch.Tensor] | None = None,
+                      embeds: torch.Tensor | None = None):
         """(final-layer hidden states (B, L', H), attention mask, segment ids) under ``mask``;
         L' = L + 1 with ``global_token``. With ``capture``, the last layer's input is kept in
         ``last_layer_input``. ``dense`` makes a flex backbone take the dense bias (sdpa).
         ``answer`` (ids, mask) follows the prefix under :func:`~.ntp.joint_bias`: the hidden
-        states then span L' + A (mask and segment ids stay the prefix's)."""
+        states then span L' + A (mask and segment ids stay the prefix's). ``embeds``: the
+        token embeddings to read instead of embedding ``input_ids`` (see :meth:`inputs`)."""
         model_inputs, attention_mask, segment_ids, bias = self.inputs(
-            input_ids, attention_mask, segment_ids, mask, global_token, slots, dense)
+            input_ids, attention_mask, segment_ids, mask, global_token, slots, dense, embeds)
         kwargs = {"output_hidden_states": True} if capture else {}
         if answer is not None:
             if isinstance(bias, FlexBias):
@@ -278,9 +284,13 @@ class ContrastiveEncoder(nn.Module):
         seg[batch, last_index(attention_mask)] = ANCHOR
         return seg
 
-    def encode_answers(self, input_ids, attention_mask) -> torch.Tensor:
+    def encode_answers(self, input_ids, attention_mask,
+                       embeds: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, D) answer-tower embeddings; ``embeds``: token embeddings to read instead of
+        embedding ``input_ids`` (prompt vectors written in)."""
         segment_ids = self.answer_segments(attention_mask)
         mask = self.mask if self.answer_mask == "same" else self._fixed_answer_mask[self.answer_mask]
-        hidden, _, _ = self.hidden_states(input_ids, attention_mask, segment_ids, mask)
+        hidden, _, _ = self.hidden_states(input_ids, attention_mask, segment_ids, mask,
+                                          embeds=embeds)
         pooling = "last" if self.pooling in SINGLE_TOKEN_POOLINGS else self.pooling
         return self.embed(hidden, attention_mask, pooling)

@@ -1,0 +1,152 @@
+"""Learnable prompt vectors in front of a frozen encoder.
+
+User side (Query-as-Anchor's soft prompt tuning): K vectors sit after the scenario query and
+before the anchor, as query tokens (segment ``QUERY``) under the mask, so the sequence is::
+
+    [history] [query] [prompt 1 .. prompt K] [anchor]
+
+and the embedding is read at the anchor as always. The history never depends on the prompts
+where the mask keeps it blind to the query, so :class:`PromptedUsers` computes each user's
+history once into a KV cache and every step runs only the query, the prompts and the anchor
+against it; a mask that lets the history see the query (or inserts a token, or reads
+embeddings) recomputes the whole sequence every step. Both give the same states where both
+apply (tested).
+
+Text side (FIND's few-shot targeting): K vectors sit before a sentence's tokens in the answer
+tower (:func:`prompted_text`).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .encoder import ContrastiveEncoder, pool
+from .masks import AttentionMask
+from .scenarios import (
+    NotCacheable, _cache_keyword, _forward, compaction_order, scenario_layout, single_layouts,
+)
+
+
+def init_prompts(encoder: ContrastiveEncoder, k: int, generator: torch.Generator) -> nn.Parameter:
+    """(K, H) prompt vectors initialised as the embeddings of K random vocabulary tokens."""
+    table = encoder.backbone.get_input_embeddings().weight.detach()
+    rows = torch.randint(0, table.shape[0], (k,), generator=generator)
+    return nn.Parameter(table[rows].clone().float())
+
+
+def with_prompts(embeds: torch.Tensor, prompts: torch.Tensor, at: int) -> torch.Tensor:
+    """(..., S + K, H): ``prompts`` (K, H) inserted into ``embeds`` (..., S, H) before
+    position ``at``."""
+    lead = embeds.shape[:-2]
+    p = prompts.to(embeds.dtype).expand(*lead, *prompts.shape)
+    return torch.cat([embeds[..., :at, :], p, embeds[..., at:, :]], -2)
+
+
+class PromptedUsers:
+    """One batch of users, frozen encoder, a fixed scenario suffix (query ids then the anchor
+    id): :meth:`pooled` gives the anchor's hidden state (B, H) of ``[history, query, prompts,
+    anchor]`` for any prompt vectors, differentiable in them.
+
+    ``ids``/``attention_mask`` hold the history alone (with hierarchical input, ``slots`` of
+    the batch they come from). ``cached``: None picks the KV-cache path when the mask allows
+    it; False forces the full recompute."""
+
+    def __init__(self, encoder: ContrastiveEncoder, ids: torch.Tensor,
+                 attention_mask: torch.Tensor, suffix: list[int], prompt_tokens: int,
+                 mask: AttentionMask, pad_id: int = 0, slots: dict | None = None,
+                 cached: bool | None = None):
+        if len(suffix) < 1:
+            raise ValueError("a prompted suffix needs at least the anchor")
+        self.encoder, self.mask, self.pad_id = encoder, mask, pad_id
+        self.suffix = torch.tensor(suffix, device=ids.device)
+        self.k = prompt_tokens
+        size = len(suffix) + prompt_tokens
+        self.path, self.reason = "recompute", "asked to recompute"
+        if cached is not False and encoder.pooling in ("user_token", "last"):
+            try:
+                self._fill_cache(ids, attention_mask, size, slots)
+                self.path = "cache"
+            except NotCacheable as e:
+                self.reason = str(e)
+        if self.path == "recompute":
+            self._keep_history(ids, attention_mask, slots)
+
+    @torch.no_grad()
+    def _fill_cache(self, ids, attention_mask, size: int, slots) -> None:
+        from transformers import DynamicCache
+
+        blank = torch.full((size,), self.pad_id, device=ids.device)
+        lay = scenario_layout(self.encoder, ids, attention_mask, [blank], self.mask,
+                              self.pad_id, slots)
+        self.layout = lay
+        self.width = lay.history_positions.shape[1]
+        self.cache = DynamicCache()
+        _forward(self.encoder.backbone, lay.history_bias, self.mask.per_layer, use_cache=True,
+                 position_ids=lay.history_positions, **lay.history_inputs,
+                 **{_cache_keyword(self.encoder.backbone): self.cache})
+
+    @torch.no_grad()
+    def _keep_history(self, ids, attention_mask, slots) -> None:
+        order = compaction_order(attention_mask)
+        self.prefix = ids.gather(-1, order)
+        self.lengths = attention_mask.bool().sum(-1)
+        embeds = self.encoder.input_embeddings(ids, slots)
+        self.history = embeds.gather(1, order[..., None].expand(-1, -1, embeds.shape[-1]))
+
+    def suffix_embeddings(self, prompts: torch.Tensor) -> torch.Tensor:
+        """(S + K, H): the query's embeddings, the prompts, the anchor's embedding."""
+        embeds = self.encoder.input_embeddings(self.suffix[None])[0]
+        return with_prompts(embeds, prompts, len(self.suffix) - 1)
+
+    def pooled(self, prompts: torch.Tensor) -> torch.Tensor:
+        suffix = self.suffix_embeddings(prompts)
+        if self.path == "cache":
+            return self._cached(suffix)
+        return self._recomputed(suffix)
+
+    def _cached(self, suffix: torch.Tensor) -> torch.Tensor:
+        lay = self.layout
+        batch = lay.history_positions.shape[0]
+        try:
+            out = _forward(self.encoder.backbone, lay.suffix_bias, self.mask.per_layer,
+                           inputs_embeds=suffix[None].expand(batch, -1, -1), use_cache=True,
+                           position_ids=lay.suffix_positions,
+                           **{_cache_keyword(self.encoder.backbone): self.cache})
+        finally:  # the next call sees the history alone again
+            extra = self.cache.get_seq_length() - self.width
+            if extra > 0:
+                self.cache.crop(-extra)  # a negative count removes that many last tokens
+        return out.last_hidden_state[:, -1]
+
+    def _recomputed(self, suffix: torch.Tensor) -> torch.Tensor:
+        batch, width = self.prefix.shape
+        size = suffix.shape[0]
+        blank = torch.full((size,), self.pad_id, device=self.prefix.device)
+        ids, attention_mask, segments = single_layouts(self.prefix, self.lengths, blank,
+                                                       self.pad_id)
+        pos = torch.arange(width + size, device=ids.device)[None]
+        end = self.lengths[:, None]
+        history = F.pad(self.history, (0, 0, 0, size))
+        placed = suffix[(pos - end).clamp(0, size - 1)]  # (B, W + S, H)
+        in_suffix = ((pos >= end) & (pos < end + size))[..., None]
+        embeds = torch.where(in_suffix, placed.to(history.dtype), history)
+        hidden, attention_mask, segments = self.encoder.hidden_states(
+            ids, attention_mask, segments, self.mask,
+            global_token=self.encoder.global_query is not None, embeds=embeds)
+        return pool(hidden, attention_mask, self.encoder.pooling, segments)
+
+
+def prompted_text(encoder: ContrastiveEncoder, ids: torch.Tensor, attention_mask: torch.Tensor,
+                  prompts: torch.Tensor) -> torch.Tensor:
+    """(B, D) answer-tower embeddings of right-padded sentences with ``prompts`` (K, H) before
+    their tokens (the answer tower's own segments and mask, the prompts as content)."""
+    k = prompts.shape[0]
+    embeds = with_prompts(encoder.backbone.get_input_embeddings()(ids), prompts, 0)
+    ids = F.pad(ids, (k, 0))
+    attention_mask = F.pad(attention_mask, (k, 0), value=1)
+    return encoder.encode_answers(ids, attention_mask, embeds=embeds)
+
+
+__all__ = ["PromptedUsers", "init_prompts", "prompted_text", "with_prompts"]
