@@ -24,15 +24,27 @@ representations and, under the ``task`` protocol, ``eval/by_query/fixed|task/avg
 for both protocols side by side, at ``every_n_steps`` and at the end of training; the final
 evaluation is also written to ``results.json`` and, for W&B, as the table ``eval/results``.
 
+Zero-shot targeting (``targeting``, FIND): each task's targeting sentence goes through the
+answer tower, the probe-test users (embedded under the query the answers were trained
+against, ``targeting_query``) are ranked by their similarity to it minus their similarity to
+a reference sentence that states only an activity level (``targeting_reference``), and the
+ranking is scored against the label: ``eval/targeting/<task>/auc``, ``recall_at_k`` and
+``precision_at_k`` at K = the task's test positives, ``auc_raw`` (the plain similarity), and
+the averages ``eval/targeting/avg_auc``, ``avg_recall_at_k`` and ``avg_auc_raw``; the final
+evaluation writes them to ``targeting.json``.
+
 The callback does not know where users come from: it takes a *probe source* with
 ``task_names``, ``domains`` (task -> domain), ``queries`` (task -> scenario query),
-``labels`` (users x tasks), ``test_mask(task)``, ``suffix(query)`` (the ids a query adds
-after the history) and ``dataloader(query=None, reserve=0)`` yielding batches with
-``probe_index``.
+``targets`` (task -> targeting sentence), ``targeting_query``, ``targeting_reference``,
+``labels`` (users x tasks),
+``test_mask(task)``, ``suffix(query)`` (the ids a query adds after the history),
+``sentences(texts)`` (right-padded answer-tower ids and mask) and ``dataloader(query=None,
+reserve=0)`` yielding batches with ``probe_index``.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -47,15 +59,21 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from maskstudy.lightning_modules.scenarios import NotCacheable
+from maskstudy.lightning_modules.targeting import ranking_scores, targeting_direction
 
 
 class ProbeSource(Protocol):
     task_names: list[str]
     domains: dict[str, str]
     queries: dict[str, str]
+    targets: dict[str, str]
+    targeting_query: str
+    targeting_reference: str
     labels: np.ndarray
 
     def test_mask(self, task: str) -> np.ndarray: ...
+
+    def sentences(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]: ...
 
     def dataloader(self, query: str | None = None, reserve: int = 0): ...
 
@@ -149,6 +167,37 @@ def embed_probe_users(module, source: ProbeSource, query: str | None = None,
     return out
 
 
+TARGETING_METRICS = ("auc", "recall_at_k", "precision_at_k", "auc_raw")
+
+
+def targeting_scores(module, source: ProbeSource) -> dict[str, dict[str, float]]:
+    """Per task, the zero-shot ranking of its probe-test users by their similarity to its
+    targeting sentence minus their similarity to ``source.targeting_reference``
+    (:func:`targeting_direction`), scored against the label (:func:`ranking_scores`);
+    ``auc_raw``: the AUC of the plain similarity to the sentence."""
+    users = embed_probe_users(module, source, source.targeting_query)["projected"]
+    ids, mask = source.sentences([source.targets[t] for t in source.task_names]
+                                 + [source.targeting_reference])
+    embedded = module.embed_answers(ids, mask).float().cpu()
+    sentences, reference = embedded[:-1], embedded[-1]
+    out = {}
+    for k, task in enumerate(source.task_names):
+        test, y = source.test_mask(task), source.labels[:, k]
+        direction = targeting_direction(sentences[k], reference).numpy()
+        out[task] = {**ranking_scores(y[test], users[test] @ direction),
+                     "auc_raw": ranking_scores(y[test], users[test] @ sentences[k].numpy())["auc"]}
+    return out
+
+
+def targeting_metrics(per_task: dict[str, dict[str, float]]) -> dict[str, float]:
+    """``eval/targeting/<task>/<metric>`` and the averages over tasks."""
+    out = {f"eval/targeting/{task}/{key}": m[key]
+           for task, m in per_task.items() for key in TARGETING_METRICS}
+    for key in ("auc", "recall_at_k", "auc_raw"):
+        out[f"eval/targeting/avg_{key}"] = float(np.nanmean([m[key] for m in per_task.values()]))
+    return out
+
+
 @dataclass
 class Evaluation:
     step: int
@@ -160,6 +209,7 @@ class Evaluation:
     # under the task protocol: how the users were embedded per query (ONE_HISTORY, or
     # RECOMPUTE and the reason)
     scenario_path: str | None = None
+    targeting: dict[str, dict[str, float]] | None = None  # per task, with eval targeting
 
 
 ONE_HISTORY = "one history per user for every query (KV cache)"
@@ -220,13 +270,15 @@ def task_query_embeddings(module, source: ProbeSource, share_history: bool = Tru
 
 
 def evaluate(module, source: ProbeSource, c: float = 1.0, step: int = 0,
-             representation: str = "projected", query: str = "fixed") -> Evaluation:
+             representation: str = "projected", query: str = "fixed",
+             targeting: bool = False) -> Evaluation:
     """Probes every representation; ``per_task`` and the ``eval/...`` metrics describe
     ``representation`` under the ``query`` protocol. Every representation's averages are
     logged as ``eval/by_representation/<name>/avg_auc`` and ``.../avg_ks``; under the
     ``task`` protocol the fixed one is probed too, and both protocols' averages and per-task
     values are logged as ``eval/by_query/<protocol>/avg_auc`` (``avg_ks``) and
-    ``eval/by_query/<protocol>/<task>/auc`` (``ks``)."""
+    ``eval/by_query/<protocol>/<task>/auc`` (``ks``). ``targeting``: zero-shot targeting
+    too (:func:`targeting_scores`)."""
     if representation not in REPRESENTATIONS:
         raise ValueError(f"eval representation {representation!r}: expected one of "
                          f"{REPRESENTATIONS}")
@@ -254,10 +306,27 @@ def evaluate(module, source: ProbeSource, c: float = 1.0, step: int = 0,
             if name == representation and protocol == query:
                 main = (per_task, summary, test_scores)
     per_task, summary, test_scores = main
+    targets = targeting_scores(module, source) if targeting else None
+    if targets is not None:
+        metrics.update(targeting_metrics(targets))
     result = Evaluation(step, per_task, {**summary, **metrics}, time.perf_counter() - start,
-                        representation, query, path)
+                        representation, query, path, targets)
     result.test_scores = test_scores  # not a field: kept out of checkpoints
     return result
+
+
+TARGETING_FILE = "targeting.json"
+
+
+def save_targeting(path: Path, source: ProbeSource, result: Evaluation) -> None:
+    """``targeting.json``: per task its targeting sentence and ranking scores, the averages,
+    the query the users were embedded under, the reference sentence and the step."""
+    tasks = {t: {"sentence": source.targets[t], **m} for t, m in result.targeting.items()}
+    averages = {k.removeprefix("eval/targeting/"): v for k, v in result.metrics.items()
+                if k.startswith("eval/targeting/avg_")}
+    path.write_text(json.dumps({"step": result.step, "users_query": source.targeting_query,
+                                "reference": source.targeting_reference, "tasks": tasks,
+                                "metrics": averages}, indent=2) + "\n")
 
 
 def save_predictions(path: Path, source: ProbeSource, test_scores: np.ndarray) -> None:
@@ -275,10 +344,11 @@ class LinearProbeEvaluation(L.Callback):
 
     def __init__(self, source: ProbeSource, *, every_n_steps: int = 0, c: float = 1.0,
                  out_dir: str | Path | None = None, representation: str = "projected",
-                 query: str = "fixed"):
+                 query: str = "fixed", targeting: bool = False):
         self.source = source
         self.representation = representation
         self.query = query
+        self.targeting = targeting
         self.every_n_steps = every_n_steps
         self.c = c
         self.out_dir = Path(out_dir) if out_dir else None
@@ -288,7 +358,7 @@ class LinearProbeEvaluation(L.Callback):
         if trainer.global_rank != 0:
             return None
         result = evaluate(module, self.source, self.c, trainer.global_step, self.representation,
-                          self.query)
+                          self.query, self.targeting)
         self.history.append(result)
         for logger in trainer.loggers:
             logger.log_metrics({**result.metrics, "eval/seconds": result.seconds},
@@ -321,6 +391,8 @@ class LinearProbeEvaluation(L.Callback):
                                  data=rows, step=trainer.global_step)
         if self.out_dir is not None:
             save_predictions(self.out_dir / "predictions.npz", self.source, result.test_scores)
+            if result.targeting is not None:
+                save_targeting(self.out_dir / TARGETING_FILE, self.source, result)
 
     def results(self) -> dict:
         """The final evaluation (the last one made): step, representation, query protocol,
@@ -329,6 +401,7 @@ class LinearProbeEvaluation(L.Callback):
         final = self.history[-1]
         return {"step": final.step, "representation": final.representation,
                 "query": final.query, "scenario_path": final.scenario_path,
+                "targeting": final.targeting,
                 "metrics": final.metrics, "tasks": final.per_task, "eval_seconds": final.seconds,
                 "history": [{"step": e.step, "avg_auc": e.metrics["eval/avg_auc"]}
                             for e in self.history]}

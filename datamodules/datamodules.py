@@ -296,6 +296,14 @@ class UserDataModule(L.LightningDataModule):
         template = self.template
         return template.query_ids(query) + ([template.ids.user] if template.cfg.anchor else [])
 
+    def sentences(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(ids, attention mask), right-padded: texts as the answer tower reads them (up to
+        ``data.answer_max_tokens``, ending with ``<eos>``)."""
+        ids = [self.template.encode_answer(t, self.cfg.answer_max_tokens) for t in texts]
+        pad = self.template.ids.pad
+        return (pad_sequences(ids, pad),
+                pad_sequences([[1] * len(x) for x in ids], 0))
+
     @property
     def collator(self) -> Collator:
         return Collator(self.template.ids.pad, self.cfg.left_padding, self.cfg.pad_to_multiple_of)

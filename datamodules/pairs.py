@@ -101,6 +101,17 @@ def _phrase(modality: Modality, kind: str, ts: np.ndarray, time_of_day: bool = T
     return f"{len(ts)} {action_phrase(modality, kind)} ({_time_bin(ts, time_of_day)})"
 
 
+def answer_text(events: int, phrases: list[str]) -> str:
+    """A behaviour answer: ``Next period: 12 events; 5 concert payments (...); ...``."""
+    return f"{ANSWER_OPENING} {events} events" + "".join(f"; {p}" for p in phrases) + "."
+
+
+# Targeting sentences state this many events, and users are ranked by their similarity to a
+# sentence minus their similarity to the bare count (REFERENCE_SENTENCE): every answer states
+# its user's activity, which would otherwise outweigh the behaviour a sentence names.
+REFERENCE_EVENTS = 30
+REFERENCE_SENTENCE = answer_text(REFERENCE_EVENTS, [])
+
 ANSWER_SELECTIONS = ("top", "sampled")
 
 
@@ -125,9 +136,8 @@ def behaviour_answer(agg: dict[tuple[str, str], np.ndarray], rng: np.random.Gene
         chosen = rng.choice(len(keys), size=take, replace=False, p=counts / counts.sum())
     chosen = sorted(chosen, key=lambda j: -counts[j])
     total = int(counts.sum()) if total is None else total
-    return f"{ANSWER_OPENING} {total} events; " + "; ".join(
-        _phrase(spec.modality(keys[j][0]), keys[j][1], agg[keys[j]], spec.time_of_day)
-        for j in chosen) + "."
+    return answer_text(total, [_phrase(spec.modality(keys[j][0]), keys[j][1], agg[keys[j]],
+                                       spec.time_of_day) for j in chosen])
 
 
 @dataclass(frozen=True)

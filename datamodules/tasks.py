@@ -33,7 +33,7 @@ import pyarrow.compute as pc
 import yaml
 
 from .dataset import DatasetSpec
-from .pairs import ANSWER_OPENING, NO_ACTIVITY, action_phrase
+from .pairs import NO_ACTIVITY, REFERENCE_EVENTS, action_phrase, answer_text
 from .schema import (
     ATTRIBUTE_PREFIX, DAY, LABEL_PREFIX, future_column, table_modalities, table_spec, ts_seconds,
 )
@@ -187,30 +187,29 @@ class LabelRule:
 
 
 def behaviour_sentence(rule, spec: DatasetSpec) -> str | None:
-    """The behaviour answer a user who satisfies an event ``rule`` would get, reduced to what
-    the rule names (``Next period: concert payments.``); None when the answers cannot say it
-    (an attribute or label, a number field, a negated event other than no activity at all).
-    The rule's days are not said: the answers name the whole window."""
+    """The behaviour answer a user who satisfies an event ``rule`` would get, reduced to the
+    action types the rule names (``Next period: 30 events; concert payments.``, the count
+    :data:`~.pairs.REFERENCE_EVENTS`); None when the answers cannot say it (an attribute or
+    label, a number field, a count over every modality). The rule's days and minimum count
+    are not said: answers name the whole window and count per action type."""
     if not isinstance(rule, EventRule):
         return None
     if rule.negate:
         return NO_ACTIVITY if rule.modality == ANY and rule.field is None else None
-    count = f"{rule.min_count} " if rule.min_count > 1 else ""
     if rule.modality == ANY:
-        return f"{ANSWER_OPENING} {rule.min_count} events." if count else None
+        return None
     modality = spec.modality(rule.modality)
     if rule.field is None:
-        return f"{ANSWER_OPENING} {count}{action_phrase(modality, modality.name)}."
-    if rule.field != modality.action_field:
+        kinds: tuple[str, ...] = (modality.name,)
+    elif rule.field != modality.action_field:
         return None
-    if rule.op in ("in", "has"):
+    elif rule.op in ("in", "has"):
         kinds = rule.value if isinstance(rule.value, tuple) else (str(rule.value),)
     elif rule.op == "startswith" and modality.fields[rule.field] == "path":
         kinds = (".".join(str(rule.value).rstrip(".").split(".")[:2]),)
     else:
         return None
-    return f"{ANSWER_OPENING} " + "; ".join(f"{count}{action_phrase(modality, k)}"
-                                           for k in kinds) + "."
+    return answer_text(REFERENCE_EVENTS, [action_phrase(modality, k) for k in kinds])
 
 
 GGSM, QANCHOR, MOVIELENS = "ggsm", "qanchor", "movielens"
@@ -269,7 +268,8 @@ TASKS: dict[str, Task] = {t.name: t for t in (
          EventRule("bill", "amount", "ge", 1500.0), "a single payment of 1,500 or more",
          query="Will this user make a payment of 1,500 or more next period?",
          # answers carry no amounts: the categories whose payments reach 1,500
-         target="Next period: luxury payments; travel payments; electronics payments."),
+         target=answer_text(REFERENCE_EVENTS, ["luxury payments", "travel payments",
+                                               "electronics payments"])),
     Task("food", "Food interest", {GGSM: "behaviour_preference"},
          EventRule("minipro", "category", "in", ("food",)),
          "a visit to a food-review or recipe mini-program",
@@ -308,7 +308,8 @@ TASKS: dict[str, Task] = {t.name: t for t in (
          "a payment at a brand flagship store",
          query="Will this user buy from a brand flagship store next period?",
          # answers name categories, not merchants: those with flagship stores
-         target="Next period: luxury payments; apparel payments; electronics payments."),
+         target=answer_text(REFERENCE_EVENTS, ["luxury payments", "apparel payments",
+                                               "electronics payments"])),
     Task("promo", "Big-sale sensitivity", {QANCHOR: "marketing_sensitivity"},
          EventRule("minipro", "category", "in", ("bigsale",)),
          "a visit to a big-sale mini-program (the window holds the 06-18 sale)",

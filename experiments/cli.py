@@ -252,9 +252,12 @@ def _eval(args: argparse.Namespace) -> int:
     from maskstudy.experiments.run import evaluate_checkpoint
 
     tasks = [t for item in args.tasks for t in task_list(item)] if args.tasks else None
-    out = evaluate_checkpoint(args.checkpoint, tasks)
+    out = evaluate_checkpoint(args.checkpoint, tasks, targeting=args.targeting or None)
     for task, m in out["tasks"].items():
         print(f"{task:<12} AUC {m['auc']:.4f}  KS {m['ks']:.4f}")
+    for task, m in (out["targeting"] or {}).items():
+        print(f"{task:<12} targeting AUC {m['auc']:.4f}  recall@{m['k']} "
+              f"{m['recall_at_k']:.4f}")
     for task, c in out["skipped_tasks"].items():
         print(f"{task:<12} skipped: {c['positives']} positive(s), {c['negatives']} negative(s)")
     print(f"{'average':<12} AUC {out['metrics']['eval/avg_auc']:.4f}  "
@@ -500,6 +503,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("checkpoint", help="e.g. runs/hybrid/<timestamp>/checkpoints/last.ckpt")
     ev.add_argument("--tasks", nargs="+", help="task names, suites and task files (*.yaml), "
                                                "space- or comma-separated (default: the run's)")
+    ev.add_argument("--targeting", action="store_true",
+                    help="also score zero-shot targeting (every task's targeting sentence "
+                         "ranks the probe-test users); written to the run's targeting.json")
     ev.add_argument("--json", help="also write the scores as JSON to this file")
     ev.set_defaults(func=_eval)
 

@@ -104,6 +104,9 @@ class EvalConfig:
     # fixed: every task probes one embedding per user (data.probe_query); task: each task probes
     # the embeddings under its own scenario query (Query-as-Anchor), the fixed protocol beside it
     query: str = "fixed"
+    # Zero-shot targeting (FIND): every task's targeting sentence through the answer tower,
+    # the probe-test users ranked by cosine similarity (AUC, recall@K and precision@K).
+    targeting: bool = False
 
     def check(self) -> None:
         if self.representation not in REPRESENTATIONS:
@@ -172,6 +175,51 @@ class LoggingConfig:
 
 
 @dataclass
+class TuneConfig:
+    """Soft prompt tuning of a frozen encoder for one scenario (``maskstudy tune``, Query-as-
+    Anchor): ``prompt_tokens`` vectors after the scenario query, one prototype per class,
+    the prototype loss at ``temperature``; each step reads one batch of the task's probe-train
+    users (``data.eval_batch_size``)."""
+
+    prompt_tokens: int = 6
+    steps: int = 500
+    lr: float = 0.01
+    temperature: float = 0.1
+    seed: int = 0
+
+    def check(self) -> None:
+        if self.prompt_tokens < 1 or self.steps < 1:
+            raise ValueError("tune.prompt_tokens and tune.steps expected at least 1")
+        if self.lr <= 0 or self.temperature <= 0:
+            raise ValueError("tune.lr and tune.temperature expected positive values")
+
+
+@dataclass
+class FewShotConfig:
+    """Few-shot targeting (``maskstudy fewshot``, FIND): from ``shots`` positive and as many
+    negative seed users of a task's probe-train split, ``prompt_tokens`` vectors before the
+    task's targeting sentence in the answer tower, trained with the triplet loss (``margin``)
+    for ``steps``; ``draws`` seed draws per k."""
+
+    shots: list[int] = field(default_factory=lambda: [8, 32, 128])
+    prompt_tokens: int = 4
+    steps: int = 100
+    lr: float = 0.01
+    margin: float = 0.2
+    draws: int = 3
+    seed: int = 0
+
+    def check(self) -> None:
+        if not self.shots or min(self.shots) < 1:
+            raise ValueError("fewshot.shots expected a list of positive seed counts")
+        if self.prompt_tokens < 1 or self.steps < 1 or self.draws < 1:
+            raise ValueError("fewshot.prompt_tokens, fewshot.steps and fewshot.draws expected "
+                             "at least 1")
+        if self.lr <= 0 or self.margin < 0:
+            raise ValueError("fewshot.lr expected a positive value and fewshot.margin >= 0")
+
+
+@dataclass
 class ExperimentConfig:
     name: str = "causal"  # the run's name: runs go to <run_root>/<name>/<timestamp>/
     description: str = ""
@@ -192,6 +240,8 @@ class ExperimentConfig:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     learning: LearningConfig = field(default_factory=LearningConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    tune: TuneConfig = field(default_factory=TuneConfig)
+    fewshot: FewShotConfig = field(default_factory=FewShotConfig)
 
     def __post_init__(self) -> None:
         # Values that follow others unless set: the data's seed is the run's, a pretrained
@@ -210,7 +260,7 @@ class ExperimentConfig:
         """Every section that checks itself."""
         return [self.data, self.input, self.backbone, self.pretrain, self.encoder, self.loss,
                 self.optim, self.trainer, self.eval, self.schedule, self.learning,
-                self.logging]
+                self.logging, self.tune, self.fewshot]
 
     def scenario_tasks(self) -> list[Task]:
         """The tasks ``data.scenarios_per_user`` asks about: ``data.scenario_tasks``, or the

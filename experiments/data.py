@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from maskstudy.datamodules.datamodules import ContrastiveDataModule, ProbeDataModule
+from maskstudy.datamodules.pairs import REFERENCE_SENTENCE
 
 from .config import ExperimentConfig
 
@@ -18,6 +20,10 @@ class ProbeSourceAdapter:
         self.labels = dm.probe.labels
         self.domains = {t.name: t.domain(suite) for t in dm.probe.tasks}
         self.queries = {t.name: t.scenario for t in dm.probe.tasks}
+        self.targets = {t.name: t.targeting(dm.spec) for t in dm.probe.tasks}
+        # users are ranked under the query their answers were aligned with in training
+        self.targeting_query = dm.cfg.behaviour_query
+        self.targeting_reference = REFERENCE_SENTENCE
 
     def test_mask(self, task: str) -> np.ndarray:
         return self.dm.probe.test_mask(task)
@@ -27,6 +33,9 @@ class ProbeSourceAdapter:
 
     def suffix(self, query: str) -> list[int]:
         return self.dm.suffix(query)
+
+    def sentences(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.dm.sentences(texts)
 
 
 def suite_of(tasks: list[str]) -> str:

@@ -25,7 +25,9 @@ from lightning.pytorch.utilities import rank_zero_only
 from tokenizers import Tokenizer
 
 from maskstudy.callbacks.learning_check import CollapseDetector, LearningCheck
-from maskstudy.callbacks.linear_probe import LinearProbeEvaluation, evaluate, scenario_passes
+from maskstudy.callbacks.linear_probe import (
+    TARGETING_FILE, LinearProbeEvaluation, evaluate, save_targeting, scenario_passes,
+)
 from maskstudy.callbacks.mask_schedule import (
     FutureAttentionMonitor, GradientGuidedPrewarmup, MaskHeatmap, MaskMonitor,
 )
@@ -157,7 +159,7 @@ def fit(cfg: ExperimentConfig, *, resume: str | Path | None = None,
         module.encoder.backbone.compile()
     probe_cb = LinearProbeEvaluation(source, every_n_steps=cfg.eval.every_n_steps, c=cfg.eval.c,
                                      out_dir=run_dir, representation=cfg.eval.representation,
-                                     query=cfg.eval.query)
+                                     query=cfg.eval.query, targeting=cfg.eval.targeting)
     t = cfg.trainer
     max_steps = t.max_steps if t.train else 0
     detector = CollapseDetector(cfg.learning)
@@ -249,15 +251,22 @@ def _plots(run_dir: Path, results: dict) -> None:
     plt.close(fig)
 
 
-def evaluate_checkpoint(checkpoint: str | Path, tasks: list[str] | None = None) -> dict:
+def evaluate_checkpoint(checkpoint: str | Path, tasks: list[str] | None = None,
+                        targeting: bool | None = None) -> dict:
+    """The linear probe (and with ``targeting``, or the run's ``eval.targeting``, zero-shot
+    targeting, also written to the run's ``targeting.json``) of a checkpoint."""
     cfg, module, run_dir = load_run(checkpoint)
     if tasks:
         cfg.eval.tasks = tasks
+    if targeting is not None:
+        cfg.eval.targeting = targeting
     source = ProbeSourceAdapter(probe_datamodule(cfg), suite_of(list(cfg.eval.tasks)))
     result = evaluate(module, source, cfg.eval.c, representation=cfg.eval.representation,
-                      query=cfg.eval.query)
+                      query=cfg.eval.query, targeting=cfg.eval.targeting)
+    if result.targeting is not None:
+        save_targeting(run_dir / TARGETING_FILE, source, result)
     return {"checkpoint": str(checkpoint), "metrics": result.metrics, "tasks": result.per_task,
-            "skipped_tasks": source.dm.probe.skipped}
+            "targeting": result.targeting, "skipped_tasks": source.dm.probe.skipped}
 
 
 def scenario_queries(cfg: ExperimentConfig, queries: str) -> dict[str, str]:

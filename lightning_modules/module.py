@@ -425,6 +425,18 @@ class ContrastiveMaskingModule(L.LightningModule):
         return self.user_representations(batch)["projected"]
 
     @torch.no_grad()
+    def embed_answers(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Frozen answer-tower embeddings (B, D) of right-padded texts (answers, targeting
+        sentences)."""
+        was_training = self.training
+        self.eval()
+        try:
+            return self.encoder.encode_answers(input_ids.to(self.device),
+                                               attention_mask.to(self.device))
+        finally:
+            self.train(was_training)
+
+    @torch.no_grad()
     def scenario_representations(self, batch: dict,
                                  suffixes: list[list[int]]) -> dict[str, torch.Tensor]:
         """Both frozen representations ((B, N, D) and (B, N, H)) of every user under each of

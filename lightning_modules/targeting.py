@@ -44,6 +44,16 @@ def top_k_cosine(query: torch.Tensor, chunks: Iterable[tuple[list, torch.Tensor]
     return best_keys, best_scores.numpy()
 
 
+def targeting_direction(sentence: torch.Tensor, reference: torch.Tensor | None = None
+                        ) -> torch.Tensor:
+    """The vector users are ranked by (cosine): the sentence's embedding t, or with a
+    reference sentence t0, t/|t| - t0/|t0|. For unit user embeddings u the score
+    u . (t/|t| - t0/|t0|) = s(u, t) - s(u, t0): what the sentence says beyond the reference
+    (the activity every answer states)."""
+    t = F.normalize(sentence.float(), dim=-1)
+    return t if reference is None else t - F.normalize(reference.float(), dim=-1)
+
+
 def ranking_scores(labels: np.ndarray, scores: np.ndarray) -> dict[str, float]:
     """How well ``scores`` rank the users whose ``labels`` are 1: AUC, and recall@K and
     precision@K at K = the number of positives (at that K the two are equal: both are the
