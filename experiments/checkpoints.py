@@ -53,14 +53,16 @@ def run_config_path(checkpoint: str | Path) -> Path:
     return config_path
 
 
-def load_run(checkpoint: str | Path) -> tuple[ExperimentConfig, ContrastiveMaskingModule, Path]:
-    """The module of a checkpoint and the config of its run directory."""
+def load_run(checkpoint: str | Path, overrides: list[str] | None = None
+             ) -> tuple[ExperimentConfig, ContrastiveMaskingModule, Path]:
+    """The module of a checkpoint and the config of its run directory (with ``overrides``,
+    checked like any config)."""
     checkpoint = Path(checkpoint)
     if not checkpoint.exists():
         raise FileNotFoundError(f"checkpoint {checkpoint}: no such file")
     config_path = run_config_path(checkpoint)
     run_dir = config_path.parent
-    cfg = load_config(config_path)
+    cfg = load_config(config_path, overrides)
     state = checkpoint_state(checkpoint)  # weights_only=True
     check_same_model(cfg, checkpoint, state)
     hp = state["hyper_parameters"]

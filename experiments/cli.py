@@ -278,6 +278,29 @@ def _embed(args: argparse.Namespace) -> int:
     return 0
 
 
+def section_overrides(section: str, items: list[str]) -> list[str]:
+    """``key=value`` items, a bare key meaning ``<section>.key`` (``steps=100`` is
+    ``tune.steps=100``); a dotted key is left as given (``data.eval_batch_size=32``)."""
+    for item in items:
+        if "=" not in item:
+            raise ValueError(f"{item!r}: expected key=value")
+    return [item if "." in item.split("=", 1)[0] else f"{section}.{item}" for item in items]
+
+
+@_config_error
+def _tune(args: argparse.Namespace) -> int:
+    from maskstudy.experiments.tune import tune_checkpoint
+
+    tasks = [t for item in args.tasks for t in task_list(item)]
+    for r in tune_checkpoint(args.checkpoint, tasks, section_overrides("tune", args.overrides),
+                             prompt_tokens=args.prompt_tokens):
+        print(f"{r['task']:<12} tuned AUC {r['tuned']['auc']:.4f} KS {r['tuned']['ks']:.4f}  "
+              f"probe {r['probe']['auc']:.4f}  base {r['base']['auc']:.4f}  loss "
+              f"{r['loss']['first']:.3f} -> {r['loss']['last']:.3f} (chance "
+              f"{r['loss']['chance']:.3f})  {r['dir']}")
+    return 0
+
+
 @_config_error
 def _study(args: argparse.Namespace) -> int:
     from maskstudy.experiments.study import run_study
@@ -508,6 +531,26 @@ def build_parser() -> argparse.ArgumentParser:
                          "ranks the probe-test users); written to the run's targeting.json")
     ev.add_argument("--json", help="also write the scores as JSON to this file")
     ev.set_defaults(func=_eval)
+
+    tune = commands.add_parser(
+        "tune", help="soft prompt tuning of a frozen checkpoint, per scenario",
+        description="Query-as-Anchor's soft prompt tuning: the checkpoint stays frozen; "
+                    "tune.prompt_tokens vectors after the task's scenario query and one "
+                    "prototype per class are trained on the task's probe-train users and "
+                    "scored on its probe-test users, beside the untuned probe and class-mean "
+                    "rows. Each task is written to <run>/tuned/<task>-p<K>-s<steps>-seed<seed>/.")
+    tune.add_argument("checkpoint")
+    which = tune.add_mutually_exclusive_group(required=True)
+    which.add_argument("--task", dest="tasks", action="append", help="one task name")
+    which.add_argument("--tasks", nargs="+", help="several tasks, suites or task files, each "
+                                                  "tuned with its own prompt")
+    tune.add_argument("--prompt-tokens", type=int, nargs="+", metavar="K",
+                      help="several prompt sizes, each tuned on the same cached histories "
+                           "(the scaling table; default: tune.prompt_tokens)")
+    tune.add_argument("overrides", nargs="*", metavar="key=value",
+                      help="tune settings (prompt_tokens=4 steps=200 lr=0.01 temperature=0.1 "
+                           "seed=0 eval_every=100) or any dotted config key")
+    tune.set_defaults(func=_tune)
 
     emb = commands.add_parser(
         "embed", help="export user embeddings to Parquet",

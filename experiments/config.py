@@ -186,10 +186,12 @@ class TuneConfig:
     lr: float = 0.01
     temperature: float = 0.1
     seed: int = 0
+    eval_every: int = 100  # steps between scorings of the test users (and the last step)
 
     def check(self) -> None:
-        if self.prompt_tokens < 1 or self.steps < 1:
-            raise ValueError("tune.prompt_tokens and tune.steps expected at least 1")
+        if self.prompt_tokens < 1 or self.steps < 1 or self.eval_every < 1:
+            raise ValueError("tune.prompt_tokens, tune.steps and tune.eval_every expected at "
+                             "least 1")
         if self.lr <= 0 or self.temperature <= 0:
             raise ValueError("tune.lr and tune.temperature expected positive values")
 

@@ -25,7 +25,8 @@ from torch import nn
 from .encoder import ContrastiveEncoder, pool
 from .masks import AttentionMask
 from .scenarios import (
-    NotCacheable, _cache_keyword, _forward, compaction_order, scenario_layout, single_layouts,
+    NotCacheable, _cache_keyword, _forward, _prefix, compaction_order, scenario_biases,
+    single_layouts,
 )
 
 
@@ -47,45 +48,53 @@ def with_prompts(embeds: torch.Tensor, prompts: torch.Tensor, at: int) -> torch.
 class PromptedUsers:
     """One batch of users, frozen encoder, a fixed scenario suffix (query ids then the anchor
     id): :meth:`pooled` gives the anchor's hidden state (B, H) of ``[history, query, prompts,
-    anchor]`` for any prompt vectors, differentiable in them.
+    anchor]`` for any number of prompt vectors, differentiable in them.
 
     ``ids``/``attention_mask`` hold the history alone (with hierarchical input, ``slots`` of
     the batch they come from). ``cached``: None picks the KV-cache path when the mask allows
-    it; False forces the full recompute."""
+    it; False forces the full recompute. ``path`` says which runs (``reason``: why a
+    recompute)."""
 
     def __init__(self, encoder: ContrastiveEncoder, ids: torch.Tensor,
-                 attention_mask: torch.Tensor, suffix: list[int], prompt_tokens: int,
-                 mask: AttentionMask, pad_id: int = 0, slots: dict | None = None,
-                 cached: bool | None = None):
+                 attention_mask: torch.Tensor, suffix: list[int], mask: AttentionMask,
+                 pad_id: int = 0, slots: dict | None = None, cached: bool | None = None):
         if len(suffix) < 1:
             raise ValueError("a prompted suffix needs at least the anchor")
         self.encoder, self.mask, self.pad_id = encoder, mask, pad_id
         self.suffix = torch.tensor(suffix, device=ids.device)
-        self.k = prompt_tokens
-        size = len(suffix) + prompt_tokens
         self.path, self.reason = "recompute", "asked to recompute"
         if cached is not False and encoder.pooling in ("user_token", "last"):
             try:
-                self._fill_cache(ids, attention_mask, size, slots)
+                self._fill_cache(ids, attention_mask, slots)
                 self.path = "cache"
             except NotCacheable as e:
                 self.reason = str(e)
         if self.path == "recompute":
             self._keep_history(ids, attention_mask, slots)
 
+    def _biases(self, size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(history bias, suffix bias, suffix positions) for a suffix of ``size`` tokens,
+        built once per size (raises NotCacheable when the history would see the suffix)."""
+        if size not in self._layouts:
+            self._layouts[size] = scenario_biases(self.mask, self.prefix, self.lengths, [size],
+                                                  self.dtype, self.pad_id)
+        return self._layouts[size]
+
     @torch.no_grad()
-    def _fill_cache(self, ids, attention_mask, size: int, slots) -> None:
+    def _fill_cache(self, ids, attention_mask, slots) -> None:
         from transformers import DynamicCache
 
-        blank = torch.full((size,), self.pad_id, device=ids.device)
-        lay = scenario_layout(self.encoder, ids, attention_mask, [blank], self.mask,
-                              self.pad_id, slots)
-        self.layout = lay
-        self.width = lay.history_positions.shape[1]
+        self._layouts: dict[int, tuple] = {}
+        self.dtype = self.encoder.backbone.get_input_embeddings().weight.dtype
+        inputs, self.prefix, self.lengths = _prefix(self.encoder, ids, attention_mask,
+                                                    self.mask, slots)
+        history_bias = self._biases(len(self.suffix))[0]
+        batch, self.width = self.prefix.shape
         self.cache = DynamicCache()
-        _forward(self.encoder.backbone, lay.history_bias, self.mask.per_layer, use_cache=True,
-                 position_ids=lay.history_positions, **lay.history_inputs,
-                 **{_cache_keyword(self.encoder.backbone): self.cache})
+        _forward(self.encoder.backbone, history_bias, self.mask.per_layer, use_cache=True,
+                 position_ids=torch.arange(self.width, device=ids.device).expand(batch, -1),
+                 **inputs, **{_cache_keyword(self.encoder.backbone): self.cache})
+        self.history_states = [(layer.keys, layer.values) for layer in self.cache.layers]
 
     @torch.no_grad()
     def _keep_history(self, ids, attention_mask, slots) -> None:
@@ -107,17 +116,17 @@ class PromptedUsers:
         return self._recomputed(suffix)
 
     def _cached(self, suffix: torch.Tensor) -> torch.Tensor:
-        lay = self.layout
-        batch = lay.history_positions.shape[0]
+        _, bias, positions = self._biases(suffix.shape[0])
         try:
-            out = _forward(self.encoder.backbone, lay.suffix_bias, self.mask.per_layer,
-                           inputs_embeds=suffix[None].expand(batch, -1, -1), use_cache=True,
-                           position_ids=lay.suffix_positions,
+            out = _forward(self.encoder.backbone, bias, self.mask.per_layer,
+                           inputs_embeds=suffix[None].expand(self.prefix.shape[0], -1, -1),
+                           use_cache=True, position_ids=positions,
                            **{_cache_keyword(self.encoder.backbone): self.cache})
-        finally:  # the next call sees the history alone again
-            extra = self.cache.get_seq_length() - self.width
-            if extra > 0:
-                self.cache.crop(-extra)  # a negative count removes that many last tokens
+        finally:
+            # The next call sees the history alone again, as computed (a cropped view of
+            # this call's keys would tie the next backward to this call's graph).
+            for layer, (keys, values) in zip(self.cache.layers, self.history_states):
+                layer.keys, layer.values = keys, values
         return out.last_hidden_state[:, -1]
 
     def _recomputed(self, suffix: torch.Tensor) -> torch.Tensor:

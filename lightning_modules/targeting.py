@@ -70,14 +70,26 @@ def ranking_scores(labels: np.ndarray, scores: np.ndarray) -> dict[str, float]:
 
 
 def prototype_loss(users: torch.Tensor, prototypes: torch.Tensor, labels: torch.Tensor,
-                   temperature: float) -> torch.Tensor:
+                   temperature: float, class_weights: torch.Tensor | None = None
+                   ) -> torch.Tensor:
     """Query-as-Anchor's prompt-tuning loss over C class prototypes p_c, with cosine
-    similarity s (both sides L2-normalised here) and temperature tau:
+    similarity s (both sides L2-normalised here), temperature tau and class weights w
+    (default 1):
 
-        loss = -1/B sum_i log( exp(s(u_i, p_{y_i}) / tau) / sum_c exp(s(u_i, p_c) / tau) )
+        l_i  = -log( exp(s(u_i, p_{y_i}) / tau) / sum_c exp(s(u_i, p_c) / tau) )
+        loss = sum_i w_{y_i} l_i / sum_i w_{y_i}
     """
     logits = F.normalize(users, dim=-1) @ F.normalize(prototypes, dim=-1).T / temperature
-    return F.cross_entropy(logits, labels.long())
+    return F.cross_entropy(logits, labels.long(), weight=class_weights)
+
+
+def balanced_weights(labels: np.ndarray, classes: int = 2) -> torch.Tensor:
+    """w_c = n / (C n_c): every class weighs as much in total, so a rare positive class is
+    not outvoted (with it, l_i at equal similarities is ln C, the loss's chance value)."""
+    counts = np.bincount(np.asarray(labels, dtype=int), minlength=classes).astype(float)
+    if (counts == 0).any():
+        raise ValueError(f"class weights: a class has no example (counts {counts.tolist()})")
+    return torch.from_numpy(counts.sum() / (classes * counts)).float()
 
 
 def prototype_scores(users: torch.Tensor, prototypes: torch.Tensor,

@@ -9,7 +9,9 @@ import torch
 from maskstudy.lightning_modules.encoder import ContrastiveEncoder
 from maskstudy.lightning_modules.masks import build_mask
 from maskstudy.lightning_modules.prompts import PromptedUsers, prompted_text, with_prompts
-from maskstudy.lightning_modules.scenarios import compact_prefix, single_layouts
+from maskstudy.lightning_modules.scenarios import (
+    cached_anchor_states, compact_prefix, single_layouts,
+)
 from tests.lightning_modules.conftest import tiny_model
 from tests.lightning_modules.test_scenarios import PAD, USER, users
 
@@ -36,18 +38,23 @@ def test_with_prompts_inserts_before_the_given_position():
                                                ("soft", {"init": 0.3, "scope": "history"})])
 @pytest.mark.parametrize("left", [False, True], ids=["right", "left"])
 def test_the_cached_history_equals_the_recomputed_sequence(backend, mask_name, options, left):
+    """One cache serves any number of prompts; no prompt at all is the plain scenario
+    embedding of the Query-as-Anchor path."""
     enc = encoder(mask_name, backend, **options)
     ids, attn = users(left)
-    p = prompts()
-    cached = PromptedUsers(enc, ids, attn, QUERY, 3, enc.mask, PAD)
-    full = PromptedUsers(enc, ids, attn, QUERY, 3, enc.mask, PAD, cached=False)
+    cached = PromptedUsers(enc, ids, attn, QUERY, enc.mask, PAD)
+    full = PromptedUsers(enc, ids, attn, QUERY, enc.mask, PAD, cached=False)
     assert (cached.path, full.path) == ("cache", "recompute")
     with torch.no_grad():
-        a, b = cached.pooled(p), full.pooled(p)
-        again = cached.pooled(p)  # the cache is back to the history alone after each call
-    torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(again, a)
-    assert not torch.allclose(cached.pooled(prompts(seed=1)), a)
+        for k in (3, 0, 1):
+            p = prompts(k)
+            a, b = cached.pooled(p), full.pooled(p)
+            again = cached.pooled(p)  # the cache is back to the history alone after each call
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(again, a)
+        plain = cached_anchor_states(enc, ids, attn, [torch.tensor(QUERY)], enc.mask, PAD)
+        torch.testing.assert_close(cached.pooled(prompts(0)), plain[:, 0], atol=1e-5, rtol=1e-5)
+        assert not torch.allclose(cached.pooled(prompts(seed=1)), cached.pooled(prompts()))
 
 
 def test_the_prompts_sit_after_the_query_and_before_the_anchor():
@@ -63,7 +70,7 @@ def test_the_prompts_sit_after_the_query_and_before_the_anchor():
     with torch.no_grad():
         hidden, _, _ = enc.hidden_states(single, mask, segments, enc.mask)
         expected = hidden[torch.arange(3), lengths + suffix.numel() - 1]
-        got = PromptedUsers(enc, ids, attn, QUERY, 2, enc.mask, PAD).pooled(p)
+        got = PromptedUsers(enc, ids, attn, QUERY, enc.mask, PAD).pooled(p)
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
 
 
@@ -71,7 +78,7 @@ def test_the_prompts_sit_after_the_query_and_before_the_anchor():
 def test_masks_that_cannot_share_the_history_recompute_with_gradients(mask_name):
     enc = encoder(mask_name)
     ids, attn = users(False)
-    users_ = PromptedUsers(enc, ids, attn, QUERY, 2, enc.mask, PAD)
+    users_ = PromptedUsers(enc, ids, attn, QUERY, enc.mask, PAD)
     assert users_.path == "recompute"
     p = prompts(2).requires_grad_(True)
     users_.pooled(p).sum().backward()
@@ -83,9 +90,20 @@ def test_gradients_reach_the_prompts_through_the_cache_and_no_weight():
     enc = encoder()
     ids, attn = users(False)
     p = prompts().requires_grad_(True)
-    PromptedUsers(enc, ids, attn, QUERY, 3, enc.mask, PAD).pooled(p).sum().backward()
+    prompted = PromptedUsers(enc, ids, attn, QUERY, enc.mask, PAD)
+    first = prompted.pooled(p)
+    first.sum().backward()
     assert p.grad is not None and p.grad.abs().sum() > 0
     assert all(w.grad is None for w in enc.parameters())
+    # a training loop: every step a fresh graph over the same cached history
+    optimizer = torch.optim.SGD([p], lr=0.1)
+    for _ in range(3):
+        optimizer.zero_grad()
+        prompted.pooled(p).pow(2).sum().backward()
+        optimizer.step()
+    full = PromptedUsers(enc, ids, attn, QUERY, enc.mask, PAD, cached=False)
+    with torch.no_grad():
+        torch.testing.assert_close(prompted.pooled(p), full.pooled(p), atol=1e-5, rtol=1e-5)
 
 
 def test_text_prompts_change_the_sentence_embedding_and_take_gradients():

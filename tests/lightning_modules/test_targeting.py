@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from maskstudy.lightning_modules.targeting import (
-    prototype_loss, prototype_scores, ranking_scores, top_k_cosine, triplet_loss,
+    balanced_weights, prototype_loss, prototype_scores, ranking_scores, top_k_cosine, triplet_loss,
 )
 
 
@@ -60,6 +60,13 @@ def test_prototype_loss_is_the_softmax_cross_entropy_over_cosines():
     # user 0: cosines (1, 0) -> -log(e^2 / (e^2 + 1)); user 1: (0, 1) -> -log(1 / (1 + e^2))
     expected = (-math.log(math.e ** 2 / (math.e ** 2 + 1)) - math.log(1 / (1 + math.e ** 2))) / 2
     assert loss.item() == pytest.approx(expected, rel=1e-5)
+    # weights: each row's loss counts w_{y_i} / sum w; one class only -> the same mean
+    weighted = prototype_loss(users, protos, torch.tensor([0, 1]), tau, torch.tensor([1.0, 3.0]))
+    row = -math.log(math.e ** 2 / (math.e ** 2 + 1))  # both rows are right, by cosine 1 vs 0
+    assert weighted.item() == pytest.approx(row, rel=1e-5)
+    assert balanced_weights(np.array([0, 0, 0, 1])).tolist() == pytest.approx([4 / 6, 2.0])
+    with pytest.raises(ValueError, match="a class has no example"):
+        balanced_weights(np.zeros(3))
     assert prototype_scores(users, protos, tau).tolist() == pytest.approx(
         [1 / (1 + math.e ** 2), math.e ** 2 / (1 + math.e ** 2)], rel=1e-5)
 
