@@ -272,32 +272,84 @@ def _embed(args: argparse.Namespace) -> int:
     from maskstudy.experiments.run import embed_checkpoint
 
     n = embed_checkpoint(args.checkpoint, args.out, split=args.split, data=args.data,
-                         queries=args.queries)
+                         queries=args.queries, query=args.query)
     what = "(user, scenario) embeddings" if args.queries else "user embeddings"
     print(f"wrote {n} {what} to {args.out}")
     return 0
 
 
+def lift_overrides(values: list[str] | None, overrides: list[str]) -> tuple[list[str], list[str]]:
+    """(values, overrides): ``key=value`` items that a list option swallowed (``--tasks a b
+    steps=100``) move to the overrides."""
+    values = values or []
+    return ([v for v in values if "=" not in v],
+            [*overrides, *(v for v in values if "=" in v)])
+
+
 def section_overrides(section: str, items: list[str]) -> list[str]:
     """``key=value`` items, a bare key meaning ``<section>.key`` (``steps=100`` is
     ``tune.steps=100``); a dotted key is left as given (``data.eval_batch_size=32``)."""
+    from maskstudy.experiments.config import ConfigError
+
     for item in items:
         if "=" not in item:
-            raise ValueError(f"{item!r}: expected key=value")
+            raise ConfigError(f"{item!r}: expected key=value")
     return [item if "." in item.split("=", 1)[0] else f"{section}.{item}" for item in items]
 
 
 @_config_error
 def _tune(args: argparse.Namespace) -> int:
+    from maskstudy.experiments.config import ConfigError
     from maskstudy.experiments.tune import tune_checkpoint
 
-    tasks = [t for item in args.tasks for t in task_list(item)]
-    for r in tune_checkpoint(args.checkpoint, tasks, section_overrides("tune", args.overrides),
-                             prompt_tokens=args.prompt_tokens):
+    items, overrides = lift_overrides(args.tasks, args.overrides)
+    sizes, overrides = lift_overrides(args.prompt_tokens, overrides)
+    tasks = [t for item in items for t in task_list(item)]
+    try:
+        prompt_tokens = [int(k) for k in sizes] or None
+    except ValueError as e:
+        raise ConfigError(f"--prompt-tokens {sizes}: expected whole numbers") from e
+    for r in tune_checkpoint(args.checkpoint, tasks, section_overrides("tune", overrides),
+                             prompt_tokens=prompt_tokens):
         print(f"{r['task']:<12} tuned AUC {r['tuned']['auc']:.4f} KS {r['tuned']['ks']:.4f}  "
               f"probe {r['probe']['auc']:.4f}  base {r['base']['auc']:.4f}  loss "
               f"{r['loss']['first']:.3f} -> {r['loss']['last']:.3f} (chance "
               f"{r['loss']['chance']:.3f})  {r['dir']}")
+    return 0
+
+
+@_config_error
+def _target(args: argparse.Namespace) -> int:
+    from maskstudy.experiments.targeting import target_checkpoint, write_ranking
+
+    users, values, where = target_checkpoint(
+        args.checkpoint, args.sentence, top_k=args.top_k, embeddings=args.embeddings,
+        split=args.split, reference=not args.no_reference)
+    if args.out:
+        write_ranking(args.out, users, values)
+        print(f"ranked {where}: the top {len(users)} written to {args.out}")
+    else:
+        print(f"ranked {where}; the top {len(users)}:")
+        for rank, (user, value) in enumerate(zip(users, values), 1):
+            print(f"{rank:>6}  {user}  {value:.4f}")
+    return 0
+
+
+@_config_error
+def _fewshot(args: argparse.Namespace) -> int:
+    from maskstudy.experiments.targeting import few_shot_checkpoint
+
+    items, overrides = lift_overrides(args.tasks, args.overrides)
+    tasks = [t for item in items for t in task_list(item)] or None
+    out = few_shot_checkpoint(args.checkpoint, tasks, section_overrides("fewshot", overrides))
+    for task, row in out["tasks"].items():
+        cells = [f"zero-shot {row['zero_shot']:.3f}"]
+        for k, r in row["shots"].items():
+            cells.append(f"k={k}: skipped" if "skipped" in r else
+                         f"k={k}: {sum(r['fewshot']) / len(r['fewshot']):.3f} "
+                         f"(probe {sum(r['probe']) / len(r['probe']):.3f})")
+        print(f"{task:<12} " + "  ".join(cells))
+    print(f"written to {out['path']}")
     return 0
 
 
@@ -544,13 +596,48 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--task", dest="tasks", action="append", help="one task name")
     which.add_argument("--tasks", nargs="+", help="several tasks, suites or task files, each "
                                                   "tuned with its own prompt")
-    tune.add_argument("--prompt-tokens", type=int, nargs="+", metavar="K",
+    tune.add_argument("--prompt-tokens", nargs="+", metavar="K",
                       help="several prompt sizes, each tuned on the same cached histories "
                            "(the scaling table; default: tune.prompt_tokens)")
     tune.add_argument("overrides", nargs="*", metavar="key=value",
                       help="tune settings (prompt_tokens=4 steps=200 lr=0.01 temperature=0.1 "
                            "seed=0 eval_every=100) or any dotted config key")
     tune.set_defaults(func=_tune)
+
+    target = commands.add_parser(
+        "target", help="rank users for one sentence (zero-shot targeting)",
+        description="FIND's zero-shot targeting: the sentence goes through the answer tower "
+                    "and users are ranked by cosine similarity to it minus similarity to a "
+                    "sentence that states only an activity level; exact top K, streamed in "
+                    "chunks. Write the sentence in the answers' language, e.g. 'Next period: "
+                    "30 events; concert payments.'")
+    target.add_argument("checkpoint")
+    target.add_argument("sentence")
+    target.add_argument("--top-k", type=int, default=100)
+    target.add_argument("--out", help="write rank, user_id, score (CSV, or .parquet)")
+    target.add_argument("--embeddings", help="rank the users of a `maskstudy embed` file "
+                                             "instead of embedding them (`--query behaviour`)")
+    target.add_argument("--split", default="all", choices=["all", "train", "val", "probe"],
+                        help="the users embedded when no --embeddings file is given")
+    target.add_argument("--no-reference", action="store_true",
+                        help="rank by the plain cosine similarity to the sentence")
+    target.set_defaults(func=_target)
+
+    fewshot = commands.add_parser(
+        "fewshot", help="few-shot targeting curve from seed users",
+        description="FIND's few-shot targeting: for k positive and k negative seed users "
+                    "(fewshot.shots) of each task's probe-train side, prompt vectors before "
+                    "the task's targeting sentence are trained with a triplet loss (the "
+                    "checkpoint frozen) and scored on the probe-test users, beside a linear "
+                    "probe fitted on the same seeds and the zero-shot sentence. Written to "
+                    "<run>/fewshot/results.json.")
+    fewshot.add_argument("checkpoint")
+    fewshot.add_argument("--tasks", nargs="+", help="task names, suites or task files "
+                                                    "(default: the run's)")
+    fewshot.add_argument("overrides", nargs="*", metavar="key=value",
+                         help="few-shot settings (shots=[8,32] prompt_tokens=4 steps=100 "
+                              "lr=0.01 margin=0.2 draws=3 seed=0) or any dotted config key")
+    fewshot.set_defaults(func=_fewshot)
 
     emb = commands.add_parser(
         "embed", help="export user embeddings to Parquet",
@@ -560,6 +647,9 @@ def build_parser() -> argparse.ArgumentParser:
     emb.add_argument("--out", required=True, help="output Parquet file")
     emb.add_argument("--split", default="all", choices=["all", "train", "val", "probe"])
     emb.add_argument("--data", help="another dataset in the same schema (default: the run's)")
+    emb.add_argument("--query", help="the query every user reads after the history "
+                                     "(default data.probe_query; 'behaviour': "
+                                     "data.behaviour_query, what `maskstudy target` ranks)")
     emb.add_argument("--queries", metavar="FILE|tasks",
                      help="one row per (user, scenario query): the queries of a text file, one "
                           "a line, or 'tasks' (the run's tasks and their scenario queries); the "

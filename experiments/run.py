@@ -284,11 +284,18 @@ def scenario_queries(cfg: ExperimentConfig, queries: str) -> dict[str, str]:
     return {q: q for q in lines}
 
 
+QUERY_KEY = b"maskstudy.query"  # Parquet metadata: the query the users read when embedded
+
+
 def embed_checkpoint(checkpoint: str | Path, out: str | Path, split: str = "all",
-                     data: str | None = None, queries: str | None = None) -> int:
-    """Writes ``user_id`` and ``embedding`` (list<float>) for every user of ``split``; with
-    ``queries`` (``tasks`` or a file, see :func:`scenario_queries`) one row per (user,
-    scenario), with ``scenario`` and ``query`` columns. Returns the number of rows."""
+                     data: str | None = None, queries: str | None = None,
+                     query: str | None = None) -> int:
+    """Writes ``user_id`` and ``embedding`` (list<float>) for every user of ``split``, one
+    loader batch at a time (memory bounded by a batch), the users reading ``query`` after
+    their history (None: ``data.probe_query``; ``behaviour``: ``data.behaviour_query``, the
+    one targeting ranks under), kept in the file's metadata. With ``queries`` (``tasks`` or
+    a file, see :func:`scenario_queries`) one row per (user, scenario), with ``scenario``
+    and ``query`` columns, written at the end. Returns the number of rows."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -302,29 +309,33 @@ def embed_checkpoint(checkpoint: str | Path, out: str | Path, split: str = "all"
             raise CheckpointError(
                 f"{data} declares modalities {list(dm.spec.names)}, which the model of "
                 f"{checkpoint} was not trained on; embed data with the modalities of its run")
+    if queries and query is not None:
+        raise ValueError("--query and --queries: give one query for every user, or a list")
     scenarios = scenario_queries(cfg, queries) if queries else None
     dm.setup()
-    if scenarios is None:
-        ids, embs = [], []
-        with torch.no_grad():
-            for batch in dm.users_dataloader(split):
-                embs.append(module.embed_users(batch).float().numpy())
-                ids += batch["user_ids"]
-        matrix = (np.concatenate(embs) if embs
-                  else np.zeros((0, module.config.encoder.projector_out)))
-        columns = {"user_id": pa.array(ids, pa.string())}
-    else:
-        names = list(scenarios)
-        ids, reps, path = scenario_passes(
-            module, lambda query, reserve: dm.users_dataloader(split, query, reserve),
-            dm.suffix, [scenarios[n] for n in names], "user_ids")
-        log.info("embedded %d users under %d queries: %s", len(ids), len(names), path)
-        matrix = reps["projected"]
-        columns = {"user_id": pa.array(np.repeat(ids, len(names)).tolist(), pa.string()),
-                   "scenario": pa.array(names * len(ids), pa.string()),
-                   "query": pa.array([scenarios[n] for n in names] * len(ids), pa.string())}
-        matrix = matrix.reshape(-1, matrix.shape[-1])
-    table = pa.table({**columns, "embedding": pa.array(list(matrix), pa.list_(pa.float32()))})
     Path(out).parent.mkdir(parents=True, exist_ok=True)
+    if scenarios is None:
+        text = {None: cfg.data.probe_query, "behaviour": cfg.data.behaviour_query}.get(query, query)
+        schema = pa.schema([("user_id", pa.string()), ("embedding", pa.list_(pa.float32()))],
+                           metadata={QUERY_KEY: text.encode()})
+        rows = 0
+        with pq.ParquetWriter(out, schema) as writer, torch.no_grad():
+            for batch in dm.users_dataloader(split, text):
+                embs = module.embed_users(batch).float().numpy()
+                writer.write_table(pa.table({"user_id": batch["user_ids"],
+                                             "embedding": list(embs)}, schema=schema))
+                rows += len(embs)
+        return rows
+    names = list(scenarios)
+    ids, reps, path = scenario_passes(
+        module, lambda q, reserve: dm.users_dataloader(split, q, reserve),
+        dm.suffix, [scenarios[n] for n in names], "user_ids")
+    log.info("embedded %d users under %d queries: %s", len(ids), len(names), path)
+    matrix = reps["projected"]
+    columns = {"user_id": pa.array(np.repeat(ids, len(names)).tolist(), pa.string()),
+               "scenario": pa.array(names * len(ids), pa.string()),
+               "query": pa.array([scenarios[n] for n in names] * len(ids), pa.string())}
+    matrix = matrix.reshape(-1, matrix.shape[-1])
+    table = pa.table({**columns, "embedding": pa.array(list(matrix), pa.list_(pa.float32()))})
     pq.write_table(table, out)
     return len(table)

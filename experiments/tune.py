@@ -45,7 +45,7 @@ from maskstudy.lightning_modules.targeting import (
 )
 
 from .checkpoints import load_run
-from .config import ExperimentConfig, TuneConfig
+from .config import ConfigError, ExperimentConfig, TuneConfig
 from .data import ProbeSourceAdapter, probe_datamodule, suite_of
 from .loggers import finish_wandb, make_loggers
 
@@ -194,7 +194,7 @@ def tune_checkpoint(checkpoint: str | Path, tasks: list[str],
     module.requires_grad_(False)
     sizes = prompt_tokens or [cfg.tune.prompt_tokens]
     if min(sizes) < 1:
-        raise ValueError(f"prompt tokens {sizes}: expected at least 1 each")
+        raise ConfigError(f"--prompt-tokens {sizes}: expected at least 1 each")
     cfg.eval.tasks = list(tasks)
     source = ProbeSourceAdapter(probe_datamodule(cfg), suite_of(list(cfg.eval.tasks)))
     out = []

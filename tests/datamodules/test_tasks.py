@@ -182,6 +182,37 @@ def test_tasks_from_yaml_files_and_inline_declarations(tmp_path, world):
     assert (probe.labels[:, k("silent")] == probe.labels[:, k("mau_loss")]).all()
 
 
+def test_targeting_sentences_speak_the_answers_language():
+    """A task's targeting sentence is what its positive users' behaviour answers say about
+    the rule, at the reference count; declared where the answers cannot say it."""
+    from maskstudy.datamodules.dataset import BUILTIN_MODALITIES
+    from maskstudy.datamodules.pairs import REFERENCE_SENTENCE, behaviour_answer
+    from maskstudy.datamodules.tasks import behaviour_sentence, task_from_declaration
+
+    world = DatasetSpec()
+    assert TASKS["concert"].targeting() == "Next period: 30 events; concert payments."
+    assert TASKS["login"].targeting() == "Next period: 30 events; a10.b1001 views."
+    assert TASKS["transit"].targeting() == (
+        "Next period: 30 events; metro payments; bus payments.")
+    assert TASKS["mau_loss"].targeting() == behaviour_answer({})  # "no activity", verbatim
+    assert TASKS["power"].target and TASKS["brand"].target  # no amounts or merchants in answers
+    assert REFERENCE_SENTENCE == "Next period: 30 events."
+    # the phrase of an action type is the one behaviour answers use
+    answer = behaviour_answer({("bill", "concert"): np.array([0, 86400])}, spec=world)
+    assert "concert payments" in answer and answer.startswith("Next period: 2 events; ")
+    ratings = DatasetSpec(modalities=(BUILTIN_MODALITIES["rating"],))
+    assert TASKS["horror"].targeting(ratings) == "Next period: 30 events; Horror ratings."
+    # what answers cannot say: a number field, an attribute; the title stands in
+    assert behaviour_sentence(EventRule("bill", "amount", "ge", 9.0), world) is None
+    assert TASKS["female"].targeting(ratings) == "Gender: female."
+    own = task_from_declaration("vip", {"label": "vip", "target": "Next period: 30 events; "
+                                                                  "luxury payments."})
+    assert own.targeting() == "Next period: 30 events; luxury payments."
+    searches = task_from_declaration("hot", {"event": {"modality": "search", "field": "query",
+                                                       "op": "in", "value": "hotpot"}})
+    assert searches.targeting() == "Next period: 30 events; searches for 'hotpot'."
+
+
 @pytest.mark.parametrize("item, message", [
     ({"name": "x"}, "exactly one rule"),
     ({"name": "x", "event": {"modality": "bill"}, "label": "y"}, "exactly one rule"),
