@@ -32,6 +32,10 @@ the paired seed comparison of the two protocols' average AUC with its verdict.
 Each recipe is also set against the untrained model of its input (the backbone it started
 from), paired by seed: what contrastive training added to the probe.
 
+Runs with transfer results beside them get the transfer tables (``experiments/transfer.py``):
+zero-shot targeting (``targeting.json``), prompt tuning (``tuned/``) and few-shot targeting
+(``fewshot/``), per recipe beside the probe.
+
 Runs carry a learning check (``results.json`` ``learning``, ``callbacks/learning_check.py``):
 a trained run that failed it (collapsed, or retrieval and loss at chance) is listed in the
 "Did the runs learn?" table and left out of every other table and comparison.
@@ -51,6 +55,8 @@ from pathlib import Path
 
 import numpy as np
 from scipy import stats
+
+from .transfer import transfer
 
 # The paper's Table 2 order; other recipes follow alphabetically.
 ORDER = ("untrained", "causal", "hybrid", "hybrid_soft", "hybrid_mlp", "hybrid_gq",
@@ -591,7 +597,8 @@ def untrained_markdown(rows: list[dict]) -> list[str]:
 def markdown(recipes, tasks, domains, table, comparisons, stab, sweep_dir,
              learning: list[dict] | None = None, aa: dict | None = None,
              gains: list[dict] | None = None, queries: list[dict] | None = None,
-             scenario_lines: list[str] | None = None) -> str:
+             scenario_lines: list[str] | None = None,
+             transfer_lines: list[str] | None = None) -> str:
     doms = list(dict.fromkeys(domains[t] for t in tasks))
     seeds = sorted({s for r in recipes.values() for s in r.runs})
     trained = {n: r for n, r in recipes.items() if not n.endswith("(reference)")}
@@ -616,6 +623,7 @@ def markdown(recipes, tasks, domains, table, comparisons, stab, sweep_dir,
     lines += untrained_markdown(gains or [])
     lines += query_markdown(queries or [])
     lines += scenario_lines or []
+    lines += transfer_lines or []
     if comparisons:
         lines += [f"## Against {comparisons[0]['baseline']} (average AUC)", "",
                   "Verdicts are decided across seeds (training noise): a 95% t interval of the "
@@ -751,9 +759,11 @@ def report(sweep_dir: str | Path, out: str | Path | None = None, *, rounds: int 
     stab = stability(recipes)
     queries = query_protocols(recipes)
     scenarios = scenario_summary(recipes, tasks)
+    transfer_lines, transfer_tables = transfer(recipes)
     text = markdown({**refs, **recipes}, tasks, domains, table, comparisons, stab, sweep_dir,
                     learning, aa, gains, queries,
-                    scenario_markdown(scenarios, {n: table[n] for n in refs}, tasks))
+                    scenario_markdown(scenarios, {n: table[n] for n in refs}, tasks),
+                    transfer_lines)
     (out / "report.md").write_text(text)
     write_csv(out / "report.csv", {**refs, **recipes}, table)
     (out / "report.json").write_text(json.dumps(
@@ -761,7 +771,7 @@ def report(sweep_dir: str | Path, out: str | Path | None = None, *, rounds: int 
          "comparisons": comparisons, "against_untrained": gains, "query_protocols": queries,
          "scenario_table": {f"{n} ({PROTOCOL_NAMES[p]})": {"seeds": k, **{
              c: list(v) for c, v in cols.items()}} for (n, p), (k, cols) in scenarios.items()},
-         "aa_false_positive_rate": aa, "learning": learning,
+         "aa_false_positive_rate": aa, "learning": learning, "transfer": transfer_tables,
          "stability": stab}, indent=2) + "\n")
     paths = figures(out / "figures", recipes, table)
     if wandb_table:

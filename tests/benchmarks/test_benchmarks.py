@@ -84,3 +84,14 @@ def test_the_scenario_benchmark_runs(monkeypatch, capsys):
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[:2] == ["32", "2"] and float(cells[8]) == pytest.approx(2 * 48 / 64)
     assert float(cells[2]) > 0 and float(cells[3]) > 0  # cached and packed both timed
+
+
+def test_the_targeting_benchmark_runs(monkeypatch, capsys):
+    """Both rankings of a small pool return the same users (the benchmark refuses otherwise)."""
+    from benchmarks import targeting
+
+    monkeypatch.setattr("sys.argv", ["targeting", "--users", "3000", "--dim", "8", "--top-k",
+                                     "50", "--rounds", "1", "--no-write"])
+    targeting.main()
+    out = capsys.readouterr().out
+    assert "3,000 users x 8 dimensions" in out and "both ways return the same users" in out

@@ -1,0 +1,219 @@
+"""The report's transfer tables: what a trained encoder does beyond the linear probe, read from
+the files the commands leave beside each run.
+
+    targeting.json          zero-shot targeting (``eval.targeting`` or ``maskstudy eval
+                            --targeting``): per recipe, every task's targeting AUC, the
+                            averages of AUC, recall@K and the plain-similarity AUC, beside the
+                            probe's average AUC on the same runs
+    tuned/*/results.json    prompt tuning (``maskstudy tune``): per recipe, the average over
+                            tasks of the tuned AUC per prompt size, and per step for the
+                            default size, beside the untuned probe and class-mean rows
+    fewshot/results.json    few-shot targeting (``maskstudy fewshot``): per recipe and k, the
+                            tuned sentence's and the seed probe's average AUC, and zero-shot
+
+Every cell is a mean ± std over the seeds (runs) that hold the file; averages over tasks use
+the tasks every such run holds.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+DEFAULT_PROMPT_TOKENS = 6  # the size whose step curve the table shows (the paper's best)
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    v = np.asarray([x for x in values if not math.isnan(x)], dtype=float)
+    if v.size == 0:
+        return float("nan"), float("nan")
+    return float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else 0.0
+
+
+def _cell(ms: tuple[float, float]) -> str:
+    return "-" if math.isnan(ms[0]) else f"{ms[0]:.4f} ± {ms[1]:.4f}"
+
+
+def _read(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def targeting_rows(recipes: dict) -> dict[str, dict]:
+    """{recipe: {"seeds", "tasks": {task: (mean, std)}, "avg_auc", "avg_recall_at_k",
+    "avg_auc_raw", "probe_avg_auc"}} for the recipes whose runs hold targeting.json."""
+    out = {}
+    for name, rec in recipes.items():
+        found = [(run, _read(run.dir / "targeting.json")) for run in rec.runs.values()]
+        found = [(run, t) for run, t in found if t is not None]
+        if not found:
+            continue
+        tasks = list(found[0][1]["tasks"])
+        row = {"seeds": len(found),
+               "tasks": {t: _mean_std([f["tasks"][t]["auc"] for _, f in found
+                                       if t in f["tasks"]]) for t in tasks}}
+        for key in ("avg_auc", "avg_recall_at_k", "avg_auc_raw"):
+            row[key] = _mean_std([f["metrics"].get(key, float("nan")) for _, f in found])
+        row["probe_avg_auc"] = _mean_std([run.results["metrics"]["eval/avg_auc"]
+                                          for run, _ in found])
+        out[name] = row
+    return out
+
+
+def targeting_markdown(rows: dict[str, dict]) -> list[str]:
+    if not rows:
+        return []
+    tasks = list(dict.fromkeys(t for r in rows.values() for t in r["tasks"]))
+    head = ["recipe", "seeds", *tasks, "avg AUC", "avg recall@K", "avg AUC, plain similarity",
+            "probe avg AUC"]
+    lines = ["## Zero-shot targeting (AUC per task)", "",
+             "Each task's targeting sentence through the answer tower; the probe-test users "
+             "ranked by similarity to it minus similarity to a sentence that states only an "
+             "activity level (`targeting.json`; K = the task's test positives, where recall@K "
+             "= precision@K). Chance AUC is 0.5; the last column is the linear probe on the "
+             "same runs.", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, r in rows.items():
+        cells = [name, str(r["seeds"]), *[_cell(r["tasks"].get(t, (math.nan, 0)))
+                                          for t in tasks],
+                 *[_cell(r[k]) for k in ("avg_auc", "avg_recall_at_k", "avg_auc_raw",
+                                         "probe_avg_auc")]]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
+def _tuned_runs(run_dir: Path) -> list[dict]:
+    return [r for p in sorted((run_dir / "tuned").glob("*/results.json"))
+            if (r := _read(p)) is not None and "tuned" in r]
+
+
+def tuning_rows(recipes: dict) -> dict[str, dict]:
+    """{recipe: {"seeds", "tasks", "probe", "base", "sizes": {K: (mean, std)}, "steps":
+    {step: (mean, std)}}}: per run, averages over the tasks tuned at every size it holds."""
+    out = {}
+    for name, rec in recipes.items():
+        per_run = []
+        for run in rec.runs.values():
+            results = _tuned_runs(run.dir)
+            if not results:
+                continue
+            by_size: dict[int, dict[str, dict]] = {}
+            for r in results:
+                by_size.setdefault(r["tune"]["prompt_tokens"], {})[r["task"]] = r
+            tasks = set.intersection(*(set(v) for v in by_size.values()))
+            if tasks:
+                per_run.append((by_size, sorted(tasks)))
+        if not per_run:
+            continue
+        tasks = sorted(set.intersection(*(set(t) for _, t in per_run)))
+        sizes = sorted(set.intersection(*(set(b) for b, _ in per_run)))
+        if not tasks or not sizes:
+            continue
+
+        def avg(by_size, size, pick) -> float:
+            return float(np.mean([pick(by_size[size][t]) for t in tasks]))
+
+        first = sizes[0]
+        row = {"seeds": len(per_run), "tasks": tasks,
+               "probe": _mean_std([avg(b, first, lambda r: r["probe"]["auc"]) for b, _ in per_run]),
+               "base": _mean_std([avg(b, first, lambda r: r["base"]["auc"]) for b, _ in per_run]),
+               "sizes": {k: _mean_std([avg(b, k, lambda r: r["tuned"]["auc"])
+                                       for b, _ in per_run]) for k in sizes},
+               "steps": {}}
+        if DEFAULT_PROMPT_TOKENS in sizes:
+            steps = sorted(set.intersection(*(
+                {h["step"] for t in tasks for h in b[DEFAULT_PROMPT_TOKENS][t]["history"]}
+                for b, _ in per_run)))
+            for step in steps:
+                row["steps"][step] = _mean_std([float(np.mean([
+                    next(h["auc"] for h in b[DEFAULT_PROMPT_TOKENS][t]["history"]
+                         if h["step"] == step) for t in tasks])) for b, _ in per_run])
+        out[name] = row
+    return out
+
+
+def tuning_markdown(rows: dict[str, dict]) -> list[str]:
+    if not rows:
+        return []
+    sizes = sorted({k for r in rows.values() for k in r["sizes"]})
+    lines = ["## Prompt tuning (average AUC over the tuned tasks)", "",
+             "`maskstudy tune`: the checkpoint frozen, prompt vectors after each task's "
+             "scenario query and one prototype per class, trained on the probe-train users; "
+             "probe: a linear probe on the untuned scenario embeddings; base: the untuned "
+             "embeddings scored by the train users' class means (where tuning starts).", "",
+             "| recipe | seeds | tasks | probe | base | " + " | ".join(
+                 f"{k} tokens" for k in sizes) + " |", "|" + "---|" * (5 + len(sizes))]
+    for name, r in rows.items():
+        lines.append(f"| {name} | {r['seeds']} | {len(r['tasks'])} | {_cell(r['probe'])} | "
+                     f"{_cell(r['base'])} | " + " | ".join(
+                         _cell(r["sizes"].get(k, (math.nan, 0))) for k in sizes) + " |")
+    steps = sorted({s for r in rows.values() for s in r["steps"]})
+    if steps:
+        lines += ["", f"Steps, {DEFAULT_PROMPT_TOKENS} prompt tokens (one run scored every "
+                      f"`tune.eval_every` steps; Adam at a constant rate, so step s is the run "
+                      f"that stops there):", "",
+                  "| recipe | " + " | ".join(f"{s} steps" for s in steps) + " |",
+                  "|" + "---|" * (1 + len(steps))]
+        for name, r in rows.items():
+            if r["steps"]:
+                lines.append(f"| {name} | " + " | ".join(
+                    _cell(r["steps"].get(s, (math.nan, 0))) for s in steps) + " |")
+    return lines + [""]
+
+
+def fewshot_rows(recipes: dict) -> dict[str, dict]:
+    """{recipe: {"seeds", "zero_shot", "shots": {k: {"fewshot", "probe"}}}}: per run the
+    average over its tasks (the draws of a task averaged first); k skipped by any task of a
+    run is left out."""
+    out = {}
+    for name, rec in recipes.items():
+        found = [f for run in rec.runs.values()
+                 if (f := _read(run.dir / "fewshot" / "results.json")) is not None]
+        if not found:
+            continue
+        shots = sorted(set.intersection(*({k for t in f["tasks"].values()
+                                           for k, v in t["shots"].items() if "skipped" not in v}
+                                          for f in found)), key=int)
+        shots = [k for k in shots if all("skipped" not in t["shots"][k]
+                                         for f in found for t in f["tasks"].values())]
+        row = {"seeds": len(found),
+               "zero_shot": _mean_std([float(np.mean([t["zero_shot"]
+                                                      for t in f["tasks"].values()]))
+                                       for f in found]), "shots": {}}
+        for k in shots:
+            row["shots"][int(k)] = {key: _mean_std([float(np.mean(
+                [np.mean(t["shots"][k][key]) for t in f["tasks"].values()])) for f in found])
+                for key in ("fewshot", "probe")}
+        out[name] = row
+    return out
+
+
+def fewshot_markdown(rows: dict[str, dict]) -> list[str]:
+    if not rows:
+        return []
+    shots = sorted({k for r in rows.values() for k in r["shots"]})
+    head = ["recipe", "seeds", "zero-shot"] + [f"k={k}: {w}" for k in shots
+                                                for w in ("prompted sentence", "probe")]
+    lines = ["## Few-shot targeting (average AUC over tasks)", "",
+             "`maskstudy fewshot`: from k positive and k negative seed users, prompt vectors "
+             "before each task's targeting sentence trained with a triplet loss (the encoder "
+             "frozen), beside a linear probe fitted on the same 2k seeds; zero-shot: the "
+             "sentence alone.", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, r in rows.items():
+        cells = [name, str(r["seeds"]), _cell(r["zero_shot"])]
+        for k in shots:
+            v = r["shots"].get(k, {"fewshot": (math.nan, 0), "probe": (math.nan, 0)})
+            cells += [_cell(v["fewshot"]), _cell(v["probe"])]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
+def transfer(recipes: dict) -> tuple[list[str], dict]:
+    """(markdown lines, report.json entries) of every transfer table the runs hold."""
+    targeting, tuning, fewshot = targeting_rows(recipes), tuning_rows(recipes), fewshot_rows(recipes)
+    lines = targeting_markdown(targeting) + tuning_markdown(tuning) + fewshot_markdown(fewshot)
+    return lines, {"targeting": targeting, "prompt_tuning": tuning, "fewshot": fewshot}
