@@ -91,6 +91,7 @@ transfer-study: setup
 	for s in $(TRANSFER_SEEDS); do \
 		$(TRANSFER_ENV) $(BIN)/maskstudy fit qanchor trainer.train=false name=qanchor_untrained \
 		run_root=$(UNTRAINED_DIR) seed=$$s cache_dir=$(QANCHOR_DIR)/.cache data.path=$(WORLD) \
+		pretrain.steps=$(STUDY_PRETRAIN) \
 		eval.tasks=[qanchor] eval.query=fixed eval.references=false || exit 1; done
 	for c in $(UNTRAINED_DIR)/qanchor_untrained/*/checkpoints/last.ckpt; do \
 		$(TRANSFER_ENV) $(BIN)/maskstudy tune $$c $(TUNE_ARGS) || exit 1; done

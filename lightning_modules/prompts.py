@@ -76,11 +76,15 @@ class PromptedUsers:
             self._keep_history(ids, attention_mask, slots)
 
     def _biases(self, size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(history bias, suffix bias, suffix positions) for a suffix of ``size`` tokens,
-        built once per size (raises NotCacheable when the history would see the suffix)."""
+        """(history bias, suffix bias, suffix positions) for a suffix of ``size`` tokens
+        (raises NotCacheable when the history would see the suffix)."""
+        return scenario_biases(self.mask, self.prefix, self.lengths, [size], self.dtype,
+                               self.pad_id)
+
+    def _suffix_bias(self, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(suffix bias, suffix positions), built once per suffix size."""
         if size not in self._layouts:
-            self._layouts[size] = scenario_biases(self.mask, self.prefix, self.lengths, [size],
-                                                  self.dtype, self.pad_id)
+            self._layouts[size] = self._biases(size)[1:]
         return self._layouts[size]
 
     @torch.no_grad()
@@ -118,7 +122,7 @@ class PromptedUsers:
         return self._recomputed(suffix)
 
     def _cached(self, suffix: torch.Tensor) -> torch.Tensor:
-        _, bias, positions = self._biases(suffix.shape[0])
+        bias, positions = self._suffix_bias(suffix.shape[0])
         try:
             out = backbone_forward(self.encoder.backbone, bias, self.mask.per_layer,
                            inputs_embeds=suffix[None].expand(self.prefix.shape[0], -1, -1),
