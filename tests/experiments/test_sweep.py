@@ -515,3 +515,45 @@ def test_the_query_as_anchor_table_and_ablations_against_qanchor(tmp_path):
     table = json.loads((tmp_path / "report" / "report.json").read_text())["scenario_table"]
     assert table["qanchor_no_ntp (scenario query)"]["seeds"] == 3
     assert table["qanchor (fixed query)"]["avg_auc"][0] == pytest.approx(0.75 + 0.01 / 3 - 0.05)
+
+
+def test_the_report_adds_the_transfer_tables_from_the_files_beside_each_run(tmp_path):
+    """targeting.json, tuned/*/results.json and fewshot/results.json beside the runs become
+    the targeting, prompt-tuning and few-shot tables, averaged over tasks, then seeds."""
+    for seed in (0, 1):
+        run = fabricate(tmp_path, "qanchor", seed, [0.7, 0.75, 0.8])
+        (run / "targeting.json").write_text(json.dumps({
+            "tasks": {"t0": {"auc": 0.60 + 0.02 * seed}, "t1": {"auc": 0.70}},
+            "metrics": {"avg_auc": 0.65 + 0.01 * seed, "avg_recall_at_k": 0.4,
+                        "avg_auc_raw": 0.55}}))
+        for task, base in (("t0", 0.6), ("t1", 0.7)):
+            for size in (1, 6):
+                out = run / "tuned" / f"{task}-p{size}-s200-seed0"
+                out.mkdir(parents=True)
+                tuned = base + 0.01 * size + 0.02 * seed
+                out.joinpath("results.json").write_text(json.dumps({
+                    "task": task, "tune": {"prompt_tokens": size},
+                    "tuned": {"auc": tuned}, "probe": {"auc": base + 0.05},
+                    "base": {"auc": base},
+                    "history": [{"step": 100, "auc": tuned - 0.01},
+                                {"step": 200, "auc": tuned}]}))
+        (run / "fewshot").mkdir()
+        (run / "fewshot" / "results.json").write_text(json.dumps({"tasks": {
+            "t0": {"zero_shot": 0.6, "shots": {"8": {"fewshot": [0.62, 0.64],
+                                                     "probe": [0.58, 0.60]},
+                                              "128": {"skipped": "too few"}}},
+            "t1": {"zero_shot": 0.7, "shots": {"8": {"fewshot": [0.72], "probe": [0.7]},
+                                              "128": {"fewshot": [0.8], "probe": [0.8]}}}}}))
+    md = report(tmp_path, rounds=50).read_text()
+    assert "## Zero-shot targeting (AUC per task)" in md
+    assert "| qanchor | 2 | 0.6100 ± 0.0141 | 0.7000 ± 0.0000 | 0.6550 ± 0.0071 |" in md
+    assert "## Prompt tuning (average AUC over the tuned tasks)" in md
+    # per seed the average over t0 and t1: 0.65 + 0.01 K + 0.02 s
+    assert "| qanchor | 2 | 2 | 0.7000 ± 0.0000 | 0.6500 ± 0.0000 | 0.6700 ± 0.0141 | " \
+           "0.7200 ± 0.0141 |" in md
+    assert "| qanchor | 0.7100 ± 0.0141 | 0.7200 ± 0.0141 |" in md  # K = 6 by step
+    assert "## Few-shot targeting (average AUC over tasks)" in md
+    # k = 128 is skipped by t0, so only k = 8 is averaged: fewshot (0.63 + 0.72) / 2
+    assert "| qanchor | 2 | 0.6500 ± 0.0000 | 0.6750 ± 0.0000 | 0.6450 ± 0.0000 |" in md
+    data = json.loads((tmp_path / "report" / "report.json").read_text())["transfer"]
+    assert set(data) == {"targeting", "prompt_tuning", "fewshot"}
