@@ -600,8 +600,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="several prompt sizes, each tuned on the same cached histories "
                            "(the scaling table; default: tune.prompt_tokens)")
     tune.add_argument("overrides", nargs="*", metavar="key=value",
-                      help="tune settings (prompt_tokens=4 steps=200 lr=0.01 temperature=0.1 "
-                           "seed=0 eval_every=100) or any dotted config key")
+                      help="keys of the tune section without its prefix (steps=200; "
+                           "docs/configuration.md lists them) or any dotted config key")
     tune.set_defaults(func=_tune)
 
     target = commands.add_parser(
@@ -635,8 +635,9 @@ def build_parser() -> argparse.ArgumentParser:
     fewshot.add_argument("--tasks", nargs="+", help="task names, suites or task files "
                                                     "(default: the run's)")
     fewshot.add_argument("overrides", nargs="*", metavar="key=value",
-                         help="few-shot settings (shots=[8,32] prompt_tokens=4 steps=100 "
-                              "lr=0.01 margin=0.2 draws=3 seed=0) or any dotted config key")
+                         help="keys of the fewshot section without its prefix "
+                              "(shots=[8,32]; docs/configuration.md lists them) or any dotted "
+                              "config key")
     fewshot.set_defaults(func=_fewshot)
 
     emb = commands.add_parser(
