@@ -23,6 +23,7 @@ from maskstudy.experiments.targeting import direction
 from maskstudy.experiments.tune import TaskUsers, tune_task
 from maskstudy.lightning_modules.prompts import init_prompts
 from tests.helpers import tiny
+from tests.wandb_records import history, records, wait_until_closed
 
 SENTENCE = "Next period: 30 events; concert payments."
 
@@ -66,7 +67,9 @@ def test_prompt_tuning_keeps_the_checkpoint_frozen_and_learns_its_prompt(checkpo
     assert not torch.allclose(state["prompts"], start)
 
 
-def test_the_tune_command_writes_each_prompt_size_beside_the_run(checkpoints, capsys):
+def test_the_tune_command_writes_each_prompt_size_beside_the_run(checkpoints, capsys,
+                                                                  monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
     ckpt = checkpoints["text"]
     assert main(["tune", str(ckpt), "steps=2", "eval_every=1", "--tasks", "login",
                  "concert", "--prompt-tokens", "1", "3"]) == 0
@@ -78,6 +81,12 @@ def test_the_tune_command_writes_each_prompt_size_beside_the_run(checkpoints, ca
     assert res["tune"]["prompt_tokens"] == 3 and res["query"].startswith("Will this user")
     assert torch.load(out / "prompt.pt", weights_only=True)["prompts"].shape == (3, 32)
     assert "tune/login/loss" in (out / "metrics.csv").read_text()
+    (wandb_file,) = out.glob("wandb/offline-run-*/run-*.wandb")
+    wait_until_closed(wandb_file)
+    logged = {k for row in history(wandb_file) for k in row}
+    assert {"tune/login/loss", "tune/login/test_auc"} <= logged
+    run_record = [r.run for r in records(wandb_file) if r.WhichOneof("record_type") == "run"][0]
+    assert run_record.job_type == "tune"
     assert "login" in capsys.readouterr().out
     assert main(["tune", str(ckpt), "--task", "login", "steps=0"]) == 2
     assert "tune.steps" in capsys.readouterr().err
