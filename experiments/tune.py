@@ -80,7 +80,7 @@ class TaskUsers:
         self.train: list[tuple[PromptedUsers, np.ndarray]] = []
         self.test: list[tuple[PromptedUsers, np.ndarray]] = []
         self.untuned = np.zeros((n, module.config.encoder.projector_out), dtype=np.float32)
-        self.hidden = encoder.backbone.get_input_embeddings().weight.shape[1]
+        no_prompt = torch.zeros(0, encoder.backbone.get_input_embeddings().weight.shape[1])
         seen = np.zeros(n, dtype=bool)
         for batch in source.dataloader(source.queries[task], len(suffix) + prompt_tokens):
             for side, rows in ((self.train, ~test[batch["probe_index"].numpy()]),
@@ -94,20 +94,13 @@ class TaskUsers:
                                          slots=slots_of(part))
                 index = part["probe_index"].numpy()
                 side.append((prompted, index))
-                self.untuned[index] = self.embed(module, prompted, self.no_prompt())
+                with torch.no_grad():
+                    self.untuned[index] = encoder.project(prompted.pooled(no_prompt)).numpy()
                 seen[index] = True
         if not seen.all():
             raise RuntimeError(f"prompt tuning embedded {int(seen.sum())} of {n} probe users")
         first = self.train[0][0]
         self.path = first.path if first.path == "cache" else f"recompute: {first.reason}"
-
-    def no_prompt(self) -> torch.Tensor:
-        return torch.zeros(0, self.hidden)
-
-    @staticmethod
-    @torch.no_grad()
-    def embed(module, prompted: PromptedUsers, prompts: torch.Tensor) -> np.ndarray:
-        return module.encoder.project(prompted.pooled(prompts)).numpy()
 
 
 def class_means(x: np.ndarray, y: np.ndarray) -> torch.Tensor:
