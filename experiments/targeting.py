@@ -173,7 +173,8 @@ def few_shot_task(module, dm, users: np.ndarray, y: np.ndarray, test: np.ndarray
     probe = probe_scores(x, np.concatenate([y[seeds], y[test]]), side, c=c)
     return {"fewshot": ranking_scores(y[test], tuned)["auc"],
             "probe": scores(y[test], probe)["auc"],
-            "loss": {"first": losses[0], "last": losses[-1]}}
+            # the triplet loss at the first and the last step: did the prompts move it?
+            "loss": [losses[0], losses[-1]]}
 
 
 def few_shot_checkpoint(checkpoint: str | Path, tasks: list[str] | None = None,
@@ -205,7 +206,7 @@ def few_shot_checkpoint(checkpoint: str | Path, tasks: list[str] | None = None,
             draws = [few_shot_task(module, dm, users, y, test, task, sentence, shots, d, fs,
                                    cfg.eval.c) for d in range(fs.draws)]
             row["shots"][str(shots)] = {key: [d[key] for d in draws]
-                                        for key in ("fewshot", "probe")}
+                                        for key in ("fewshot", "probe", "loss")}
         out["tasks"][task] = row
         log.info("few-shot %s: %s", task, row)
     path = run_dir / "fewshot" / "results.json"

@@ -167,6 +167,7 @@ def test_fewshot_draws_seeds_from_the_train_side_and_writes_its_curve(checkpoint
     out = json.loads((ckpt.parent.parent / "fewshot" / "results.json").read_text())
     login = out["tasks"]["login"]
     assert len(login["shots"]["2"]["fewshot"]) == 2 and len(login["shots"]["2"]["probe"]) == 2
+    assert all(len(pair) == 2 and min(pair) >= 0 for pair in login["shots"]["2"]["loss"])
     assert "skipped" in login["shots"]["1000"]
     assert 0 <= login["zero_shot"] <= 1
     assert "zero-shot" in capsys.readouterr().out
