@@ -166,28 +166,31 @@ def tuning_markdown(rows: dict[str, dict]) -> list[str]:
 
 
 def fewshot_rows(recipes: dict) -> dict[str, dict]:
-    """{recipe: {"seeds", "zero_shot", "shots": {k: {"fewshot", "probe"}}}}: per run the
-    average over its tasks (the draws of a task averaged first); k skipped by any task of a
-    run is left out."""
+    """{recipe: {"seeds", "shots": {k: {"tasks", "zero_shot", "fewshot", "probe"}}}}: per k
+    the tasks every run scored at that k (a task with fewer train users of a class than k
+    skips it), each run's average over them (a task's draws averaged first), then mean ± std
+    over runs; zero-shot on the same tasks."""
     out = {}
     for name, rec in recipes.items():
         found = [f for run in rec.runs.values()
                  if (f := _read(run.dir / "fewshot" / "results.json")) is not None]
         if not found:
             continue
-        shots = sorted(set.intersection(*({k for t in f["tasks"].values()
-                                           for k, v in t["shots"].items() if "skipped" not in v}
-                                          for f in found)), key=int)
-        shots = [k for k in shots if all("skipped" not in t["shots"][k]
-                                         for f in found for t in f["tasks"].values())]
-        row = {"seeds": len(found),
-               "zero_shot": _mean_std([float(np.mean([t["zero_shot"]
-                                                      for t in f["tasks"].values()]))
-                                       for f in found]), "shots": {}}
+        shots = sorted({int(k) for f in found for t in f["tasks"].values() for k in t["shots"]})
+        row: dict = {"seeds": len(found), "shots": {}}
         for k in shots:
-            row["shots"][int(k)] = {key: _mean_std([float(np.mean(
-                [np.mean(t["shots"][k][key]) for t in f["tasks"].values()])) for f in found])
-                for key in ("fewshot", "probe")}
+            tasks = [t for t in found[0]["tasks"]
+                     if all("skipped" not in f["tasks"].get(t, {}).get("shots", {}).get(
+                         str(k), {"skipped": "missing"}) for f in found)]
+            if not tasks:
+                continue
+            cell = {"tasks": len(tasks), "zero_shot": _mean_std(
+                [float(np.mean([f["tasks"][t]["zero_shot"] for t in tasks])) for f in found])}
+            for key in ("fewshot", "probe"):
+                cell[key] = _mean_std([float(np.mean(
+                    [np.mean(f["tasks"][t]["shots"][str(k)][key]) for t in tasks]))
+                    for f in found])
+            row["shots"][k] = cell
         out[name] = row
     return out
 
@@ -195,20 +198,18 @@ def fewshot_rows(recipes: dict) -> dict[str, dict]:
 def fewshot_markdown(rows: dict[str, dict]) -> list[str]:
     if not rows:
         return []
-    shots = sorted({k for r in rows.values() for k in r["shots"]})
-    head = ["recipe", "seeds", "zero-shot"] + [f"k={k}: {w}" for k in shots
-                                                for w in ("prompted sentence", "probe")]
     lines = ["## Few-shot targeting (average AUC over tasks)", "",
              "`maskstudy fewshot`: from k positive and k negative seed users, prompt vectors "
              "before each task's targeting sentence trained with a triplet loss (the encoder "
              "frozen), beside a linear probe fitted on the same 2k seeds; zero-shot: the "
-             "sentence alone.", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+             "sentence alone, on the same tasks (those with k train users of each class).", "",
+             "| recipe | seeds | k | tasks | zero-shot | prompted sentence | probe on the seeds |",
+             "|---|---|---|---|---|---|---|"]
     for name, r in rows.items():
-        cells = [name, str(r["seeds"]), _cell(r["zero_shot"])]
-        for k in shots:
-            v = r["shots"].get(k, {"fewshot": (math.nan, 0), "probe": (math.nan, 0)})
-            cells += [_cell(v["fewshot"]), _cell(v["probe"])]
-        lines.append("| " + " | ".join(cells) + " |")
+        for k, v in r["shots"].items():
+            lines.append(f"| {name} | {r['seeds']} | {k} | {v['tasks']} | "
+                         f"{_cell(v['zero_shot'])} | {_cell(v['fewshot'])} | "
+                         f"{_cell(v['probe'])} |")
     return lines + [""]
 
 

@@ -553,7 +553,8 @@ def test_the_report_adds_the_transfer_tables_from_the_files_beside_each_run(tmp_
            "0.7200 ± 0.0141 |" in md
     assert "| qanchor | 0.7100 ± 0.0141 | 0.7200 ± 0.0141 |" in md  # K = 6 by step
     assert "## Few-shot targeting (average AUC over tasks)" in md
-    # k = 128 is skipped by t0, so only k = 8 is averaged: fewshot (0.63 + 0.72) / 2
-    assert "| qanchor | 2 | 0.6500 ± 0.0000 | 0.6750 ± 0.0000 | 0.6450 ± 0.0000 |" in md
+    # k = 8 over both tasks: fewshot (0.63 + 0.72) / 2; k = 128 only over t1 (t0 skips it)
+    assert "| qanchor | 2 | 8 | 2 | 0.6500 ± 0.0000 | 0.6750 ± 0.0000 | 0.6450 ± 0.0000 |" in md
+    assert "| qanchor | 2 | 128 | 1 | 0.7000 ± 0.0000 | 0.8000 ± 0.0000 | 0.8000 ± 0.0000 |" in md
     data = json.loads((tmp_path / "report" / "report.json").read_text())["transfer"]
     assert set(data) == {"targeting", "prompt_tuning", "fewshot"}
