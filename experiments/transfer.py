@@ -92,46 +92,41 @@ def _tuned_runs(run_dir: Path) -> list[dict]:
 
 
 def tuning_rows(recipes: dict) -> dict[str, dict]:
-    """{recipe: {"seeds", "tasks", "probe", "base", "sizes": {K: (mean, std)}, "steps":
-    {step: (mean, std)}}}: per run, averages over the tasks tuned at every size it holds."""
+    """{recipe: {"seeds", "sizes": {K: {"tasks", "probe", "base", "tuned"}}, "steps": {step:
+    (mean, std)}}}: per prompt size the tasks every run tuned at that size, each run's
+    average over them, then mean ± std over runs; the probe and base rows on the same tasks;
+    the steps of the default size over its tasks."""
     out = {}
     for name, rec in recipes.items():
-        per_run = []
+        runs = []
         for run in rec.runs.values():
-            results = _tuned_runs(run.dir)
-            if not results:
-                continue
             by_size: dict[int, dict[str, dict]] = {}
-            for r in results:
+            for r in _tuned_runs(run.dir):
                 by_size.setdefault(r["tune"]["prompt_tokens"], {})[r["task"]] = r
-            tasks = set.intersection(*(set(v) for v in by_size.values()))
-            if tasks:
-                per_run.append((by_size, sorted(tasks)))
-        if not per_run:
+            if by_size:
+                runs.append(by_size)
+        if not runs:
             continue
-        tasks = sorted(set.intersection(*(set(t) for _, t in per_run)))
-        sizes = sorted(set.intersection(*(set(b) for b, _ in per_run)))
-        if not tasks or not sizes:
-            continue
+        row: dict = {"seeds": len(runs), "sizes": {}, "steps": {}}
+        for size in sorted({k for b in runs for k in b}):
+            tasks = sorted(set.intersection(*(set(b.get(size, {})) for b in runs)))
+            if not tasks:
+                continue
 
-        def avg(by_size, size, pick) -> float:
-            return float(np.mean([pick(by_size[size][t]) for t in tasks]))
+            def over_runs(pick) -> tuple[float, float]:
+                return _mean_std([float(np.mean([pick(b[size][t]) for t in tasks]))
+                                  for b in runs])
 
-        first = sizes[0]
-        row = {"seeds": len(per_run), "tasks": tasks,
-               "probe": _mean_std([avg(b, first, lambda r: r["probe"]["auc"]) for b, _ in per_run]),
-               "base": _mean_std([avg(b, first, lambda r: r["base"]["auc"]) for b, _ in per_run]),
-               "sizes": {k: _mean_std([avg(b, k, lambda r: r["tuned"]["auc"])
-                                       for b, _ in per_run]) for k in sizes},
-               "steps": {}}
-        if DEFAULT_PROMPT_TOKENS in sizes:
-            steps = sorted(set.intersection(*(
-                {h["step"] for t in tasks for h in b[DEFAULT_PROMPT_TOKENS][t]["history"]}
-                for b, _ in per_run)))
-            for step in steps:
-                row["steps"][step] = _mean_std([float(np.mean([
-                    next(h["auc"] for h in b[DEFAULT_PROMPT_TOKENS][t]["history"]
-                         if h["step"] == step) for t in tasks])) for b, _ in per_run])
+            row["sizes"][size] = {"tasks": len(tasks),
+                                  **{key: over_runs(lambda r, key=key: r[key]["auc"])
+                                     for key in ("probe", "base", "tuned")}}
+            if size == DEFAULT_PROMPT_TOKENS:
+                steps = sorted(set.intersection(*({h["step"] for t in tasks
+                                                   for h in b[size][t]["history"]}
+                                                  for b in runs)))
+                for step in steps:
+                    row["steps"][step] = over_runs(lambda r, step=step: next(
+                        h["auc"] for h in r["history"] if h["step"] == step))
         out[name] = row
     return out
 
@@ -139,18 +134,18 @@ def tuning_rows(recipes: dict) -> dict[str, dict]:
 def tuning_markdown(rows: dict[str, dict]) -> list[str]:
     if not rows:
         return []
-    sizes = sorted({k for r in rows.values() for k in r["sizes"]})
     lines = ["## Prompt tuning (average AUC over the tuned tasks)", "",
              "`maskstudy tune`: the checkpoint frozen, prompt vectors after each task's "
              "scenario query and one prototype per class, trained on the probe-train users; "
              "probe: a linear probe on the untuned scenario embeddings; base: the untuned "
-             "embeddings scored by the train users' class means (where tuning starts).", "",
-             "| recipe | seeds | tasks | probe | base | " + " | ".join(
-                 f"{k} tokens" for k in sizes) + " |", "|" + "---|" * (5 + len(sizes))]
+             "embeddings scored by the train users' class means (where tuning starts). Each "
+             "row over the tasks every run tuned at that size.", "",
+             "| recipe | seeds | prompt tokens | tasks | probe | base | tuned |",
+             "|---|---|---|---|---|---|---|"]
     for name, r in rows.items():
-        lines.append(f"| {name} | {r['seeds']} | {len(r['tasks'])} | {_cell(r['probe'])} | "
-                     f"{_cell(r['base'])} | " + " | ".join(
-                         _cell(r["sizes"].get(k, (math.nan, 0))) for k in sizes) + " |")
+        for size, v in r["sizes"].items():
+            lines.append(f"| {name} | {r['seeds']} | {size} | {v['tasks']} | "
+                         f"{_cell(v['probe'])} | {_cell(v['base'])} | {_cell(v['tuned'])} |")
     steps = sorted({s for r in rows.values() for s in r["steps"]})
     if steps:
         lines += ["", f"Steps, {DEFAULT_PROMPT_TOKENS} prompt tokens (one run scored every "
