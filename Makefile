@@ -115,7 +115,7 @@ text-encoder: setup
 test: setup
 	WANDB_MODE=disabled $(BIN)/python -m pytest -q
 
-# About 12 minutes on 2 CPU cores; each benchmark rewrites its section of benchmarks/RESULTS.md
+# About 12 minutes on 2 CPU cores, plus 1.5 for the targeting benchmark; each benchmark rewrites its section of benchmarks/RESULTS.md
 # and its rows of benchmarks/targets.json; the last step prints every target as one table.
 bench: setup
 	$(BIN)/python -m benchmarks.recipes
