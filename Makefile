@@ -95,7 +95,8 @@ transfer-study: setup
 		eval.tasks=[qanchor] eval.query=fixed eval.references=false || exit 1; done
 	for c in $(UNTRAINED_DIR)/qanchor_untrained/*/checkpoints/last.ckpt; do \
 		$(TRANSFER_ENV) $(BIN)/maskstudy tune $$c $(TUNE_ARGS) || exit 1; done
-	for c in $(call qanchor_ckpt,qanchor) $(UNTRAINED_DIR)/qanchor_untrained/*/checkpoints/last.ckpt; do \
+	for c in $(call qanchor_ckpt,qanchor) \
+		$(UNTRAINED_DIR)/qanchor_untrained/*/checkpoints/last.ckpt; do \
 		$(TRANSFER_ENV) $(BIN)/maskstudy fewshot $$c || exit 1; done
 	$(BIN)/maskstudy report $(QANCHOR_DIR)
 	$(BIN)/maskstudy report $(UNTRAINED_DIR)
@@ -115,7 +116,8 @@ text-encoder: setup
 test: setup
 	WANDB_MODE=disabled $(BIN)/python -m pytest -q
 
-# About 12 minutes on 2 CPU cores, plus 1.5 for the targeting benchmark; each benchmark rewrites its section of benchmarks/RESULTS.md
+# About 12 minutes on 2 CPU cores, plus 1.5 for the targeting benchmark; each benchmark
+# rewrites its section of benchmarks/RESULTS.md
 # and its rows of benchmarks/targets.json; the last step prints every target as one table.
 bench: setup
 	$(BIN)/python -m benchmarks.recipes

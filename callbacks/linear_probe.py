@@ -36,10 +36,9 @@ evaluation writes them to ``targeting.json``.
 The callback does not know where users come from: it takes a *probe source* with
 ``task_names``, ``domains`` (task -> domain), ``queries`` (task -> scenario query),
 ``targets`` (task -> targeting sentence), ``targeting_query``, ``targeting_reference``,
-``labels`` (users x tasks),
-``test_mask(task)``, ``suffix(query)`` (the ids a query adds after the history),
-``sentences(texts)`` (right-padded answer-tower ids and mask) and ``dataloader(query=None,
-reserve=0)`` yielding batches with ``probe_index``.
+``labels`` (users x tasks), ``test_mask(task)``, ``suffix(query)`` (the ids a query adds
+after the history), ``sentences(texts)`` (right-padded answer-tower ids and mask) and
+``dataloader(query=None, reserve=0)`` yielding batches with ``probe_index``.
 """
 
 from __future__ import annotations
@@ -184,8 +183,8 @@ def targeting_scores(module, source: ProbeSource) -> dict[str, dict[str, float]]
     for k, task in enumerate(source.task_names):
         test, y = source.test_mask(task), source.labels[:, k]
         direction = targeting_direction(sentences[k], reference).numpy()
-        out[task] = {**ranking_scores(y[test], users[test] @ direction),
-                     "auc_raw": ranking_scores(y[test], users[test] @ sentences[k].numpy())["auc"]}
+        plain = ranking_scores(y[test], users[test] @ sentences[k].numpy())
+        out[task] = {**ranking_scores(y[test], users[test] @ direction), "auc_raw": plain["auc"]}
     return out
 
 
