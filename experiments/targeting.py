@@ -64,23 +64,23 @@ def parquet_chunks(path: str | Path, rows: int = CHUNK_ROWS, dim: int | None = N
     names = file.schema_arrow.names
     missing = {"user_id", "embedding"} - set(names)
     if missing:
-        raise DataValidationError(f"{path}: expected the columns user_id and embedding of `maskstudy "
-                         f"embed`, missing {sorted(missing)}")
+        raise DataValidationError(f"{path}: expected the columns user_id and embedding of "
+                                  f"`maskstudy embed`, missing {sorted(missing)}")
     if "scenario" in names:
         raise DataValidationError(f"{path}: one row per (user, scenario); rank a file with one "
-                         f"embedding per user (`maskstudy embed` without --queries)")
+                                  f"embedding per user (`maskstudy embed` without --queries)")
     start = 0
     for batch in file.iter_batches(batch_size=rows, columns=["user_id", "embedding"]):
         column = batch.column("embedding")
         if column.null_count:
-            raise DataValidationError(f"{path}: rows {start}-{start + len(batch) - 1} hold a null "
-                             f"embedding")
+            raise DataValidationError(f"{path}: rows {start}-{start + len(batch) - 1} hold a "
+                                      f"null embedding")
         offsets = np.asarray(column.offsets)
         widths = np.diff(offsets)
-        if len(widths) and (widths != widths[0]).any():
-            bad = start + int(np.flatnonzero(widths != widths[0])[0])
-            raise DataValidationError(f"{path}: row {bad} has an embedding of {widths[widths != widths[0]][0]}"
-                             f" values, earlier rows {widths[0]}")
+        odd = np.flatnonzero(widths != widths[0]) if len(widths) else []
+        if len(odd):
+            raise DataValidationError(f"{path}: row {start + int(odd[0])} has an embedding of "
+                                      f"{widths[odd[0]]} values, earlier rows {widths[0]}")
         if dim is not None and len(widths) and widths[0] != dim:
             raise DataValidationError(f"{path}: embeddings of {widths[0]} values, the "
                                       f"checkpoint's have {dim}: a file of another model")
