@@ -56,8 +56,6 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
-from .transfer import transfer
-
 # The paper's Table 2 order; other recipes follow alphabetically.
 ORDER = ("untrained", "causal", "hybrid", "hybrid_soft", "hybrid_mlp", "hybrid_gq",
          "bidirectional", "scheduler", "scheduler_window", "ggsm", "ggsm_calibrated")
@@ -759,6 +757,8 @@ def report(sweep_dir: str | Path, out: str | Path | None = None, *, rounds: int 
     stab = stability(recipes)
     queries = query_protocols(recipes)
     scenarios = scenario_summary(recipes, tasks)
+    from .transfer import transfer  # transfer.py formats its cells with this module's
+
     transfer_lines, transfer_tables = transfer(recipes)
     text = markdown({**refs, **recipes}, tasks, domains, table, comparisons, stab, sweep_dir,
                     learning, aa, gains, queries,

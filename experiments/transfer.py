@@ -23,18 +23,14 @@ from pathlib import Path
 
 import numpy as np
 
+from .report import _cell as report_cell
+from .report import mean_std
+
 DEFAULT_PROMPT_TOKENS = 6  # the size whose step curve the table shows (the paper's best)
 
 
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    v = np.asarray([x for x in values if not math.isnan(x)], dtype=float)
-    if v.size == 0:
-        return float("nan"), float("nan")
-    return float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else 0.0
-
-
 def _cell(ms: tuple[float, float]) -> str:
-    return "-" if math.isnan(ms[0]) else f"{ms[0]:.4f} ± {ms[1]:.4f}"
+    return report_cell(ms, best=False)
 
 
 def _read(path: Path) -> dict | None:
@@ -55,11 +51,11 @@ def targeting_rows(recipes: dict) -> dict[str, dict]:
             continue
         tasks = list(found[0][1]["tasks"])
         row = {"seeds": len(found),
-               "tasks": {t: _mean_std([f["tasks"][t]["auc"] for _, f in found
+               "tasks": {t: mean_std([f["tasks"][t]["auc"] for _, f in found
                                        if t in f["tasks"]]) for t in tasks}}
         for key in ("avg_auc", "avg_recall_at_k", "avg_auc_raw"):
-            row[key] = _mean_std([f["metrics"].get(key, float("nan")) for _, f in found])
-        row["probe_avg_auc"] = _mean_std([run.results["metrics"]["eval/avg_auc"]
+            row[key] = mean_std([f["metrics"].get(key, float("nan")) for _, f in found])
+        row["probe_avg_auc"] = mean_std([run.results["metrics"]["eval/avg_auc"]
                                           for run, _ in found])
         out[name] = row
     return out
@@ -114,7 +110,7 @@ def tuning_rows(recipes: dict) -> dict[str, dict]:
                 continue
 
             def over_runs(pick) -> tuple[float, float]:
-                return _mean_std([float(np.mean([pick(b[size][t]) for t in tasks]))
+                return mean_std([float(np.mean([pick(b[size][t]) for t in tasks]))
                                   for b in runs])
 
             row["sizes"][size] = {"tasks": len(tasks),
@@ -179,10 +175,10 @@ def fewshot_rows(recipes: dict) -> dict[str, dict]:
                          str(k), {"skipped": "missing"}) for f in found)]
             if not tasks:
                 continue
-            cell = {"tasks": len(tasks), "zero_shot": _mean_std(
+            cell = {"tasks": len(tasks), "zero_shot": mean_std(
                 [float(np.mean([f["tasks"][t]["zero_shot"] for t in tasks])) for f in found])}
             for key in ("fewshot", "probe"):
-                cell[key] = _mean_std([float(np.mean(
+                cell[key] = mean_std([float(np.mean(
                     [np.mean(f["tasks"][t]["shots"][str(k)][key]) for t in tasks]))
                     for f in found])
             row["shots"][k] = cell
@@ -210,6 +206,8 @@ def fewshot_markdown(rows: dict[str, dict]) -> list[str]:
 
 def transfer(recipes: dict) -> tuple[list[str], dict]:
     """(markdown lines, report.json entries) of every transfer table the runs hold."""
-    targeting, tuning, fewshot = targeting_rows(recipes), tuning_rows(recipes), fewshot_rows(recipes)
+    targeting = targeting_rows(recipes)
+    tuning = tuning_rows(recipes)
+    fewshot = fewshot_rows(recipes)
     lines = targeting_markdown(targeting) + tuning_markdown(tuning) + fewshot_markdown(fewshot)
     return lines, {"targeting": targeting, "prompt_tuning": tuning, "fewshot": fewshot}
