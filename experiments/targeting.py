@@ -139,12 +139,13 @@ def write_ranking(path: str | Path, users: list, values: np.ndarray) -> None:
         pcsv.write_csv(table, path)
 
 
-def few_shot_task(module, dm, users: np.ndarray, y: np.ndarray, test: np.ndarray,
-                  task: str, sentence: str, shots: int, draw: int, fewshot,
-                  c: float = 1.0) -> dict:
+def few_shot_task(module, sentence: tuple[torch.Tensor, torch.Tensor], reference: torch.Tensor,
+                  users: np.ndarray, y: np.ndarray, test: np.ndarray, task: str, shots: int,
+                  draw: int, fewshot, c: float = 1.0) -> dict:
     """One draw of ``shots`` positive and negative seed users from the train side (fixed by
-    the seed, the task, k and the draw): the test AUC of the prompt-tuned sentence (triplet
-    loss) and of a linear probe fitted on the same seeds."""
+    the seed, the task, k and the draw): the test AUC of the prompt-tuned sentence (its ids
+    and mask, (1, L); triplet loss, ranked against the ``reference`` embedding) and of a
+    linear probe fitted on the same seeds."""
     rng = np.random.default_rng([fewshot.seed, draw, shots, zlib.crc32(task.encode())])
     train = ~test
     pos = rng.choice(np.flatnonzero(train & (y == 1)), shots, replace=False)
@@ -152,20 +153,18 @@ def few_shot_task(module, dm, users: np.ndarray, y: np.ndarray, test: np.ndarray
     gen = torch.Generator().manual_seed(int(rng.integers(2**31)))
     prompts = init_prompts(module.encoder, fewshot.prompt_tokens, gen)
     optimizer = torch.optim.Adam([prompts], lr=fewshot.lr)
-    ids, mask = dm.sentences([sentence, REFERENCE_SENTENCE])
-    with torch.no_grad():
-        reference = module.embed_answers(ids[1:], mask[1:]).float()[0]
+    ids, mask = sentence
     u = torch.from_numpy(users)
     losses = []
     for _ in range(fewshot.steps):
-        text = prompted_text(module.encoder, ids[:1], mask[:1], prompts)[0]
+        text = prompted_text(module.encoder, ids, mask, prompts)[0]
         loss = triplet_loss(targeting_direction(text, reference), u[pos], u[neg], fewshot.margin)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
         losses.append(loss.item())
     with torch.no_grad():
-        text = prompted_text(module.encoder, ids[:1], mask[:1], prompts)[0]
+        text = prompted_text(module.encoder, ids, mask, prompts)[0]
         tuned = (u[test] @ targeting_direction(text, reference)).numpy()
     seeds = np.concatenate([pos, neg])
     x = np.concatenate([users[seeds], users[test]])
@@ -190,12 +189,15 @@ def few_shot_checkpoint(checkpoint: str | Path, tasks: list[str] | None = None,
     source = ProbeSourceAdapter(probe_datamodule(cfg), suite_of(list(cfg.eval.tasks)))
     dm = source.dm
     users = embed_probe_users(module, source, source.targeting_query)["projected"]
+    reference = sentence_embeddings(module, dm, [REFERENCE_SENTENCE])[0]  # once for all tasks
     fs = cfg.fewshot
     out: dict = {"checkpoint": str(checkpoint), "fewshot": dataclasses.asdict(fs), "tasks": {}}
     for k, task in enumerate(source.task_names):
         y, test = source.labels[:, k].astype(int), source.test_mask(task)
         sentence = source.targets[task]
-        zero = ranking_scores(y[test], users[test] @ direction(module, dm, sentence).numpy())
+        ids = dm.sentences([sentence])
+        text = module.embed_answers(*ids).float().cpu()[0]
+        zero = ranking_scores(y[test], users[test] @ targeting_direction(text, reference).numpy())
         row: dict = {"sentence": sentence, "zero_shot": zero["auc"], "shots": {}}
         available = min(int((y[~test] == 1).sum()), int((y[~test] == 0).sum()))
         for shots in fs.shots:
@@ -203,8 +205,8 @@ def few_shot_checkpoint(checkpoint: str | Path, tasks: list[str] | None = None,
                 row["shots"][str(shots)] = {"skipped": f"{available} seed users of the "
                                                        f"rarer class on the train side"}
                 continue
-            draws = [few_shot_task(module, dm, users, y, test, task, sentence, shots, d, fs,
-                                   cfg.eval.c) for d in range(fs.draws)]
+            draws = [few_shot_task(module, ids, reference, users, y, test, task, shots, d,
+                                   fs, cfg.eval.c) for d in range(fs.draws)]
             row["shots"][str(shots)] = {key: [d[key] for d in draws]
                                         for key in ("fewshot", "probe", "loss")}
         out["tasks"][task] = row
