@@ -25,7 +25,7 @@ from torch import nn
 from .encoder import ContrastiveEncoder, pool
 from .masks import AttentionMask
 from .scenarios import (
-    NotCacheable, backbone_forward, cache_keyword, compaction_order, history_inputs,
+    NotCacheable, backbone_forward, cache_keyword, compact_prefix, compacted, history_inputs,
     scenario_biases, single_layouts,
 )
 
@@ -104,11 +104,8 @@ class PromptedUsers:
 
     @torch.no_grad()
     def _keep_history(self, ids, attention_mask, slots) -> None:
-        order = compaction_order(attention_mask)
-        self.prefix = ids.gather(-1, order)
-        self.lengths = attention_mask.bool().sum(-1)
-        embeds = self.encoder.input_embeddings(ids, slots)
-        self.history = embeds.gather(1, order[..., None].expand(-1, -1, embeds.shape[-1]))
+        self.prefix, self.lengths = compact_prefix(ids, attention_mask)
+        self.history = compacted(self.encoder.input_embeddings(ids, slots), attention_mask)
 
     def suffix_embeddings(self, prompts: torch.Tensor) -> torch.Tensor:
         """(S + K, H): the query's embeddings, the prompts, the anchor's embedding."""

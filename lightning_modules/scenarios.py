@@ -51,11 +51,18 @@ def compaction_order(attention_mask: torch.Tensor) -> torch.Tensor:
     return torch.argsort((~attention_mask.bool()).to(torch.int8), dim=-1, stable=True)
 
 
+def compacted(values: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """``values`` (B, L, ...) with each row's real positions moved to the front, in order."""
+    order = compaction_order(attention_mask)
+    order = order.view(*order.shape, *[1] * (values.dim() - 2)).expand_as(values)
+    return values.gather(1, order)
+
+
 def compact_prefix(ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor,
                                                                                torch.Tensor]:
     """(ids, lengths): each row's real tokens moved to the front (left or right padding in,
     right padding out)."""
-    return ids.gather(-1, compaction_order(attention_mask)), attention_mask.bool().sum(-1)
+    return compacted(ids, attention_mask), attention_mask.bool().sum(-1)
 
 
 def single_layouts(prefix: torch.Tensor, lengths: torch.Tensor, suffix: torch.Tensor,
@@ -161,9 +168,8 @@ def history_inputs(encoder, ids: torch.Tensor, attention_mask: torch.Tensor,
     prefix, lengths = compact_prefix(ids, attention_mask)
     if slots is None:
         return {"input_ids": prefix}, prefix, lengths
-    embeds = encoder.input_embeddings(ids, slots)  # slots index the batch's own positions
-    order = compaction_order(attention_mask)
-    embeds = embeds.gather(1, order[..., None].expand(-1, -1, embeds.shape[-1]))
+    # slots index the batch's own positions: embed first, then compact
+    embeds = compacted(encoder.input_embeddings(ids, slots), attention_mask)
     return {"inputs_embeds": embeds}, prefix, lengths
 
 
