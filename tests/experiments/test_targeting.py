@@ -156,6 +156,7 @@ def test_eval_targeting_scores_every_task_and_writes_targeting_json(checkpoints,
     assert login["sentence"] == "Next period: 30 events; a10.b1001 views."
     assert login["recall_at_k"] == login["precision_at_k"] and login["k"] > 0
     assert saved["reference"] == "Next period: 30 events."
+    assert saved["step"] == 4  # the checkpoint's training step, not the evaluation's 0
     assert saved["metrics"]["avg_auc"] == pytest.approx(
         np.mean([t["auc"] for t in saved["tasks"].values()]))
 
