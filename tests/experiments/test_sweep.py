@@ -48,6 +48,18 @@ def test_table2_lists_every_recipe_and_seed(capsys):
     assert out.count("pending") == 24 and "first command: /usr/bin/env maskstudy fit" in out
 
 
+@pytest.mark.parametrize("path", sorted(SWEEPS.glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_point_of_every_shipped_sweep_composes_a_checked_config(path):
+    """A mistyped key or value in a sweep file fails here, not after hours of earlier points."""
+    sweep = load_sweep(path)
+    for point in sweep.points:
+        recipe, overrides = recipe_and_overrides(render_command(sweep.spec, point)[3:])
+        cfg = load_config(recipe, overrides)
+        assert cfg.seed == point.get("seed", 0)
+    if path.stem in ("default", "long"):  # the studies score zero-shot targeting too
+        assert cfg.eval.targeting
+
+
 def test_a_sweep_crosses_group_options_without_a_recipe_per_combination(tmp_path, movielens):
     """mask x data: every point is a command line of group choices that composes."""
     path = write(tmp_path, "program: maskstudy\nmethod: grid\nparameters:\n"
