@@ -114,7 +114,7 @@ def did_not_learn(run: Run) -> bool:
     """A trained run whose learning check failed (``results.json`` ``learning``): its probe
     AUC is not a result."""
     check = run.results.get("learning")
-    return bool(check) and check.get("trained", True) and not check.get("passed", True)
+    return bool(check) and trained(run) and not check.get("passed", True)
 
 
 def learned_only(recipes: dict[str, Recipe]) -> dict[str, Recipe]:
@@ -511,12 +511,22 @@ def loss_spikes(losses: list[float], window: int = 20, z: float = 5.0) -> int:
     return int(count)
 
 
+def trained(run: Run) -> bool:
+    """False for a run evaluated without training (``trainer.train=false``, the untrained
+    reference recipe), which has no loss or gradient to describe."""
+    return (run.results.get("learning") or {}).get("trained", True)
+
+
 def stability(recipes: dict[str, Recipe]) -> dict[str, dict]:
-    """Per recipe, over its seeds: loss spikes (total), gradient-norm max and median."""
+    """Per recipe that trained, over its trained seeds: loss spikes (total), gradient-norm max
+    and median."""
     out = {}
     for name, rec in recipes.items():
+        runs = [run for run in rec.runs.values() if trained(run)]
+        if not runs:
+            continue
         spikes, norms = 0, []
-        for run in rec.runs.values():
+        for run in runs:
             loss = training_series(run.dir, "train/loss")
             spikes += loss_spikes([loss[k] for k in sorted(loss)])
             norms += list(training_series(run.dir, "train/grad_norm").values())

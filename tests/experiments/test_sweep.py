@@ -474,6 +474,8 @@ def test_runs_that_did_not_learn_are_listed_and_left_out(tmp_path):
     table = json.loads((tmp_path / "report" / "report.json").read_text())["table"]
     assert table["causal"]["avg_auc"][0] == pytest.approx(0.6)  # the collapsed 0.9 is not read
     assert table["untrained"]["avg_auc"][0] == pytest.approx(0.55)
+    stability = json.loads((tmp_path / "report" / "report.json").read_text())["stability"]
+    assert set(stability) == {"causal"}  # the untrained run has no training to describe
     # nothing learned: the report is the learning table and says so
     only_failed = tmp_path / "failed"
     fabricate(only_failed, "causal", 0, [0.9] * 3, learning=check(False))
