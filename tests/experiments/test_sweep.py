@@ -39,7 +39,7 @@ def test_table2_lists_every_recipe_and_seed(capsys):
     recipes = ["untrained", "causal", "hybrid_soft", "hybrid_mlp", "hybrid_gq", "bidirectional",
                "scheduler", "ggsm"]
     assert [(p["recipe"], p["seed"]) for p in sweep.points] == [
-        (r, s) for r in recipes for s in range(5)]
+        (r, s) for s in range(5) for r in recipes]
     for r in recipes:  # every row of the paper's Table 2 has a recipe file
         assert (EXPERIMENTS_DIR / f"{r}.yaml").exists(), r
     assert main(["sweep", str(SWEEPS / "table2.yaml"), "--dry-run"]) == 0
