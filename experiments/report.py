@@ -110,6 +110,12 @@ def collect(sweep_dir: str | Path) -> dict[str, Recipe]:
     return dict(sorted(recipes.items(), key=lambda kv: _rank(kv[0])))
 
 
+def trained(run: Run) -> bool:
+    """False for a run evaluated without training (``trainer.train=false``, the untrained
+    reference recipe), which has no loss or gradient to describe."""
+    return (run.results.get("learning") or {}).get("trained", True)
+
+
 def did_not_learn(run: Run) -> bool:
     """A trained run whose learning check failed (``results.json`` ``learning``): its probe
     AUC is not a result."""
@@ -509,12 +515,6 @@ def loss_spikes(losses: list[float], window: int = 20, z: float = 5.0) -> int:
         mad = 1.4826 * np.median(np.abs(past - med)) + 1e-8
         count += losses[i] > med + z * mad
     return int(count)
-
-
-def trained(run: Run) -> bool:
-    """False for a run evaluated without training (``trainer.train=false``, the untrained
-    reference recipe), which has no loss or gradient to describe."""
-    return (run.results.get("learning") or {}).get("trained", True)
 
 
 def stability(recipes: dict[str, Recipe]) -> dict[str, dict]:
