@@ -63,7 +63,9 @@ def test_a_few_steps_lower_the_loss_on_real_batches(real_batches, tmp_path, mask
     fit(model, [batch], 25, tmp_path)
     with torch.no_grad():
         after = model._loss(batch).loss.item()
-    assert after < 0.7 * before, (before, after)
+    # Bidirectional attention over the history starts slower: hybrid ends near 0.71 of its
+    # first loss here where causal ends near 0.19; a step that learns nothing stays near 1.
+    assert after < 0.8 * before, (before, after)
 
 
 def test_logged_metrics(real_batches, tmp_path):
