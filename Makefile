@@ -7,7 +7,7 @@ TORCH_SPEC ?= torch==2.13.0
 WORLD := data/world
 WORLD_USERS ?= 6000
 # 5 recipes x 160 steps (the default: 300) after the default 300 pre-training steps, two points
-# at a time with one thread each: 9.5 min measured on idle 2-core AMD EPYC (docs/results.md,
+# at a time with one thread each: 9.5 min measured on an idle 2-core AMD EPYC (docs/results.md,
 # "The study").
 STUDY_STEPS ?= 160
 STUDY_PRETRAIN ?= 300
