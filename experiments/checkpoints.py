@@ -70,6 +70,7 @@ def load_run(checkpoint: str | Path, overrides: list[str] | None = None
                                       special_token_ids=hp["special_token_ids"],
                                       modality_slots=hp.get("modality_slots", BUILTIN_SLOTS))
     module.load_state_dict(state["state_dict"])
+    module.checkpoint_step = int(state.get("global_step", 0))
     if (run_dir / "tokenizer.json").exists():
         cfg.data.tokenizer = str(run_dir / "tokenizer.json")
     return cfg, module.eval(), run_dir

@@ -261,8 +261,8 @@ def evaluate_checkpoint(checkpoint: str | Path, tasks: list[str] | None = None,
     if targeting is not None:
         cfg.eval.targeting = targeting
     source = ProbeSourceAdapter(probe_datamodule(cfg), suite_of(list(cfg.eval.tasks)))
-    step = int(checkpoint_state(Path(checkpoint)).get("global_step", 0))
-    result = evaluate(module, source, cfg.eval.c, step, representation=cfg.eval.representation,
+    result = evaluate(module, source, cfg.eval.c, module.checkpoint_step,
+                      representation=cfg.eval.representation,
                       query=cfg.eval.query, targeting=cfg.eval.targeting)
     if result.targeting is not None:
         save_targeting(run_dir / TARGETING_FILE, source, result)

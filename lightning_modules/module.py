@@ -312,6 +312,7 @@ class ContrastiveMaskingModule(L.LightningModule):
         self._val_users = []
 
     skipped_steps = 0
+    checkpoint_step = 0  # the optimiser step of the checkpoint it was loaded from (load_run)
 
     def _nonfinite(self, what: str) -> None:
         step = self.trainer.global_step if self._trainer is not None else 0
