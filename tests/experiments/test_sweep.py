@@ -51,12 +51,14 @@ def test_table2_lists_every_recipe_and_seed(capsys, tmp_path):
 
 
 @pytest.mark.parametrize("path", sorted(SWEEPS.glob("*.yaml")), ids=lambda p: p.stem)
-def test_every_point_of_every_shipped_sweep_composes_a_checked_config(path):
-    """A mistyped key or value in a sweep file fails here, not after hours of earlier points."""
+def test_every_point_of_every_shipped_sweep_composes_a_checked_config(path, request):
+    """A mistyped key or value in a sweep file fails here, not after hours of earlier points.
+    The sweep's dataset (built by a make target) is stood in for by the fixture of its kind."""
     sweep = load_sweep(path)
     for point in sweep.points:
         recipe, overrides = recipe_and_overrides(render_command(sweep.spec, point)[3:])
-        cfg = load_config(recipe, overrides)
+        kind = "movielens" if "movielens" in point["data.path"] else "world"
+        cfg = load_config(recipe, [*overrides, f"data.path={request.getfixturevalue(kind)}"])
         assert cfg.seed == point.get("seed", 0)
     if path.stem in ("default", "long", "table2"):  # they score zero-shot targeting too
         assert cfg.eval.targeting
