@@ -17,6 +17,9 @@ QANCHOR_PRETRAIN ?= 150
 # directory to start over).
 STUDY_DIR ?= runs/sweeps/default
 STUDY_WORKERS ?= 2
+# Overrides for the pre-training and every point alike, so the points find the backbone
+# pre-trained for their data (e.g. STUDY_ARGS=data.max_tokens=512 with its own STUDY_DIR).
+STUDY_ARGS ?=
 LONG_DIR ?= runs/sweeps/long
 QANCHOR_DIR ?= runs/sweeps/qanchor
 # MovieLens-100k is read from the recbole package's example data; --no-deps because recbole's
@@ -51,9 +54,9 @@ $(WORLD)/world.json:
 # points share it.
 study: world
 	$(BIN)/maskstudy pretrain causal data.path=$(WORLD) cache_dir=$(STUDY_DIR)/.cache \
-		pretrain.steps=$(STUDY_PRETRAIN)
+		pretrain.steps=$(STUDY_PRETRAIN) $(STUDY_ARGS)
 	$(BIN)/maskstudy sweep experiments/sweeps/default.yaml --out $(STUDY_DIR) --workers $(STUDY_WORKERS) \
-		data.path=$(WORLD) trainer.max_steps=$(STUDY_STEPS) pretrain.steps=$(STUDY_PRETRAIN)
+		data.path=$(WORLD) trainer.max_steps=$(STUDY_STEPS) pretrain.steps=$(STUDY_PRETRAIN) $(STUDY_ARGS)
 	$(BIN)/maskstudy report $(STUDY_DIR)
 
 long-study: world

@@ -57,7 +57,7 @@ def test_every_point_of_every_shipped_sweep_composes_a_checked_config(path, requ
     sweep = load_sweep(path)
     for point in sweep.points:
         recipe, overrides = recipe_and_overrides(render_command(sweep.spec, point)[3:])
-        kind = "movielens" if "movielens" in point["data.path"] else "world"
+        kind = "movielens" if "movielens" in point.get("data.path", "") else "world"
         cfg = load_config(recipe, [*overrides, f"data.path={request.getfixturevalue(kind)}"])
         assert cfg.seed == point.get("seed", 0)
     if path.stem in ("default", "long", "table2"):  # they score zero-shot targeting too
