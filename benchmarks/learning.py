@@ -90,22 +90,24 @@ def row(label: str, overrides: list[str], res: dict) -> str:
             f"{res['train_seconds']:.0f} |")
 
 
+# The lexical matcher's batch: each user's answer is retrieved among this many.
+LEXICAL_BATCH = 16
 # An event's text opens with its date (``05-31 19h takeout ...``); tabular features do not.
 EVENT_DATE = re.compile(r"\b\d\d-\d\d\b")
 
 
 def lexical_retrieval(data: str, overrides: list[str], batches: int = 20) -> dict[str, float]:
-    """``retrieval``: the share of validation users (the first ``batches`` batches of 16,
-    ``users`` of them) whose own answer is the TF-IDF nearest, among the answers of their
-    batch, to their template text; ``events``: the median number of history events the
-    template kept per user."""
+    """``retrieval``: the share of validation users (the first ``batches`` batches of
+    ``LEXICAL_BATCH``, ``users`` of them) whose own answer is the TF-IDF nearest, among the
+    answers of their batch, to their template text; ``events``: the median number of history
+    events the template kept per user."""
     from sklearn.feature_extraction.text import TfidfVectorizer
 
     from maskstudy.datamodules.datamodules import ContrastiveDataModule
     from maskstudy.experiments.config import load_config, recipe_path
 
-    cfg = load_config(recipe_path("causal"), [f"data.path={data}", "data.batch_size=16",
-                                              *overrides])
+    cfg = load_config(recipe_path("causal"),
+                      [f"data.path={data}", f"data.batch_size={LEXICAL_BATCH}", *overrides])
     train_dm = ContrastiveDataModule(cfg.data, input=cfg.input)  # no probe set needed
     train_dm.setup()
     tok = train_dm.template.tok
@@ -118,10 +120,11 @@ def lexical_retrieval(data: str, overrides: list[str], batches: int = 20) -> dic
             out += [tok.decode(ids[i][mask[i].bool()].tolist()) for i in range(len(ids))]
     vectors = TfidfVectorizer(token_pattern=r"[A-Za-z_]{3,}").fit(users + answers)
     sims = (vectors.transform(users) @ vectors.transform(answers).T).toarray()
-    hits = [np.mean(sims[i:i + 16, i:i + 16].argmax(1) == np.arange(16))
-            for i in range(0, len(users) - 15, 16)]
+    b = LEXICAL_BATCH
+    hits = [np.mean(sims[i:i + b, i:i + b].argmax(1) == np.arange(b))
+            for i in range(0, len(users) - b + 1, b)]
     events = np.median([len(EVENT_DATE.findall(text)) for text in users])
-    return {"retrieval": float(np.mean(hits)), "events": float(events), "users": 16 * len(hits)}
+    return {"retrieval": float(np.mean(hits)), "events": float(events), "users": b * len(hits)}
 
 
 ANSWER_ROWS = {
@@ -147,13 +150,13 @@ def main(argv: list[str] | None = None) -> int:
         m = lexical_retrieval(args.data, overrides)
         users.add(m["users"])
         rows.append(f"| {label} | {' '.join(overrides) or '-'} | {m['events']:.0f} | "
-                    f"{m['retrieval']:.3f} ({m['retrieval'] * 16:.1f}x) |")
+                    f"{m['retrieval']:.3f} ({m['retrieval'] * LEXICAL_BATCH:.1f}x) |")
     publish("How far an answer can be told from its history",
             "python -m benchmarks.learning --lexical-only",
-            f"{' / '.join(map(str, sorted(users)))} validation users in batches of 16; "
-            f"chance 1/16 = 0.0625",
+            f"{' / '.join(map(str, sorted(users)))} validation users in batches of "
+            f"{LEXICAL_BATCH}; chance 1/{LEXICAL_BATCH} = {1 / LEXICAL_BATCH:.4f}",
             table(["answers and history", "overrides", "history events kept per user (median)",
-                   "TF-IDF retrieval among 16 (x chance)"], rows))
+                   f"TF-IDF retrieval among {LEXICAL_BATCH} (x chance)"], rows))
     if args.lexical_only:
         return 0
     command = (f"python -m benchmarks.learning --steps {args.steps} --seed {args.seed} "
