@@ -134,6 +134,16 @@ def test_trained_tokenizer_has_the_special_tokens_first():
     assert [tok.token_to_id(t) for t in SPECIAL_TOKENS] == list(range(len(SPECIAL_TOKENS)))
 
 
+def test_dates_and_feature_names_stay_whole_words_and_page_ids_split():
+    event = "05-29 22h a10.b1001.c2.d5 credit_score=750 x-ray"
+    tok = train_tokenizer([event] * 10, 200)
+    words = [w for w, _ in tok.pre_tokenizer.pre_tokenize_str(event)]
+    assert words == ["▁05-29", "▁22h", "▁a10", ".", "b1001", ".", "c2", ".", "d5",
+                     "▁credit_score", "=", "750", "▁x", "-", "ray"]
+    # A frequent date is one token, so an event's date costs one position of the budget.
+    assert tok.encode("05-29 22h", add_special_tokens=False).tokens == ["▁05-29", "▁22h"]
+
+
 def test_foreign_tokenizer_gets_the_special_tokens(tmp_path):
     """A tokenizer that never heard of the template (as a pretrained one) gets its tokens."""
     bare = Tokenizer(models.WordLevel({"hello": 0, "world": 1, "[UNK]": 2}, unk_token="[UNK]"))
