@@ -29,14 +29,17 @@ answer tower, the probe-test users (embedded under the query the answers were tr
 against, ``targeting_query``) are ranked by their similarity to it minus their similarity to
 a reference sentence that states only an activity level (``targeting_reference``), and the
 ranking is scored against the label: ``eval/targeting/<task>/auc``, ``recall_at_k`` and
-``precision_at_k`` at K = the task's test positives, ``auc_raw`` (the plain similarity), and
-the averages ``eval/targeting/avg_auc``, ``avg_recall_at_k`` and ``avg_auc_raw``; the final
-evaluation writes them to ``targeting.json``.
+``precision_at_k`` at K = the task's test positives, ``auc_raw`` (the plain similarity),
+``auc_activity`` (the same users ranked by their number of history events alone) and
+``activity_rho`` (how closely the targeting score follows that number), and the averages
+``eval/targeting/avg_auc``, ``avg_recall_at_k``, ``avg_auc_raw``, ``avg_auc_activity`` and
+``avg_abs_activity_rho``; the final evaluation writes them to ``targeting.json``.
 
 The callback does not know where users come from: it takes a *probe source* with
 ``task_names``, ``domains`` (task -> domain), ``queries`` (task -> scenario query),
 ``targets`` (task -> targeting sentence), ``targeting_query``, ``targeting_reference``,
-``labels`` (users x tasks), ``test_mask(task)``, ``suffix(query)`` (the ids a query adds
+``labels`` (users x tasks), ``test_mask(task)``, ``history_events()`` (history events per
+probe user, in label order), ``suffix(query)`` (the ids a query adds
 after the history), ``sentences(texts)`` (right-padded answer-tower ids and mask) and
 ``dataloader(query=None, reserve=0)`` yielding batches with ``probe_index``.
 """
@@ -52,6 +55,7 @@ from typing import Protocol
 import lightning as L
 import numpy as np
 import torch
+from scipy.stats import rankdata
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score, roc_curve
 from sklearn.pipeline import make_pipeline
@@ -71,6 +75,8 @@ class ProbeSource(Protocol):
     labels: np.ndarray
 
     def test_mask(self, task: str) -> np.ndarray: ...
+
+    def history_events(self) -> np.ndarray: ...
 
     def sentences(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]: ...
 
@@ -166,34 +172,56 @@ def embed_probe_users(module, source: ProbeSource, query: str | None = None,
     return out
 
 
-TARGETING_METRICS = ("auc", "recall_at_k", "precision_at_k", "auc_raw")
+TARGETING_METRICS = ("auc", "recall_at_k", "precision_at_k", "auc_raw", "auc_activity",
+                     "activity_rho")
+# Averaged over tasks; activity_rho by its size, since its sign differs from model to model.
+TARGETING_AVERAGES = ("auc", "recall_at_k", "auc_raw", "auc_activity")
 
 
 def targeting_scores(module, source: ProbeSource) -> dict[str, dict[str, float]]:
     """Per task, the zero-shot ranking of its probe-test users by their similarity to its
     targeting sentence minus their similarity to ``source.targeting_reference``
     (:func:`targeting_direction`), scored against the label (:func:`ranking_scores`);
-    ``auc_raw``: the AUC of the plain similarity to the sentence."""
+    ``auc_raw``: the AUC of the plain similarity to the sentence; ``auc_activity``: the AUC
+    of ranking the same users by their number of history events alone; ``activity_rho``:
+    the Spearman correlation of the targeting score with that number (near +-1: the sentence
+    ranks users by how active they were, whatever it names)."""
     users = embed_probe_users(module, source, source.targeting_query)["projected"]
     ids, mask = source.sentences([source.targets[t] for t in source.task_names]
                                  + [source.targeting_reference])
     embedded = module.embed_answers(ids, mask).float().cpu()
     sentences, reference = embedded[:-1], embedded[-1]
+    events = source.history_events()
     out = {}
     for k, task in enumerate(source.task_names):
         test, y = source.test_mask(task), source.labels[:, k]
         direction = targeting_direction(sentences[k], reference).numpy()
+        score = users[test] @ direction
         plain = ranking_scores(y[test], users[test] @ sentences[k].numpy())
-        out[task] = {**ranking_scores(y[test], users[test] @ direction), "auc_raw": plain["auc"]}
+        out[task] = {**ranking_scores(y[test], score), "auc_raw": plain["auc"],
+                     "auc_activity": ranking_scores(y[test], events[test])["auc"],
+                     "activity_rho": spearman(score, events[test])}
     return out
 
 
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    """Spearman's rank correlation (Pearson's of the average ranks); NaN when either side is
+    constant."""
+    ra, rb = rankdata(a), rankdata(b)
+    if ra.std() == 0 or rb.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
 def targeting_metrics(per_task: dict[str, dict[str, float]]) -> dict[str, float]:
-    """``eval/targeting/<task>/<metric>`` and the averages over tasks."""
+    """``eval/targeting/<task>/<metric>`` and the averages over tasks (``activity_rho`` as
+    ``avg_abs_activity_rho``)."""
     out = {f"eval/targeting/{task}/{key}": m[key]
            for task, m in per_task.items() for key in TARGETING_METRICS}
-    for key in ("auc", "recall_at_k", "auc_raw"):
+    for key in TARGETING_AVERAGES:
         out[f"eval/targeting/avg_{key}"] = float(np.nanmean([m[key] for m in per_task.values()]))
+    out["eval/targeting/avg_abs_activity_rho"] = float(np.nanmean(
+        [abs(m["activity_rho"]) for m in per_task.values()]))
     return out
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .schema import EVENT_MODALITIES, DataValidationError, future_column, schema_spec
@@ -144,6 +145,21 @@ class ProbeSet:
 
     def prevalence(self) -> dict[str, float]:
         return {t: float(self.labels[:, k].mean()) for k, t in enumerate(self.task_names)}
+
+    def history_events(self) -> np.ndarray:
+        """Each probe user's number of history events over every modality, in label order:
+        how active the user was, the ranking zero-shot targeting is read against."""
+        self.load()
+        events = np.zeros(len(self.user_ids), dtype=np.int64)
+        start = 0
+        for table in self._tables(["user_id", *self.modalities]):
+            for m in self.modalities:
+                lengths = pc.fill_null(pc.list_value_length(table.column(m)), 0)
+                events[start:start + table.num_rows] += np.asarray(lengths, dtype=np.int64)
+            start += table.num_rows
+        if start != len(events):
+            raise RuntimeError(f"read {start} probe users' histories, {len(events)} labelled")
+        return events
 
     def history_table(self) -> pa.Table:
         """The probe users' history columns, in label order (for the bag-of-events row)."""

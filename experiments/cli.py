@@ -257,7 +257,8 @@ def _eval(args: argparse.Namespace) -> int:
         print(f"{task:<12} AUC {m['auc']:.4f}  KS {m['ks']:.4f}")
     for task, m in (out["targeting"] or {}).items():
         print(f"{task:<12} targeting AUC {m['auc']:.4f}  recall@{m['k']} "
-              f"{m['recall_at_k']:.4f}")
+              f"{m['recall_at_k']:.4f}  activity alone AUC {m['auc_activity']:.4f}  "
+              f"rho with activity {m['activity_rho']:+.2f}")
     for task, c in out["skipped_tasks"].items():
         print(f"{task:<12} skipped: {c['positives']} positive(s), {c['negatives']} negative(s)")
     print(f"{'average':<12} AUC {out['metrics']['eval/avg_auc']:.4f}  "

@@ -4,7 +4,8 @@ the files the commands leave beside each run.
     targeting.json          zero-shot targeting (``eval.targeting`` or ``maskstudy eval
                             --targeting``): per recipe, every task's targeting AUC, the
                             averages of AUC, recall@K and the plain-similarity AUC, beside the
-                            probe's average AUC on the same runs
+                            AUC of ranking by history events alone, how closely the score
+                            follows that number, and the probe's average AUC on the same runs
     tuned/*/results.json    prompt tuning (``maskstudy tune``): per recipe, the average over
                             tasks of the tuned AUC per prompt size, and per step for the
                             default size, beside the untuned probe and class-mean rows
@@ -27,6 +28,11 @@ from .report import _cell as report_cell
 from .report import mean_std
 
 DEFAULT_PROMPT_TOKENS = 6  # the size whose step curve the table shows (the paper's best)
+# targeting.json's averages the table shows, with their headers
+TARGETING_COLUMNS = {"avg_auc": "avg AUC", "avg_recall_at_k": "avg recall@K",
+                     "avg_auc_raw": "avg AUC, plain similarity",
+                     "avg_auc_activity": "avg AUC, activity alone",
+                     "avg_abs_activity_rho": "avg abs(rho) score~activity"}
 
 
 def _cell(ms: tuple[float, float]) -> str:
@@ -42,7 +48,8 @@ def _read(path: Path) -> dict | None:
 
 def targeting_rows(recipes: dict) -> dict[str, dict]:
     """{recipe: {"seeds", "tasks": {task: (mean, std)}, "avg_auc", "avg_recall_at_k",
-    "avg_auc_raw", "probe_avg_auc"}} for the recipes whose runs hold targeting.json."""
+    "avg_auc_raw", "avg_auc_activity", "avg_abs_activity_rho", "probe_avg_auc"}} for the
+    recipes whose runs hold targeting.json (NaN where a file predates a key)."""
     out = {}
     for name, rec in recipes.items():
         found = [(run, _read(run.dir / "targeting.json")) for run in rec.runs.values()]
@@ -53,7 +60,7 @@ def targeting_rows(recipes: dict) -> dict[str, dict]:
         row = {"seeds": len(found),
                "tasks": {t: mean_std([f["tasks"][t]["auc"] for _, f in found
                                        if t in f["tasks"]]) for t in tasks}}
-        for key in ("avg_auc", "avg_recall_at_k", "avg_auc_raw"):
+        for key in TARGETING_COLUMNS:
             row[key] = mean_std([f["metrics"].get(key, float("nan")) for _, f in found])
         row["probe_avg_auc"] = mean_std([run.results["metrics"]["eval/avg_auc"]
                                           for run, _ in found])
@@ -65,19 +72,20 @@ def targeting_markdown(rows: dict[str, dict]) -> list[str]:
     if not rows:
         return []
     tasks = list(dict.fromkeys(t for r in rows.values() for t in r["tasks"]))
-    head = ["recipe", "seeds", *tasks, "avg AUC", "avg recall@K", "avg AUC, plain similarity",
-            "probe avg AUC"]
+    head = ["recipe", "seeds", *tasks, *TARGETING_COLUMNS.values(), "probe avg AUC"]
     lines = ["## Zero-shot targeting (AUC per task)", "",
              "Each task's targeting sentence through the answer tower; the probe-test users "
              "ranked by similarity to it minus similarity to a sentence that states only an "
              "activity level (`targeting.json`; K = the task's test positives, where recall@K "
-             "= precision@K). Chance AUC is 0.5; the last column is the linear probe on the "
-             "same runs.", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+             "= precision@K). Chance AUC is 0.5. Activity alone: the AUC of ranking the same "
+             "users by their number of history events; |rho|: the Spearman correlation of "
+             "the targeting score with that number, by size (near 1: the sentence ranks users "
+             "by how active they were, whatever it names). The last column is the linear "
+             "probe on the same runs.", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, r in rows.items():
         cells = [name, str(r["seeds"]), *[_cell(r["tasks"].get(t, (math.nan, 0)))
                                           for t in tasks],
-                 *[_cell(r[k]) for k in ("avg_auc", "avg_recall_at_k", "avg_auc_raw",
-                                         "probe_avg_auc")]]
+                 *[_cell(r[k]) for k in (*TARGETING_COLUMNS, "probe_avg_auc")]]
         lines.append("| " + " | ".join(cells) + " |")
     return lines + [""]
 

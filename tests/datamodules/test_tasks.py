@@ -134,6 +134,16 @@ def test_tasks_learnable_but_not_trivial(probe):
     assert np.mean(common) > 0.7
 
 
+def test_history_events_count_each_probe_users_events_in_label_order(probe):
+    table = probe.history_table()
+    assert table.column("user_id").to_pylist() == probe.user_ids
+    expected = [sum(len(events or []) for events in row)
+                for row in zip(*(table.column(m).to_pylist() for m in probe.modalities))]
+    events = probe.history_events()
+    assert events.tolist() == expected
+    assert len(set(expected)) > 10  # users differ in activity, so the order is checked
+
+
 def test_stratified_test_split_is_deterministic(probe):
     a, b = probe.test_mask("concert"), probe.test_mask("concert")
     assert (a == b).all()

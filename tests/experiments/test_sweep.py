@@ -543,7 +543,8 @@ def test_the_report_adds_the_transfer_tables_from_the_files_beside_each_run(tmp_
         (run / "targeting.json").write_text(json.dumps({
             "tasks": {"t0": {"auc": 0.60 + 0.02 * seed}, "t1": {"auc": 0.70}},
             "metrics": {"avg_auc": 0.65 + 0.01 * seed, "avg_recall_at_k": 0.4,
-                        "avg_auc_raw": 0.55}}))
+                        "avg_auc_raw": 0.55, "avg_auc_activity": 0.62,
+                        "avg_abs_activity_rho": 0.3 + 0.1 * seed}}))
         for task, base in (("t0", 0.6), ("t1", 0.7)):
             for size in (1, 6):
                 out = run / "tuned" / f"{task}-p{size}-s200-seed0"
@@ -564,7 +565,8 @@ def test_the_report_adds_the_transfer_tables_from_the_files_beside_each_run(tmp_
                                               "128": {"fewshot": [0.8], "probe": [0.8]}}}}}))
     md = report(tmp_path, rounds=50).read_text()
     assert "## Zero-shot targeting (AUC per task)" in md
-    assert "| qanchor | 2 | 0.6100 ± 0.0141 | 0.7000 ± 0.0000 | 0.6550 ± 0.0071 |" in md
+    assert ("| qanchor | 2 | 0.6100 ± 0.0141 | 0.7000 ± 0.0000 | 0.6550 ± 0.0071 | 0.4000 ± 0.0000"
+            " | 0.5500 ± 0.0000 | 0.6200 ± 0.0000 | 0.3500 ± 0.0707 |") in md
     assert "## Prompt tuning (average AUC over the tuned tasks)" in md
     # per seed the average over t0 and t1: 0.65 + 0.01 K + 0.02 s
     assert "| qanchor | 2 | 1 | 2 | 0.7000 ± 0.0000 | 0.6500 ± 0.0000 | 0.6700 ± 0.0141 |" in md

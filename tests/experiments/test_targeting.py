@@ -12,7 +12,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from scipy.stats import spearmanr
+from sklearn.metrics import roc_auc_score
 
+from maskstudy.callbacks.linear_probe import spearman
 from maskstudy.datamodules.datamodules import UserDataModule
 from maskstudy.experiments.checkpoints import load_run
 from maskstudy.experiments.cli import main
@@ -149,7 +152,8 @@ def test_target_refuses_files_it_cannot_rank(checkpoints, tmp_path, capsys):
 def test_eval_targeting_scores_every_task_and_writes_targeting_json(checkpoints, capsys):
     ckpt = checkpoints["text"]
     assert main(["eval", str(ckpt), "--targeting"]) == 0
-    assert "targeting AUC" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "targeting AUC" in out and "activity alone AUC" in out
     saved = json.loads((ckpt.parent.parent / "targeting.json").read_text())
     assert set(saved["tasks"]) == {"concert", "login"}
     login = saved["tasks"]["login"]
@@ -159,6 +163,27 @@ def test_eval_targeting_scores_every_task_and_writes_targeting_json(checkpoints,
     assert saved["step"] == 4  # the checkpoint's training step, not the evaluation's 0
     assert saved["metrics"]["avg_auc"] == pytest.approx(
         np.mean([t["auc"] for t in saved["tasks"].values()]))
+    # beside the ranking: the same users ranked by their history events alone
+    cfg, _, _ = load_run(ckpt)
+    probe = probe_datamodule(cfg).probe.load()
+    events = probe.history_events()
+    for k, task in enumerate(probe.task_names):
+        test = probe.test_mask(task)
+        assert saved["tasks"][task]["auc_activity"] == pytest.approx(
+            roc_auc_score(probe.labels[test, k], events[test]))
+        assert -1 <= saved["tasks"][task]["activity_rho"] <= 1
+    assert saved["metrics"]["avg_abs_activity_rho"] == pytest.approx(
+        np.mean([abs(t["activity_rho"]) for t in saved["tasks"].values()]))
+
+
+def test_spearman_is_the_rank_correlation():
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=200)
+    b = a + rng.normal(size=200)
+    assert spearman(a, b) == pytest.approx(spearmanr(a, b)[0])
+    assert spearman(a, np.exp(a)) == pytest.approx(1.0)  # monotone: ranks agree
+    assert spearman(a, -a ** 3) == pytest.approx(-1.0)
+    assert np.isnan(spearman(a, np.ones(200)))
 
 
 def test_fewshot_draws_seeds_from_the_train_side_and_writes_its_curve(checkpoints, capsys):
