@@ -29,10 +29,11 @@ def special_tokens(segments: tuple[str, ...] = SEGMENTS) -> tuple[str, ...]:
 
 
 # Where words split into pieces besides spaces: every character that is neither a word
-# character nor a space, except a hyphen between digits. Page ids (``a10.b1001.c1.d4``) thus
-# share pieces with other page ids, while a date (``05-31``) and a feature name
-# (``credit_score``) stay one word each, so the BPE can give them one token: an event's date
-# costs one token instead of three, and the template fits more history into its budget.
+# character (letters, digits, underscore) nor a space (or its marker), except a hyphen
+# between digits. Page ids (``a10.b1001.c1.d4``) thus share pieces with other page ids,
+# while a date (``05-31``) and a feature name (``credit_score``) stay one word each, so the
+# BPE can give them one token: an event's date costs one token instead of three, and the
+# template fits more history into its budget.
 WORD_BREAKS = r"(?<![0-9])-|-(?![0-9])|[^\w\s\-\x{2581}]"
 
 TAGS = tags()

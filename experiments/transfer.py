@@ -81,7 +81,8 @@ def targeting_markdown(rows: dict[str, dict]) -> list[str]:
              "users by their number of history events; |rho|: the Spearman correlation of "
              "the targeting score with that number, by size (near 1: the sentence ranks users "
              "by how active they were, whatever it names). The last column is the linear "
-             "probe on the same runs.", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+             "probe on the same runs.", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, r in rows.items():
         cells = [name, str(r["seeds"]), *[_cell(r["tasks"].get(t, (math.nan, 0)))
                                           for t in tasks],
