@@ -5,8 +5,8 @@
 "How far an answer can be told from its history": before any model, how well a lexical
 matcher (TF-IDF over words, cosine) retrieves each validation user's own behaviour answer
 among a batch of 16 from the user's template text, for each way of building answers and
-history lengths, beside the number of history events the template keeps per user. This
-says how well-posed the contrastive task is.
+history lengths, beside the number of history events and tabular features the template
+keeps per user. This says how well-posed the contrastive task is.
 
 "What makes the encoder learn": each row is one ``maskstudy fit causal`` (seed 0) on the
 default world; the rows differ only in the overrides shown (the previous defaults, each fix
@@ -94,13 +94,15 @@ def row(label: str, overrides: list[str], res: dict) -> str:
 LEXICAL_BATCH = 16
 # An event's text opens with its date (``05-31 19h takeout ...``); tabular features do not.
 EVENT_DATE = re.compile(r"\b\d\d-\d\d\b")
+# A tabular feature renders as ``name=value``; no event or query text holds ``=``.
+FEATURE = re.compile(r"\w=")
 
 
 def lexical_retrieval(data: str, overrides: list[str], batches: int = 20) -> dict[str, float]:
     """``retrieval``: the share of validation users (the first ``batches`` batches of
     ``LEXICAL_BATCH``, ``users`` of them) whose own answer is the TF-IDF nearest, among the
-    answers of their batch, to their template text; ``events``: the median number of history
-    events the template kept per user."""
+    answers of their batch, to their template text; ``events`` and ``features``: the median
+    number of history events and tabular features the template kept per user."""
     from sklearn.feature_extraction.text import TfidfVectorizer
 
     from maskstudy.datamodules.datamodules import ContrastiveDataModule
@@ -124,7 +126,9 @@ def lexical_retrieval(data: str, overrides: list[str], batches: int = 20) -> dic
     hits = [np.mean(sims[i:i + b, i:i + b].argmax(1) == np.arange(b))
             for i in range(0, len(users) - b + 1, b)]
     events = np.median([len(EVENT_DATE.findall(text)) for text in users])
-    return {"retrieval": float(np.mean(hits)), "events": float(events), "users": b * len(hits)}
+    features = np.median([len(FEATURE.findall(text)) for text in users])
+    return {"retrieval": float(np.mean(hits)), "events": float(events),
+            "features": float(features), "users": b * len(hits)}
 
 
 ANSWER_ROWS = {
@@ -150,12 +154,14 @@ def main(argv: list[str] | None = None) -> int:
         m = lexical_retrieval(args.data, overrides)
         users.add(m["users"])
         rows.append(f"| {label} | {' '.join(overrides) or '-'} | {m['events']:.0f} | "
+                    f"{m['features']:.0f} | "
                     f"{m['retrieval']:.3f} ({m['retrieval'] * LEXICAL_BATCH:.1f}x) |")
     publish("How far an answer can be told from its history",
             "python -m benchmarks.learning --lexical-only",
             f"{' / '.join(map(str, sorted(users)))} validation users in batches of "
             f"{LEXICAL_BATCH}; chance 1/{LEXICAL_BATCH} = {1 / LEXICAL_BATCH:.4f}",
             table(["answers and history", "overrides", "history events kept per user (median)",
+                   "tabular features kept per user (median)",
                    f"TF-IDF retrieval among {LEXICAL_BATCH} (x chance)"], rows))
     if args.lexical_only:
         return 0

@@ -98,12 +98,13 @@ def test_the_targeting_benchmark_runs(monkeypatch, capsys):
 
 
 def test_a_longer_template_keeps_more_history_events(world):
-    """The lexical section's event count reads the rendered template: more tokens, more
-    events, and the matcher's hit rate is a share."""
+    """The lexical section's event and feature counts read the rendered template: more
+    tokens, more events and no fewer features, and the matcher's hit rate is a share."""
     from benchmarks.learning import lexical_retrieval
 
     short = lexical_retrieval(str(world), ["data.max_tokens=128"], batches=1)
     long = lexical_retrieval(str(world), ["data.max_tokens=512"], batches=1)
     assert 0 < short["events"] < long["events"]
+    assert 0 < short["features"] <= long["features"]
     assert short["users"] == long["users"] == 16  # one full batch
     assert 0 <= short["retrieval"] <= 1 and 0 <= long["retrieval"] <= 1
