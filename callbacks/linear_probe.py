@@ -174,8 +174,29 @@ def embed_probe_users(module, source: ProbeSource, query: str | None = None,
 
 TARGETING_METRICS = ("auc", "recall_at_k", "precision_at_k", "auc_raw", "auc_activity",
                      "activity_rho")
-# Averaged over tasks; activity_rho by its size, since its sign differs from model to model.
-TARGETING_AVERAGES = ("auc", "recall_at_k", "auc_raw", "auc_activity")
+
+
+@dataclass(frozen=True)
+class TargetingAverage:
+    """An average over tasks of one targeting metric, and how a report heads its column."""
+    metric: str
+    header: str
+    absolute: bool = False  # average the sizes (activity_rho's sign differs between models)
+
+    def of(self, per_task: dict[str, dict[str, float]]) -> float:
+        values = [m[self.metric] for m in per_task.values()]
+        return float(np.nanmean(np.abs(values) if self.absolute else values))
+
+
+# Keyed as targeting.json's "metrics" and eval/targeting/<key> hold them.
+TARGETING_AVERAGES = {
+    "avg_auc": TargetingAverage("auc", "avg AUC"),
+    "avg_recall_at_k": TargetingAverage("recall_at_k", "avg recall@K"),
+    "avg_auc_raw": TargetingAverage("auc_raw", "avg AUC, plain similarity"),
+    "avg_auc_activity": TargetingAverage("auc_activity", "avg AUC, activity alone"),
+    "avg_abs_activity_rho": TargetingAverage("activity_rho", "avg abs(rho) score~activity",
+                                             absolute=True),
+}
 
 
 def targeting_scores(module, source: ProbeSource) -> dict[str, dict[str, float]]:
@@ -218,10 +239,8 @@ def targeting_metrics(per_task: dict[str, dict[str, float]]) -> dict[str, float]
     ``avg_abs_activity_rho``)."""
     out = {f"eval/targeting/{task}/{key}": m[key]
            for task, m in per_task.items() for key in TARGETING_METRICS}
-    for key in TARGETING_AVERAGES:
-        out[f"eval/targeting/avg_{key}"] = float(np.nanmean([m[key] for m in per_task.values()]))
-    out["eval/targeting/avg_abs_activity_rho"] = float(np.nanmean(
-        [abs(m["activity_rho"]) for m in per_task.values()]))
+    for key, average in TARGETING_AVERAGES.items():
+        out[f"eval/targeting/{key}"] = average.of(per_task)
     return out
 
 

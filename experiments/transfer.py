@@ -24,15 +24,13 @@ from pathlib import Path
 
 import numpy as np
 
+from maskstudy.callbacks.linear_probe import TARGETING_AVERAGES
+
 from .report import _cell as report_cell
 from .report import mean_std
 
 DEFAULT_PROMPT_TOKENS = 6  # the size whose step curve the table shows (the paper's best)
 # targeting.json's averages the table shows, with their headers
-TARGETING_COLUMNS = {"avg_auc": "avg AUC", "avg_recall_at_k": "avg recall@K",
-                     "avg_auc_raw": "avg AUC, plain similarity",
-                     "avg_auc_activity": "avg AUC, activity alone",
-                     "avg_abs_activity_rho": "avg abs(rho) score~activity"}
 
 
 def _cell(ms: tuple[float, float]) -> str:
@@ -60,7 +58,7 @@ def targeting_rows(recipes: dict) -> dict[str, dict]:
         row = {"seeds": len(found),
                "tasks": {t: mean_std([f["tasks"][t]["auc"] for _, f in found
                                        if t in f["tasks"]]) for t in tasks}}
-        for key in TARGETING_COLUMNS:
+        for key in TARGETING_AVERAGES:
             row[key] = mean_std([f["metrics"].get(key, float("nan")) for _, f in found])
         row["probe_avg_auc"] = mean_std([run.results["metrics"]["eval/avg_auc"]
                                           for run, _ in found])
@@ -72,7 +70,8 @@ def targeting_markdown(rows: dict[str, dict]) -> list[str]:
     if not rows:
         return []
     tasks = list(dict.fromkeys(t for r in rows.values() for t in r["tasks"]))
-    head = ["recipe", "seeds", *tasks, *TARGETING_COLUMNS.values(), "probe avg AUC"]
+    head = ["recipe", "seeds", *tasks, *(a.header for a in TARGETING_AVERAGES.values()),
+            "probe avg AUC"]
     lines = ["## Zero-shot targeting (AUC per task)", "",
              "Each task's targeting sentence through the answer tower; the probe-test users "
              "ranked by similarity to it minus similarity to a sentence that states only an "
@@ -86,7 +85,7 @@ def targeting_markdown(rows: dict[str, dict]) -> list[str]:
     for name, r in rows.items():
         cells = [name, str(r["seeds"]), *[_cell(r["tasks"].get(t, (math.nan, 0)))
                                           for t in tasks],
-                 *[_cell(r[k]) for k in (*TARGETING_COLUMNS, "probe_avg_auc")]]
+                 *[_cell(r[k]) for k in (*TARGETING_AVERAGES, "probe_avg_auc")]]
         lines.append("| " + " | ".join(cells) + " |")
     return lines + [""]
 
