@@ -6,13 +6,17 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 WORLD := data/world
 WORLD_USERS ?= 6000
-# 5 recipes x 160 steps (the default: 300) after the default 300 pre-training steps, two points
-# at a time with one thread each: 9.5 min measured on an idle 2-core AMD EPYC (docs/results.md,
-# "The study").
-STUDY_STEPS ?= 160
-STUDY_PRETRAIN ?= 300
-# The Query-as-Anchor study and its transfer runs were measured with 150 pre-training steps.
+# The sweep file's recipes and steps (experiments/sweeps/default.yaml) after the default
+# pre-training (pretrain.steps in lightning_modules/pretrain.py), two points at a time with one
+# thread each (docs/results.md, "The study"). STUDY_STEPS=N and STUDY_PRETRAIN=N override them.
+STUDY_STEPS ?=
+STUDY_PRETRAIN ?=
+study_pretrain = $(if $(STUDY_PRETRAIN),pretrain.steps=$(STUDY_PRETRAIN))
+study_steps = $(if $(STUDY_STEPS),trainer.max_steps=$(STUDY_STEPS))
+# The Query-as-Anchor study and its transfer runs were measured with 150 pre-training steps,
+# the MovieLens study with 300.
 QANCHOR_PRETRAIN ?= 150
+MOVIELENS_PRETRAIN ?= 300
 # Finished points are kept: a second `make study` only prints the report (delete the
 # directory to start over).
 STUDY_DIR ?= runs/sweeps/default
@@ -54,9 +58,9 @@ $(WORLD)/world.json:
 # points share it.
 study: world
 	$(BIN)/maskstudy pretrain causal data.path=$(WORLD) cache_dir=$(STUDY_DIR)/.cache \
-		pretrain.steps=$(STUDY_PRETRAIN) $(STUDY_ARGS)
+		$(study_pretrain) $(STUDY_ARGS)
 	$(BIN)/maskstudy sweep experiments/sweeps/default.yaml --out $(STUDY_DIR) --workers $(STUDY_WORKERS) \
-		data.path=$(WORLD) trainer.max_steps=$(STUDY_STEPS) pretrain.steps=$(STUDY_PRETRAIN) $(STUDY_ARGS)
+		data.path=$(WORLD) $(study_steps) $(study_pretrain) $(STUDY_ARGS)
 	$(BIN)/maskstudy report $(STUDY_DIR)
 
 long-study: world
@@ -112,9 +116,9 @@ movielens: setup
 
 movielens-study: movielens
 	$(BIN)/maskstudy pretrain causal data=movielens data.path=$(MOVIELENS) \
-		cache_dir=$(MOVIELENS_DIR)/.cache
+		cache_dir=$(MOVIELENS_DIR)/.cache pretrain.steps=$(MOVIELENS_PRETRAIN)
 	$(BIN)/maskstudy sweep experiments/sweeps/movielens.yaml --out $(MOVIELENS_DIR) \
-		--workers $(STUDY_WORKERS) data.path=$(MOVIELENS)
+		--workers $(STUDY_WORKERS) data.path=$(MOVIELENS) pretrain.steps=$(MOVIELENS_PRETRAIN)
 	$(BIN)/maskstudy report $(MOVIELENS_DIR)
 
 text-encoder: setup

@@ -38,7 +38,9 @@ log = logging.getLogger(__name__)
 class PretrainConfig:
     """The ``pretrain`` config section."""
 
-    steps: int = 300  # 0: train the contrastive recipe from the backbone as built or loaded
+    # 0: train the contrastive recipe from the backbone as built or loaded. The amount of
+    # pre-training decides how far contrastive training gets (docs/learning.md).
+    steps: int = 600
     lr: float = 1.0e-3
     warmup_steps: int = 20
     min_lr_ratio: float = 0.1
