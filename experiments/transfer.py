@@ -30,7 +30,6 @@ from .report import _cell as report_cell
 from .report import mean_std
 
 DEFAULT_PROMPT_TOKENS = 6  # the size whose step curve the table shows (the paper's best)
-# targeting.json's averages the table shows, with their headers
 
 
 def _cell(ms: tuple[float, float]) -> str:
