@@ -89,6 +89,7 @@ class ProbeSet:
         self.labels: np.ndarray | None = None
         self.index: dict[str, int] = {}
         self.skipped: dict[str, dict[str, int]] = {}  # task -> positives, negatives
+        self._history_events: np.ndarray | None = None
 
     @property
     def task_names(self) -> list[str]:
@@ -148,7 +149,10 @@ class ProbeSet:
 
     def history_events(self) -> np.ndarray:
         """Each probe user's number of history events over every modality, in label order:
-        how active the user was, the ranking zero-shot targeting is read against."""
+        how active the user was, the ranking zero-shot targeting is read against (read once,
+        then every evaluation reuses it)."""
+        if self._history_events is not None:
+            return self._history_events
         self.load()
         events = np.zeros(len(self.user_ids), dtype=np.int64)
         start = 0
@@ -159,6 +163,7 @@ class ProbeSet:
             start += table.num_rows
         if start != len(events):
             raise RuntimeError(f"read {start} probe users' histories, {len(events)} labelled")
+        self._history_events = events
         return events
 
     def history_table(self) -> pa.Table:

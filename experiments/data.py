@@ -24,15 +24,12 @@ class ProbeSourceAdapter:
         # users are ranked under the query their answers were aligned with in training
         self.targeting_query = dm.cfg.behaviour_query
         self.targeting_reference = REFERENCE_SENTENCE
-        self._history_events: np.ndarray | None = None
 
     def test_mask(self, task: str) -> np.ndarray:
         return self.dm.probe.test_mask(task)
 
     def history_events(self) -> np.ndarray:
-        if self._history_events is None:  # read once, then every evaluation reuses it
-            self._history_events = self.dm.probe.history_events()
-        return self._history_events
+        return self.dm.probe.history_events()
 
     def dataloader(self, query: str | None = None, reserve: int = 0):
         return self.dm.probe_dataloader(all_ranks=True, query=query, reserve=reserve)
