@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import os
 from pathlib import Path
 
@@ -36,18 +37,23 @@ def shared_run_dir(cfg: ExperimentConfig) -> Path:
 
 
 def make_run_dir(cfg: ExperimentConfig) -> Path:
+    """``run_root/name/<timestamp>``, suffixed ``-1``, ``-2``, ... when a run started in the
+    same second already holds that name (mkdir is the claim, so parallel launches never
+    share a directory)."""
     root = Path(cfg.run_root) / cfg.name
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    run = root / stamp
-    k = 1
-    while run.exists():
-        run = root / f"{stamp}-{k}"
-        k += 1
     try:
-        run.mkdir(parents=True)
+        root.mkdir(parents=True, exist_ok=True)
+        for k in itertools.count():
+            run = root / (f"{stamp}-{k}" if k else stamp)
+            try:
+                run.mkdir()
+                break
+            except FileExistsError:
+                continue
         probe = run / ".writable"
         probe.write_text("")
         probe.unlink()
     except OSError as e:
-        raise OSError(f"run directory {run}: not writable ({e}); set run_root") from e
+        raise OSError(f"run directory under {root}: not writable ({e}); set run_root") from e
     return run

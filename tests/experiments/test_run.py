@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
 import pytest
+
+from maskstudy.experiments import rundir
 
 from maskstudy.experiments.config import EXPERIMENTS_DIR, load_config
 from maskstudy.experiments.loggers import wandb_mode
@@ -35,6 +42,31 @@ def test_wandb_mode(cfg, monkeypatch, tmp_path):
 def test_run_dirs_are_unique(cfg):
     a, b = make_run_dir(cfg), make_run_dir(cfg)
     assert a != b and a.parent == b.parent and a.parent.name == "causal"
+
+
+def test_runs_started_in_one_second_claim_distinct_dirs(cfg, monkeypatch):
+    """Parallel launches (e.g. `make transfer-study`'s seeds) share run_root and name: all
+    reach their first claim of the same timestamp together, and each still gets its own."""
+    class Frozen(dt.datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return cls(2026, 1, 1, 12, 0, 0)
+
+    n, together, first = 4, threading.Barrier(4, timeout=10), threading.local()
+    mkdir = Path.mkdir
+
+    def mkdir_together(self, *args, **kwargs):
+        if self.name.startswith("20260101") and not getattr(first, "done", False):
+            first.done = True
+            together.wait()
+        return mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(rundir.dt, "datetime", Frozen)
+    monkeypatch.setattr(Path, "mkdir", mkdir_together)
+    with ThreadPoolExecutor(max_workers=n) as pool:
+        dirs = list(pool.map(lambda _: make_run_dir(cfg), range(n)))
+    assert sorted(d.name for d in dirs) == [
+        "20260101-120000", *(f"20260101-120000-{k}" for k in range(1, n))]
 
 
 def test_unwritable_run_root_is_a_file(cfg, tmp_path):
