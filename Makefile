@@ -81,32 +81,35 @@ qanchor-study: world
 # targeting for qanchor and its two mask variants; prompt tuning at every prompt size for
 # TRANSFER_SEEDS of qanchor's seeds; the few-shot curve for all of them; tuning and curve on the
 # qanchor model without contrastive training (the paper's ablation, `trainer.train=false`).
-# One thread per process; about 3 hours on 2 cores for two seeds.
+# Each step runs its processes STUDY_WORKERS at a time with one thread each (`xargs -P`); a
+# failed process, or a missing checkpoint, stops the study (pipefail).
 TRANSFER_SEEDS ?= 0 1
 TRANSFER_ENV := WANDB_MODE=disabled OMP_NUM_THREADS=1
+TRANSFER_EACH := $(TRANSFER_ENV) xargs -r -P $(STUDY_WORKERS) -I{}
 TUNE_ARGS := data.eval_batch_size=8 --tasks qanchor
 qanchor_ckpt = $(wildcard $(QANCHOR_DIR)/points/*/$(1)/*/checkpoints/last.ckpt)
 seed_ckpts = $(foreach c,$(call qanchor_ckpt,qanchor),$(if $(filter $(TRANSFER_SEEDS),\
 	$(shell sed -n 's/^seed: //p' $(dir $(c))../config.yaml)),$(c)))
 UNTRAINED_DIR := runs/tuning
+untrained_ckpts = ls $(UNTRAINED_DIR)/qanchor_untrained/*/checkpoints/last.ckpt
 
+transfer-study: SHELL := /bin/bash
+transfer-study: .SHELLFLAGS := -o pipefail -c
 transfer-study: setup
-	for c in $(call qanchor_ckpt,qanchor) $(call qanchor_ckpt,qanchor_hybrid) \
-		$(call qanchor_ckpt,qanchor_bidirectional); do \
-		$(TRANSFER_ENV) $(BIN)/maskstudy eval $$c --targeting || exit 1; done
-	for c in $(seed_ckpts); do \
-		$(TRANSFER_ENV) $(BIN)/maskstudy tune $$c $(TUNE_ARGS) --prompt-tokens 1 2 4 6 8 16 \
-		|| exit 1; done
-	for s in $(TRANSFER_SEEDS); do \
-		$(TRANSFER_ENV) $(BIN)/maskstudy fit qanchor trainer.train=false name=qanchor_untrained \
-		run_root=$(UNTRAINED_DIR) seed=$$s cache_dir=$(QANCHOR_DIR)/.cache data.path=$(WORLD) \
-		pretrain.steps=$(QANCHOR_PRETRAIN) \
-		eval.tasks=[qanchor] eval.query=fixed eval.references=false || exit 1; done
-	for c in $(UNTRAINED_DIR)/qanchor_untrained/*/checkpoints/last.ckpt; do \
-		$(TRANSFER_ENV) $(BIN)/maskstudy tune $$c $(TUNE_ARGS) || exit 1; done
-	for c in $(call qanchor_ckpt,qanchor) \
-		$(UNTRAINED_DIR)/qanchor_untrained/*/checkpoints/last.ckpt; do \
-		$(TRANSFER_ENV) $(BIN)/maskstudy fewshot $$c || exit 1; done
+	@test -n "$(call qanchor_ckpt,qanchor)" \
+		|| { echo "no qanchor checkpoints under $(QANCHOR_DIR): run make qanchor-study" >&2; exit 1; }
+	printf '%s\n' $(call qanchor_ckpt,qanchor) $(call qanchor_ckpt,qanchor_hybrid) \
+		$(call qanchor_ckpt,qanchor_bidirectional) \
+		| $(TRANSFER_EACH) $(BIN)/maskstudy eval {} --targeting
+	printf '%s\n' $(seed_ckpts) \
+		| $(TRANSFER_EACH) $(BIN)/maskstudy tune {} $(TUNE_ARGS) --prompt-tokens 1 2 4 6 8 16
+	printf '%s\n' $(TRANSFER_SEEDS) | $(TRANSFER_EACH) $(BIN)/maskstudy fit qanchor \
+		trainer.train=false name=qanchor_untrained run_root=$(UNTRAINED_DIR) seed={} \
+		cache_dir=$(QANCHOR_DIR)/.cache data.path=$(WORLD) pretrain.steps=$(QANCHOR_PRETRAIN) \
+		eval.tasks=[qanchor] eval.query=fixed eval.references=false
+	$(untrained_ckpts) | $(TRANSFER_EACH) $(BIN)/maskstudy tune {} $(TUNE_ARGS)
+	{ printf '%s\n' $(call qanchor_ckpt,qanchor); $(untrained_ckpts); } \
+		| $(TRANSFER_EACH) $(BIN)/maskstudy fewshot {}
 	$(BIN)/maskstudy report $(QANCHOR_DIR)
 	$(BIN)/maskstudy report $(UNTRAINED_DIR)
 
