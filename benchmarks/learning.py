@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.common import publish, table
+from maskstudy.callbacks.linear_probe import representation_metric
 
 # The previous defaults, then each fix added in turn, then each fix taken out of the defaults.
 OLD = ["pretrain.steps=0", "optim.backbone_lr_scale=1.0", "data.answer_selection=sampled"]
@@ -85,8 +86,8 @@ def row(label: str, overrides: list[str], res: dict) -> str:
             f"{check['loss']:.2f} ({check['loss_ratio']:.2f}x) | "
             f"{check['user_spread'] / check['spread_isotropic']:.2f}x | {check['user_rank']:.1f} | "
             f"{'yes' if check['passed'] else 'no'} | "
-            f"{m['eval/by_representation/projected/avg_auc']:.4f} | "
-            f"{m['eval/by_representation/pooled/avg_auc']:.4f} | {untrained:.4f} | "
+            f"{m[representation_metric('projected')]:.4f} | "
+            f"{m[representation_metric('pooled')]:.4f} | {untrained:.4f} | "
             f"{res['train_seconds']:.0f} |")
 
 

@@ -148,6 +148,11 @@ def probe_all(embeddings: np.ndarray | dict[str, np.ndarray], source: ProbeSourc
 REPRESENTATIONS = ("projected", "pooled")
 
 
+def representation_metric(name: str, key: str = "avg_auc") -> str:
+    """The metric holding representation ``name``'s ``avg_auc`` (or ``avg_ks``)."""
+    return f"eval/by_representation/{name}/{key}"
+
+
 @torch.no_grad()
 def embed_probe_users(module, source: ProbeSource, query: str | None = None,
                       reserve: int = 0) -> dict[str, np.ndarray]:
@@ -342,7 +347,7 @@ def evaluate(module, source: ProbeSource, c: float = 1.0, step: int = 0,
             summary = summarise(per_task, source.domains)
             for key in ("avg_auc", "avg_ks"):
                 if protocol == query:
-                    metrics[f"eval/by_representation/{name}/{key}"] = summary[f"eval/{key}"]
+                    metrics[representation_metric(name, key)] = summary[f"eval/{key}"]
                 if name == representation and len(protocols) > 1:
                     metrics[f"eval/by_query/{protocol}/{key}"] = summary[f"eval/{key}"]
             if name == representation and len(protocols) > 1:

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import lightning as L
 
-from maskstudy.callbacks.linear_probe import evaluate, scores, summarise
+from maskstudy.callbacks.linear_probe import (REPRESENTATIONS, evaluate,
+                                              representation_metric, scores, summarise)
 from maskstudy.datamodules import baseline
 from maskstudy.datamodules.datamodules import ProbeDataModule
 from maskstudy.datamodules.schema import dataset_files
@@ -34,7 +35,7 @@ def _cache_key(cfg: ExperimentConfig, kind: str, tasks: list,
         model = to_dict(cfg)
         parts += [model["backbone"], model["encoder"], model["input"], d.tokenizer,
                   d.vocab_size, d.max_tokens, d.probe_query, d.anchor, cfg.seed, d.caps,
-                  cfg.eval.representation, cfg.eval.query]
+                  cfg.eval.representation, cfg.eval.query, REPRESENTATIONS]
         if backbone is not None:  # the reference is that pre-trained backbone
             parts.append(backbone.key)
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -61,16 +62,24 @@ def reference_rows(cfg: ExperimentConfig, probe_dm: ProbeDataModule,
             module = ContrastiveMaskingModule(module_cfg, vocab_size=probe_dm.vocab_size,
                                               modality_slots=probe_dm.modality_slots)
             load_pretrained(module, backbone)
-            per_task = evaluate(module, source, cfg.eval.c,
-                                representation=cfg.eval.representation,
-                                query=cfg.eval.query).per_task
+            evaluation = evaluate(module, source, cfg.eval.c,
+                                  representation=cfg.eval.representation,
+                                  query=cfg.eval.query)
+            per_task = evaluation.per_task
+            # every representation's averages, so runs are read against the same one
+            by_representation = {k: evaluation.metrics[k] for k in (
+                representation_metric(name, key)
+                for name in REPRESENTATIONS for key in ("avg_auc", "avg_ks"))}
         else:
             x = baseline.features(probe_dm.probe.history_table())
             per_task = {}
             for k, task in enumerate(source.task_names):
                 y, test = source.labels[:, k], source.test_mask(task)
                 per_task[task] = scores(y[test], baseline.fit_predict(x, y, test))
-        rows[kind] = {"tasks": per_task, "metrics": summarise(per_task, source.domains),
+        metrics = summarise(per_task, source.domains)
+        if kind == "untrained":
+            metrics |= by_representation
+        rows[kind] = {"tasks": per_task, "metrics": metrics,
                       "seconds": time.perf_counter() - start}
         path.write_text(json.dumps(rows[kind], indent=2) + "\n")
     return rows

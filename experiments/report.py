@@ -30,7 +30,8 @@ under the fixed query and under its own scenario query, side by side on the same
 the paired seed comparison of the two protocols' average AUC with its verdict.
 
 Each recipe is also set against the untrained model of its input (the backbone it started
-from), paired by seed: what contrastive training added to the probe.
+from), paired by seed: what contrastive training added to the probe, on the probed
+representation and on each representation (the projected embedding and the pooled state).
 
 Runs with transfer results beside them get the transfer tables (``experiments/transfer.py``):
 zero-shot targeting (``targeting.json``), prompt tuning (``tuned/``) and few-shot targeting
@@ -55,6 +56,8 @@ from pathlib import Path
 
 import numpy as np
 from scipy import stats
+
+from maskstudy.callbacks.linear_probe import REPRESENTATIONS, representation_metric
 
 # The paper's Table 2 order; other recipes follow alphabetically.
 ORDER = ("untrained", "causal", "hybrid", "hybrid_soft", "hybrid_mlp", "hybrid_gq",
@@ -178,7 +181,9 @@ def input_of(run: Run) -> str:
 
 def against_untrained(recipes: dict[str, Recipe], refs: dict[str, Recipe]) -> list[dict]:
     """Each trained recipe against the untrained model of its input, paired by seed: what
-    contrastive training added to the probe AUC (a 95% t interval with 2 or more seeds)."""
+    contrastive training added to the probe AUC (a 95% t interval with 2 or more seeds), on
+    the probed representation (``eval/avg_auc``) and, where run and reference both hold it,
+    on each representation (``by_representation``: the embedding and the pooled state)."""
     rows = []
     for name, rec in recipes.items():
         if name == "untrained":
@@ -190,13 +195,21 @@ def against_untrained(recipes: dict[str, Recipe], refs: dict[str, Recipe]) -> li
         if ref is None:
             continue
         seeds = sorted(set(rec.runs) & set(ref.runs))
-        diffs = [rec.runs[s].results["metrics"]["eval/avg_auc"]
-                 - ref.runs[s].results["metrics"]["eval/avg_auc"] for s in seeds]
-        if not diffs:
+        if not seeds:
             continue
-        mean, lo, hi = seed_interval(diffs)
-        rows.append({"recipe": name, "reference": ref.name, "seeds": len(seeds), "diff": mean,
-                     "seed_low": lo, "seed_high": hi})
+
+        def gain(metric: str) -> dict | None:
+            pairs = [(rec.runs[s].results["metrics"].get(metric),
+                      ref.runs[s].results["metrics"].get(metric)) for s in seeds]
+            if any(a is None or b is None for a, b in pairs):
+                return None  # a reference cached before it held every representation
+            mean, lo, hi = seed_interval([a - b for a, b in pairs])
+            return {"diff": mean, "seed_low": lo, "seed_high": hi}
+
+        by_rep = {r: gain(representation_metric(r)) for r in REPRESENTATIONS}
+        rows.append({"recipe": name, "reference": ref.name, "seeds": len(seeds),
+                     **gain("eval/avg_auc"),
+                     "by_representation": {r: g for r, g in by_rep.items() if g is not None}})
     return rows
 
 
@@ -586,19 +599,30 @@ def learning_markdown(rows: list[dict]) -> list[str]:
     return lines + [""]
 
 
+def _gain_cell(g: dict | None) -> str:
+    if g is None:
+        return "-"
+    iv = "" if math.isnan(g["seed_low"]) else f" [{g['seed_low']:+.4f}, {g['seed_high']:+.4f}]"
+    return f"{g['diff']:+.4f}{iv}"
+
+
 def untrained_markdown(rows: list[dict]) -> list[str]:
     if not rows:
         return []
     lines = ["## Against the untrained model (average AUC)", "",
              "What contrastive training added to the probe: each recipe minus the untrained "
-             "model of its input (the backbone it started from), paired by seed.", "",
-             "| recipe | reference | paired seeds | Δ avg AUC | seeds: 95% t interval |",
-             "|---|---|---|---|---|"]
+             "model of its input (the backbone it started from), paired by seed; then the "
+             "same for each representation probed (the projected embedding, the pooled hidden "
+             "state before the projector; \"-\": the reference did not record it).", "",
+             "| recipe | reference | paired seeds | Δ avg AUC | seeds: 95% t interval | "
+             + " | ".join(f"Δ {r}, interval" for r in REPRESENTATIONS) + " |",
+             "|---|---|---|---|---|" + "---|" * len(REPRESENTATIONS)]
     for r in rows:
         iv = ("-" if math.isnan(r["seed_low"])
               else f"[{r['seed_low']:+.4f}, {r['seed_high']:+.4f}]")
+        reps = " | ".join(_gain_cell(r["by_representation"].get(k)) for k in REPRESENTATIONS)
         lines.append(f"| {r['recipe']} | {r['reference']} | {r['seeds']} | {r['diff']:+.4f} | "
-                     f"{iv} |")
+                     f"{iv} | {reps} |")
     return lines + [""]
 
 

@@ -187,6 +187,10 @@ def test_the_probe_reads_the_representation_asked_for(world, tmp_path, monkeypat
     assert res["representation"] == "pooled"
     assert m["eval/avg_auc"] == m["eval/by_representation/pooled/avg_auc"]
     assert m["eval/avg_auc"] != m["eval/by_representation/projected/avg_auc"]
+    # the untrained reference records both, so each is read against its own
+    ref = res["references"]["untrained"]["metrics"]
+    assert ref["eval/avg_auc"] == ref["eval/by_representation/pooled/avg_auc"]
+    assert ref["eval/by_representation/projected/avg_auc"] != ref["eval/avg_auc"]
     ckpt = next((tmp_path / "causal").glob("*/checkpoints/last.ckpt"))
     assert main(["eval", str(ckpt), "--json", str(tmp_path / "e.json")]) == 0
     again = json.loads((tmp_path / "e.json").read_text())["metrics"]

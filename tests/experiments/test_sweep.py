@@ -355,6 +355,43 @@ def test_untrained_references_are_kept_per_input(tmp_path):
     assert "## Against the untrained model (average AUC)" in md
 
 
+def test_gains_over_untrained_per_representation(tmp_path):
+    """The embedding and the pooled state are each read against the same representation of
+    the untrained model; a reference without them leaves their cells empty, not zero."""
+    def metrics(projected, pooled):
+        return {"eval/avg_auc": projected, "eval/avg_ks": 0.3,
+                "eval/by_representation/projected/avg_auc": projected,
+                "eval/by_representation/pooled/avg_auc": pooled}
+
+    for seed, (run_pooled, ref_pooled) in enumerate([(0.78, 0.74), (0.80, 0.74)]):
+        run = fabricate(tmp_path, "causal", seed, [0.7, 0.7, 0.7])
+        res = json.loads((run / "results.json").read_text())
+        res["metrics"] |= metrics(0.7, run_pooled)
+        res["references"] = {"untrained": {
+            "tasks": {f"t{k}": {"auc": 0.69, "ks": 0.3} for k in range(3)},
+            "metrics": metrics(0.69, ref_pooled)}}
+        (run / "results.json").write_text(json.dumps(res))
+    md = report(tmp_path, rounds=50).read_text()
+    (gain,) = json.loads((tmp_path / "report" / "report.json").read_text())["against_untrained"]
+    assert gain["diff"] == pytest.approx(0.01)
+    assert gain["by_representation"]["projected"]["diff"] == pytest.approx(0.01)
+    assert gain["by_representation"]["pooled"]["diff"] == pytest.approx(0.05)
+    assert gain["by_representation"]["pooled"]["seed_low"] < 0.05 < gain[
+        "by_representation"]["pooled"]["seed_high"]
+    assert "| Δ projected, interval | Δ pooled, interval |" in md
+    assert "| causal | untrained backbone (reference) | 2 | +0.0100 |" in md
+    assert "| +0.0500 [" in md
+
+    for seed in (0, 1):  # a reference cached before it held every representation
+        path = tmp_path / "causal" / f"s{seed}" / "results.json"
+        res = json.loads(path.read_text())
+        del res["references"]["untrained"]["metrics"]["eval/by_representation/pooled/avg_auc"]
+        path.write_text(json.dumps(res))
+    report(tmp_path, rounds=50)
+    (gain,) = json.loads((tmp_path / "report" / "report.json").read_text())["against_untrained"]
+    assert set(gain["by_representation"]) == {"projected"}
+
+
 # --- the dashboard --------------------------------------------------------------------------
 
 
