@@ -179,36 +179,41 @@ def input_of(run: Run) -> str:
     return run.results["input"]
 
 
-def against_untrained(recipes: dict[str, Recipe], refs: dict[str, Recipe]) -> list[dict]:
+def against_untrained(recipes: dict[str, Recipe]) -> list[dict]:
     """Each trained recipe against the untrained model of its input, paired by seed: what
     contrastive training added to the probe AUC (a 95% t interval with 2 or more seeds), on
     the probed representation (``eval/avg_auc``) and, where run and reference both hold it,
-    on each representation (``by_representation``: the embedding and the pooled state)."""
+    on each representation (``by_representation``: the embedding and the pooled state). Each
+    run is read against the reference it carries (the ``untrained`` recipe's run of its seed
+    when the sweep ran that recipe on text)."""
     rows = []
     for name, rec in recipes.items():
         if name == "untrained":
             continue
-        first = rec.runs[min(rec.runs)]
-        ref = refs.get(untrained_name(input_of(first)))
-        if ref is None and input_of(first) == "text":
-            ref = recipes.get("untrained")
-        if ref is None:
-            continue
-        seeds = sorted(set(rec.runs) & set(ref.runs))
-        if not seeds:
+        source = input_of(rec.runs[min(rec.runs)])
+        ran = recipes.get("untrained") if source == "text" else None
+        pairs = {}
+        for seed, run in rec.runs.items():
+            if ran is not None:
+                ref = ran.runs[seed].results["metrics"] if seed in ran.runs else None
+            else:
+                carried = (run.results.get("references") or {}).get("untrained")
+                ref = carried["metrics"] if carried else None
+            if ref:
+                pairs[seed] = (run.results["metrics"], ref)
+        if not pairs:
             continue
 
         def gain(metric: str) -> dict | None:
-            pairs = [(rec.runs[s].results["metrics"].get(metric),
-                      ref.runs[s].results["metrics"].get(metric)) for s in seeds]
-            if any(a is None or b is None for a, b in pairs):
+            values = [(m.get(metric), r.get(metric)) for m, r in pairs.values()]
+            if any(a is None or b is None for a, b in values):
                 return None  # a reference cached before it held every representation
-            mean, lo, hi = seed_interval([a - b for a, b in pairs])
+            mean, lo, hi = seed_interval([a - b for a, b in values])
             return {"diff": mean, "seed_low": lo, "seed_high": hi}
 
         by_rep = {r: gain(representation_metric(r)) for r in REPRESENTATIONS}
-        rows.append({"recipe": name, "reference": ref.name, "seeds": len(seeds),
-                     **gain("eval/avg_auc"),
+        rows.append({"recipe": name, "reference": "untrained" if ran else untrained_name(source),
+                     "seeds": len(pairs), **gain("eval/avg_auc"),
                      "by_representation": {r: g for r, g in by_rep.items() if g is not None}})
     return rows
 
@@ -787,7 +792,7 @@ def report(sweep_dir: str | Path, out: str | Path | None = None, *, rounds: int 
     table = summary({**refs, **recipes}, tasks, domains)
     comparisons = compare(recipes, rounds)
     aa = aa_false_positive_rate(recipes)
-    gains = against_untrained(recipes, refs)
+    gains = against_untrained(recipes)
     stab = stability(recipes)
     queries = query_protocols(recipes)
     scenarios = scenario_summary(recipes, tasks)
