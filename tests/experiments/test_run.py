@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 
 from maskstudy.experiments import rundir
-
 from maskstudy.experiments.config import EXPERIMENTS_DIR, load_config
 from maskstudy.experiments.loggers import wandb_mode
 from maskstudy.experiments.rundir import make_run_dir
