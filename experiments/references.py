@@ -67,19 +67,16 @@ def reference_rows(cfg: ExperimentConfig, probe_dm: ProbeDataModule,
                                   query=cfg.eval.query)
             per_task = evaluation.per_task
             # every representation's averages, so runs are read against the same one
-            by_representation = {k: evaluation.metrics[k] for k in (
+            extra = {k: evaluation.metrics[k] for k in (
                 representation_metric(name, key)
                 for name in REPRESENTATIONS for key in ("avg_auc", "avg_ks"))}
         else:
             x = baseline.features(probe_dm.probe.history_table())
-            per_task = {}
+            per_task, extra = {}, {}
             for k, task in enumerate(source.task_names):
                 y, test = source.labels[:, k], source.test_mask(task)
                 per_task[task] = scores(y[test], baseline.fit_predict(x, y, test))
-        metrics = summarise(per_task, source.domains)
-        if kind == "untrained":
-            metrics |= by_representation
-        rows[kind] = {"tasks": per_task, "metrics": metrics,
+        rows[kind] = {"tasks": per_task, "metrics": summarise(per_task, source.domains) | extra,
                       "seconds": time.perf_counter() - start}
         path.write_text(json.dumps(rows[kind], indent=2) + "\n")
     return rows

@@ -203,19 +203,22 @@ def against_untrained(recipes: dict[str, Recipe]) -> list[dict]:
                 pairs[seed] = (run.results["metrics"], ref)
         if not pairs:
             continue
-
-        def gain(metric: str) -> dict | None:
-            values = [(m.get(metric), r.get(metric)) for m, r in pairs.values()]
-            if any(a is None or b is None for a, b in values):
-                return None  # a reference cached before it held every representation
-            mean, lo, hi = seed_interval([a - b for a, b in values])
-            return {"diff": mean, "seed_low": lo, "seed_high": hi}
-
-        by_rep = {r: gain(representation_metric(r)) for r in REPRESENTATIONS}
+        by_rep = {r: paired_gain(pairs, representation_metric(r)) for r in REPRESENTATIONS}
         rows.append({"recipe": name, "reference": "untrained" if ran else untrained_name(source),
-                     "seeds": len(pairs), **gain("eval/avg_auc"),
+                     "seeds": len(pairs), **paired_gain(pairs, "eval/avg_auc"),
                      "by_representation": {r: g for r, g in by_rep.items() if g is not None}})
     return rows
+
+
+def paired_gain(pairs: dict[int, tuple[dict, dict]], metric: str) -> dict | None:
+    """Mean over seeds of run minus reference on ``metric`` (``pairs``: seed -> the run's and
+    its reference's metrics) with its 95% t interval; None when either side lacks it (a
+    reference cached before it held every representation)."""
+    values = [(m.get(metric), r.get(metric)) for m, r in pairs.values()]
+    if any(a is None or b is None for a, b in values):
+        return None
+    mean, lo, hi = seed_interval([a - b for a, b in values])
+    return {"diff": mean, "seed_low": lo, "seed_high": hi}
 
 
 def _rank(name: str) -> tuple[int, str]:
