@@ -152,14 +152,15 @@ REFERENCE_NAMES = {"untrained": "untrained backbone (reference)",
 
 def references(recipes: dict[str, Recipe]) -> dict[str, Recipe]:
     """The reference rows every run carries (``results.json`` ``references``), over the seeds
-    they were computed for; the untrained row only when no ``untrained`` recipe ran, one per
-    input (an untrained model reading one token per event is another reference than one
-    reading text)."""
+    they were computed for; the untrained row one per input (an untrained model reading one
+    token per event is another reference than one reading text), from the runs that are read
+    against it (:func:`untrained_recipe`)."""
     out: dict[str, Recipe] = {}
     for rec in recipes.values():
         for seed, run in rec.runs.items():
             for kind, ref in (run.results.get("references") or {}).items():
-                if kind not in REFERENCE_NAMES or (kind == "untrained" and "untrained" in recipes):
+                if kind not in REFERENCE_NAMES or (
+                        kind == "untrained" and untrained_recipe(run, recipes) is not None):
                     continue
                 name = (untrained_name(input_of(run)) if kind == "untrained"
                         else REFERENCE_NAMES[kind])
@@ -179,32 +180,43 @@ def input_of(run: Run) -> str:
     return run.results["input"]
 
 
+def untrained_recipe(run: Run, recipes: dict[str, Recipe]) -> Recipe | None:
+    """The sweep's own ``untrained`` recipe when ``run`` is read against it instead of the
+    reference it carries: the recipe ran (on text, its input) and ``run`` reads text."""
+    return recipes.get("untrained") if input_of(run) == "text" else None
+
+
+def untrained_metrics(run: Run, recipes: dict[str, Recipe]) -> dict | None:
+    """The metrics of the untrained model ``run`` is read against: the ``untrained`` recipe's
+    run of its seed (:func:`untrained_recipe`), else the reference it carries; None when
+    there is none."""
+    ran = untrained_recipe(run, recipes)
+    if ran is not None:
+        same_seed = ran.runs.get(run.seed)
+        return same_seed.results["metrics"] if same_seed else None
+    carried = (run.results.get("references") or {}).get("untrained")
+    return carried["metrics"] if carried else None
+
+
 def against_untrained(recipes: dict[str, Recipe]) -> list[dict]:
-    """Each trained recipe against the untrained model of its input, paired by seed: what
-    contrastive training added to the probe AUC (a 95% t interval with 2 or more seeds), on
-    the probed representation (``eval/avg_auc``) and, where run and reference both hold it,
-    on each representation (``by_representation``: the embedding and the pooled state). Each
-    run is read against the reference it carries (the ``untrained`` recipe's run of its seed
-    when the sweep ran that recipe on text)."""
+    """Each trained recipe against the untrained model of its input, paired by seed
+    (:func:`untrained_metrics`): what contrastive training added to the probe AUC (a 95% t
+    interval with 2 or more seeds), on the probed representation (``eval/avg_auc``) and,
+    where run and reference both hold it, on each representation (``by_representation``:
+    the embedding and the pooled state)."""
     rows = []
     for name, rec in recipes.items():
         if name == "untrained":
             continue
-        source = input_of(rec.runs[min(rec.runs)])
-        ran = recipes.get("untrained") if source == "text" else None
-        pairs = {}
-        for seed, run in rec.runs.items():
-            if ran is not None:
-                ref = ran.runs[seed].results["metrics"] if seed in ran.runs else None
-            else:
-                carried = (run.results.get("references") or {}).get("untrained")
-                ref = carried["metrics"] if carried else None
-            if ref:
-                pairs[seed] = (run.results["metrics"], ref)
+        first = rec.runs[min(rec.runs)]
+        pairs = {seed: (run.results["metrics"], ref) for seed, run in rec.runs.items()
+                 if (ref := untrained_metrics(run, recipes))}
         if not pairs:
             continue
+        ran = untrained_recipe(first, recipes) is not None
         by_rep = {r: paired_gain(pairs, representation_metric(r)) for r in REPRESENTATIONS}
-        rows.append({"recipe": name, "reference": "untrained" if ran else untrained_name(source),
+        rows.append({"recipe": name,
+                     "reference": "untrained" if ran else untrained_name(input_of(first)),
                      "seeds": len(pairs), **paired_gain(pairs, "eval/avg_auc"),
                      "by_representation": {r: g for r, g in by_rep.items() if g is not None}})
     return rows

@@ -13,8 +13,9 @@ from maskstudy.experiments.cli import main, recipe_and_overrides
 from maskstudy.experiments.config import EXPERIMENTS_DIR, load_config
 from maskstudy.experiments.dashboard import SECTIONS, build_workspace, workspace_json
 from maskstudy.experiments.report import (
-    aa_false_positive_rate, bootstrap_difference, collect, detectable_effect, loss_spikes,
-    references, report, resampled_auc, seed_interval, seeds_needed,
+    aa_false_positive_rate, against_untrained, bootstrap_difference, collect,
+    detectable_effect, loss_spikes, references, report, resampled_auc, seed_interval,
+    seeds_needed,
 )
 from maskstudy.experiments.progress import ProgressFile
 from maskstudy.experiments.sweep import (
@@ -353,6 +354,27 @@ def test_untrained_references_are_kept_per_input(tmp_path):
     assert gains["hierarchical_causal"]["diff"] == pytest.approx(-0.05)
     assert gains["hierarchical_causal"]["reference"].startswith("untrained backbone, hierarchical")
     assert "## Against the untrained model (average AUC)" in md
+
+
+def test_untrained_recipe_stands_for_text_runs_only(tmp_path):
+    """With an ``untrained`` recipe in the sweep, text runs are read against it and their
+    carried reference disappears; a hierarchical run keeps its own, in the gains and in the
+    reference rows alike."""
+    fabricate(tmp_path, "untrained", 0, [0.65, 0.65, 0.65])
+    for name, source in (("causal", "text"), ("hierarchical_causal", "hierarchical")):
+        run = fabricate(tmp_path, name, 0, [0.7, 0.7, 0.7])
+        res = json.loads((run / "results.json").read_text())
+        res.update(input=source, references={"untrained": {
+            "tasks": {f"t{k}": {"auc": 0.6, "ks": 0.3} for k in range(3)},
+            "metrics": {"eval/avg_auc": 0.6, "eval/avg_ks": 0.3}}})
+        (run / "results.json").write_text(json.dumps(res))
+    recipes = collect(tmp_path)
+    assert list(references(recipes)) == [
+        "untrained backbone, hierarchical input (reference)"]
+    gains = {g["recipe"]: g for g in against_untrained(recipes)}
+    assert gains["causal"]["reference"] == "untrained"
+    assert gains["causal"]["diff"] == pytest.approx(0.05)
+    assert gains["hierarchical_causal"]["diff"] == pytest.approx(0.1)
 
 
 def test_gains_over_untrained_per_representation(tmp_path):
