@@ -34,6 +34,7 @@ import numpy as np
 
 from benchmarks.common import publish, table
 from maskstudy.callbacks.linear_probe import representation_metric
+from maskstudy.experiments.threads import share
 
 # The previous defaults, then each fix added in turn, then each fix taken out of the defaults.
 OLD = ["pretrain.steps=0", "optim.backbone_lr_scale=1.0", "data.answer_selection=sampled"]
@@ -60,7 +61,7 @@ def run(label: str, overrides: list[str], args, root: Path) -> dict:
     if not done:
         env = dict(os.environ, WANDB_MODE="disabled")
         if args.workers > 1:
-            env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // args.workers)))
+            env.setdefault("OMP_NUM_THREADS", str(share(args.workers)))
         cmd = [sys.executable, "-m", "maskstudy.experiments.cli", "fit", "causal",
                f"name={slug(label)}", f"data.path={args.data}", f"run_root={root}",
                f"trainer.max_steps={args.steps}", "trainer.enable_progress_bar=false",

@@ -9,6 +9,8 @@ import sys
 import time
 from pathlib import Path
 
+from maskstudy.experiments.threads import follow_share
+
 
 def _one_line_errors() -> tuple[type[Exception], ...]:
     """The mistakes a user can fix from the message alone (imported when one is raised, so
@@ -712,6 +714,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    follow_share()  # a sweep point takes the cores its sweep hands on
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
     # key=value overrides may follow options (``sweep FILE --out DIR a=1``)

@@ -18,6 +18,10 @@ W&B groups the sweep's runs). A point whose
 run directory holds a ``results.json`` is finished and skipped, so an interrupted sweep picks
 up where it stopped.
 
+Parallel points share the cores (``OMP_NUM_THREADS``); once no point waits to start, the
+running ones take over the cores of the finished ones (``experiments/threads.py``), so the
+last point of a sweep does not run on one core of two.
+
 While points run, a status line every ``PRINT_EVERY`` (30) seconds says how many are done,
 running and pending, where each running point is (its run's ``progress.json``: stage, step,
 ETA), the time elapsed and an estimate of the time left.
@@ -45,6 +49,7 @@ import numpy as np
 import yaml
 
 from .progress import PRINT_EVERY, eta_seconds, minutes, read_progress
+from .threads import give_threads, share, share_env
 
 METHODS = ("grid", "random")
 MACROS = ("${env}", "${interpreter}", "${program}", "${args}", "${args_no_hyphens}",
@@ -208,6 +213,11 @@ class PointRun:
     command: list[str]
     status: str = "pending"  # pending | running | skipped (already finished) | done | failed
     seconds: float = 0.0
+    threads: int | None = None  # its share of the cores; None: OMP_NUM_THREADS as given
+
+    @property
+    def share_file(self) -> Path:
+        return self.dir / "threads"
 
 
 def plan(sweep: Sweep, out: Path) -> list[PointRun]:
@@ -235,22 +245,36 @@ def _execute(run: PointRun, workers: int = 1) -> PointRun:
         log.write(f"$ {shlex.join(run.command)}\n")
         log.flush()
         code = subprocess.call(run.command, stdout=log, stderr=subprocess.STDOUT,
-                               env=_env(workers))
+                               env=_env(run, workers))
     run.seconds = time.perf_counter() - start
     run.status = "done" if code == 0 and finished_run(run.dir) else "failed"
     return run
 
 
-def _env(workers: int = 1) -> dict:
+def _env(run: PointRun, workers: int) -> dict:
     """The environment of a point: this interpreter's bin directory first on PATH, so the
     ``maskstudy`` of the running installation is the one ``${program}`` finds; with several
     workers the CPU threads are shared out (unless OMP_NUM_THREADS is set), so parallel points
-    do not oversubscribe the cores."""
+    do not oversubscribe the cores, and the point follows its share (:func:`_hand_on_cores`)."""
     env = dict(os.environ)
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     if workers > 1 and "OMP_NUM_THREADS" not in env:
-        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // workers))
+        run.threads = share(workers)
+        env = share_env(env, run.share_file, run.threads)
     return env
+
+
+def _hand_on_cores(runs: list[PointRun]) -> None:
+    """Once no point waits to start, the running points share the cores of the finished
+    ones (``experiments/threads.py``); a point that does not listen yet is tried again at
+    the next call."""
+    if any(r.status == "pending" for r in runs):
+        return
+    running = [r for r in runs if r.status == "running" and r.threads is not None]
+    threads = share(len(running))
+    for r in running:
+        if r.threads != threads and give_threads(r.share_file, threads):
+            r.threads = threads
 
 
 def _write_state(sweep: Sweep, out: Path, runs: list[PointRun]) -> None:
@@ -297,6 +321,7 @@ def run_sweep(path: str | Path, out: str | Path | None = None, *, workers: int =
                 echo(f"  {r.id}  {r.status} in {r.seconds:.0f}s ({r.dir / 'log.txt'})")
                 _write_state(sweep, out, runs)
             if waiting:
+                _hand_on_cores(todo)
                 echo(status_line(todo, start, workers))
     return runs
 
