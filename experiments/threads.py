@@ -60,7 +60,9 @@ def follow_share() -> None:
         torch.set_num_threads(int(file.read_text()))
 
     signal.signal(signal.SIGUSR1, take_threads)
-    file.with_suffix(".pid").write_text(str(os.getpid()))
+    written = file.with_suffix(".pid.tmp")  # renamed, so the parent never reads half a pid
+    written.write_text(str(os.getpid()))
+    written.replace(file.with_suffix(".pid"))
 
 
 def give_threads(file: Path, threads: int) -> bool:
