@@ -19,6 +19,9 @@ MOVIELENS_PRETRAIN ?= 300
 # directory to start over).
 STUDY_DIR ?= runs/sweeps/default
 STUDY_WORKERS ?= 2
+# Options of `maskstudy sweep` for every study, e.g. SWEEP_FLAGS=--hand-on-cores (faster last
+# points, numbers that depend on when they got the cores; docs/configuration.md).
+SWEEP_FLAGS ?=
 # Overrides for the pre-training and every point alike, so the points find the backbone
 # pre-trained for their data (e.g. STUDY_ARGS=data.max_tokens=512 with its own STUDY_DIR).
 STUDY_ARGS ?=
@@ -57,21 +60,22 @@ $(WORLD)/world.json:
 study: world
 	$(BIN)/maskstudy pretrain causal data.path=$(WORLD) cache_dir=$(STUDY_DIR)/.cache \
 		$(study_pretrain) $(STUDY_ARGS)
-	$(BIN)/maskstudy sweep experiments/sweeps/default.yaml --out $(STUDY_DIR) --workers $(STUDY_WORKERS) \
-		data.path=$(WORLD) $(study_steps) $(study_pretrain) $(STUDY_ARGS)
+	$(BIN)/maskstudy sweep experiments/sweeps/default.yaml --out $(STUDY_DIR) \
+		--workers $(STUDY_WORKERS) $(SWEEP_FLAGS) data.path=$(WORLD) $(study_steps) \
+		$(study_pretrain) $(STUDY_ARGS)
 	$(BIN)/maskstudy report $(STUDY_DIR)
 
 long-study: world
 	$(BIN)/maskstudy pretrain causal data.path=$(WORLD) cache_dir=$(LONG_DIR)/.cache
-	$(BIN)/maskstudy sweep experiments/sweeps/long.yaml --out $(LONG_DIR) --workers $(STUDY_WORKERS) \
-		data.path=$(WORLD)
+	$(BIN)/maskstudy sweep experiments/sweeps/long.yaml --out $(LONG_DIR) \
+		--workers $(STUDY_WORKERS) $(SWEEP_FLAGS) data.path=$(WORLD)
 	$(BIN)/maskstudy report $(LONG_DIR)
 
 # The Query-as-Anchor table (docs/results.md): qanchor and its ablations, three seeds.
 qanchor-study: world
 	$(BIN)/maskstudy pretrain causal data.path=$(WORLD) cache_dir=$(QANCHOR_DIR)/.cache
 	$(BIN)/maskstudy sweep experiments/sweeps/qanchor.yaml --out $(QANCHOR_DIR) \
-		--workers $(STUDY_WORKERS) data.path=$(WORLD)
+		--workers $(STUDY_WORKERS) $(SWEEP_FLAGS) data.path=$(WORLD)
 	$(BIN)/maskstudy report $(QANCHOR_DIR)
 
 # Transfer tables (docs/results.md) on the checkpoints of `make qanchor-study`: zero-shot
@@ -118,7 +122,8 @@ movielens-study: movielens
 	$(BIN)/maskstudy pretrain causal data=movielens data.path=$(MOVIELENS) \
 		cache_dir=$(MOVIELENS_DIR)/.cache pretrain.steps=$(MOVIELENS_PRETRAIN)
 	$(BIN)/maskstudy sweep experiments/sweeps/movielens.yaml --out $(MOVIELENS_DIR) \
-		--workers $(STUDY_WORKERS) data.path=$(MOVIELENS) pretrain.steps=$(MOVIELENS_PRETRAIN)
+		--workers $(STUDY_WORKERS) $(SWEEP_FLAGS) data.path=$(MOVIELENS) \
+		pretrain.steps=$(MOVIELENS_PRETRAIN)
 	$(BIN)/maskstudy report $(MOVIELENS_DIR)
 
 text-encoder: setup

@@ -369,7 +369,8 @@ def _sweep(args: argparse.Namespace) -> int:
     from maskstudy.experiments.sweep import run_sweep
 
     runs = run_sweep(args.file, args.out, workers=args.workers, dry_run=args.dry_run,
-                     count=args.count, overrides=args.overrides)
+                     count=args.count, overrides=args.overrides,
+                     hand_on_cores=args.hand_on_cores)
     failed = [r for r in runs if r.status == "failed"]
     if failed:
         print(f"{len(failed)} point(s) failed; see their log.txt", file=sys.stderr)
@@ -684,6 +685,11 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("overrides", nargs="*", help="key=value added to every point")
     sweep.add_argument("--out", help="sweep directory (default runs/sweeps/<file stem>)")
     sweep.add_argument("--workers", type=int, default=1, help="points run at once (default 1)")
+    sweep.add_argument("--hand-on-cores", action="store_true",
+                       help="once no point waits to start, give the running points the cores "
+                            "of the finished ones: a faster tail, but a point's numbers then "
+                            "depend on when it got them (thread counts change the order of "
+                            "floating-point sums), so a rerun may differ slightly")
     sweep.add_argument("--count", type=int, help="points of a random sweep (default run_cap)")
     sweep.add_argument("--dry-run", action="store_true", help="list the points, run nothing")
     sweep.set_defaults(func=_sweep)

@@ -18,9 +18,13 @@ W&B groups the sweep's runs). A point whose
 run directory holds a ``results.json`` is finished and skipped, so an interrupted sweep picks
 up where it stopped.
 
-Parallel points share the cores (``OMP_NUM_THREADS``); once no point waits to start, the
-running ones take over the cores of the finished ones (``experiments/threads.py``), so the
-last point of a sweep does not run on one core of two.
+Parallel points share the cores (``OMP_NUM_THREADS``). With ``hand_on_cores``, once no point
+waits to start, the running ones take over the cores of the finished ones
+(``experiments/threads.py``), so the last point of a sweep does not run on one core of two.
+It is off by default because it costs reproducibility: a point's numbers depend on its thread
+count (the order of floating-point sums), so they then depend on when it got the cores. In
+the default study the last point took 78 s with the cores handed on and 114 s without, and
+its task AUCs moved by up to 0.0007 (docs/results.md, "The study").
 
 While points run, a status line every ``PRINT_EVERY`` (30) seconds says how many are done,
 running and pending, where each running point is (its run's ``progress.json``: stage, step,
@@ -235,7 +239,7 @@ def plan(sweep: Sweep, out: Path) -> list[PointRun]:
     return runs
 
 
-def _execute(run: PointRun, workers: int = 1) -> PointRun:
+def _execute(run: PointRun, workers: int = 1, follow: bool = False) -> PointRun:
     run.status = "running"
     run.dir.mkdir(parents=True, exist_ok=True)
     (run.dir / "point.json").write_text(json.dumps(
@@ -245,22 +249,27 @@ def _execute(run: PointRun, workers: int = 1) -> PointRun:
         log.write(f"$ {shlex.join(run.command)}\n")
         log.flush()
         code = subprocess.call(run.command, stdout=log, stderr=subprocess.STDOUT,
-                               env=_env(run, workers))
+                               env=_env(run, workers, follow))
     run.seconds = time.perf_counter() - start
     run.status = "done" if code == 0 and finished_run(run.dir) else "failed"
     return run
 
 
-def _env(run: PointRun, workers: int) -> dict:
+def _env(run: PointRun, workers: int, follow: bool = False) -> dict:
     """The environment of a point: this interpreter's bin directory first on PATH, so the
     ``maskstudy`` of the running installation is the one ``${program}`` finds; with several
     workers the CPU threads are shared out (unless OMP_NUM_THREADS is set), so parallel points
-    do not oversubscribe the cores, and the point follows its share (:func:`_hand_on_cores`)."""
+    do not oversubscribe the cores; with ``follow`` the point follows its share
+    (:func:`_hand_on_cores`)."""
     env = dict(os.environ)
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     if workers > 1 and "OMP_NUM_THREADS" not in env:
-        run.threads = share(workers)
-        env = share_env(env, run.share_file, run.threads)
+        threads = share(workers)
+        if follow:
+            run.threads = threads
+            env = share_env(env, run.share_file, threads)
+        else:
+            env["OMP_NUM_THREADS"] = str(threads)
     return env
 
 
@@ -286,9 +295,11 @@ def _write_state(sweep: Sweep, out: Path, runs: list[PointRun]) -> None:
 
 def run_sweep(path: str | Path, out: str | Path | None = None, *, workers: int = 1,
               dry_run: bool = False, count: int | None = None,
-              overrides: list[str] | None = None, echo=print) -> list[PointRun]:
+              overrides: list[str] | None = None, hand_on_cores: bool = False,
+              echo=print) -> list[PointRun]:
     """Runs every unfinished point (``workers`` at a time); with ``dry_run`` only lists them.
-    ``overrides`` (``key=value``) join every point's parameters (and so its id)."""
+    ``overrides`` (``key=value``) join every point's parameters (and so its id);
+    ``hand_on_cores``: see the module docstring."""
     sweep = load_sweep(path, count=count)
     extra = {}
     for item in overrides or []:
@@ -313,7 +324,7 @@ def run_sweep(path: str | Path, out: str | Path | None = None, *, workers: int =
     _write_state(sweep, out, runs)
     start = time.time()
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        waiting = {pool.submit(_execute, r, workers) for r in todo}
+        waiting = {pool.submit(_execute, r, workers, hand_on_cores) for r in todo}
         while waiting:
             finished, waiting = wait(waiting, timeout=PRINT_EVERY, return_when=FIRST_COMPLETED)
             for future in finished:
@@ -321,7 +332,8 @@ def run_sweep(path: str | Path, out: str | Path | None = None, *, workers: int =
                 echo(f"  {r.id}  {r.status} in {r.seconds:.0f}s ({r.dir / 'log.txt'})")
                 _write_state(sweep, out, runs)
             if waiting:
-                _hand_on_cores(todo)
+                if hand_on_cores:
+                    _hand_on_cores(todo)
                 echo(status_line(todo, start, workers))
     return runs
 

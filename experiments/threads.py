@@ -2,9 +2,10 @@
 
 Parallel processes (a sweep's points, a benchmark's rows) each get an equal share of the
 cores (``OMP_NUM_THREADS``), so they do not oversubscribe them. When the last processes of a
-sweep run and the others have finished, their cores would sit idle; the sweep then gives the
-running ones the freed cores. A process cannot be given threads through its environment once
-it runs, so the handover is a file and a signal:
+sweep run and the others have finished, their cores would sit idle; ``maskstudy sweep
+--hand-on-cores`` then gives the running ones the freed cores (off by default: a run's
+numbers depend on its thread count). A process cannot be given threads through its
+environment once it runs, so the handover is a file and a signal:
 
 - the parent names a share file in the child's environment (``SHARE_ENV``) and writes the
   thread count into it before signalling;
