@@ -217,7 +217,7 @@ class PointRun:
     command: list[str]
     status: str = "pending"  # pending | running | skipped (already finished) | done | failed
     seconds: float = 0.0
-    threads: int | None = None  # its share of the cores; None: OMP_NUM_THREADS as given
+    threads: int | None = None  # the share it follows (hand_on_cores); None: fixed at start
 
     @property
     def share_file(self) -> Path:
