@@ -4,8 +4,8 @@ Features, from the history columns only: for every event field that names a thin
 fields a modality declares as category, text, list or path: merchants, mini-programs, pages,
 apps, queries, movie titles, each genre of a movie, a shop's items), ``log1p`` of how often
 each value occurs; per modality ``log1p`` of the event count, of the active days, of the
-events in the last 14 days and of the days since the last event; the summaries a modality
-declares of its number fields (the bill amount's sum and largest value, the mean movie
+events in the last ``RECENT_DAYS`` days and of the days since the last event; the summaries a
+modality declares of its number fields (the bill amount's sum and largest value, the mean movie
 rating; a declared modality's numbers: sum and largest, as signed ``log1p``); and the tabular
 vector. On MovieLens this is the bag-of-items baseline. The same features and splits serve
 the world summary and the study's reference row, so a trained encoder is compared against
@@ -22,7 +22,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 from sklearn.preprocessing import StandardScaler
 
-from .schema import DAY, table_modalities, table_spec, ts_seconds
+from .schema import DAY, RECENT_DAYS, table_modalities, table_spec, ts_seconds
 
 
 def _page(values: pa.Array) -> pa.Array:
@@ -50,6 +50,36 @@ def _number_summaries(kinds: tuple[str, ...], values: np.ndarray, parents: np.nd
     return out
 
 
+def _tabular(table: pa.Table) -> np.ndarray:
+    """The tabular vectors (users x features)."""
+    n = table.num_rows
+    flat = pc.list_flatten(table.column("tabular").combine_chunks()).to_numpy(
+        zero_copy_only=False)
+    return flat.reshape(n, len(flat) // n if n else 0)
+
+
+def recent_events(parents: np.ndarray, ago: np.ndarray, n: int) -> np.ndarray:
+    """Per user the events at most ``RECENT_DAYS`` days before the reference time (``ago``:
+    each event's days before it, ``parents``: its user)."""
+    return np.bincount(parents[ago <= RECENT_DAYS], minlength=n)
+
+
+def activity(table: pa.Table) -> np.ndarray:
+    """Per modality ``log1p`` of each user's events and recent events: the counts the
+    template's activity header states (users x 2 * modalities)."""
+    n = table.num_rows
+    ref_day = ts_seconds(table.column("ref_time")) // DAY
+    out = []
+    for m in table_modalities(table):
+        col = table.column(m).combine_chunks()
+        flat = pc.list_flatten(col)
+        parents = np.asarray(pc.list_parent_indices(col)).astype(np.int64)
+        days = ts_seconds(flat.field("ts")) // DAY if len(flat) else np.zeros(0, np.int64)
+        out += [np.log1p(np.asarray(pc.list_value_length(col)).astype(float)),
+                np.log1p(recent_events(parents, ref_day[parents] - days, n))]
+    return np.column_stack(out) if out else np.zeros((n, 0))
+
+
 def bag_of_events(table: pa.Table) -> tuple[sp.csr_matrix, np.ndarray]:
     """Sparse name-count features and dense summary features (users x features)."""
     n = table.num_rows
@@ -69,7 +99,7 @@ def bag_of_events(table: pa.Table) -> tuple[sp.csr_matrix, np.ndarray]:
         pairs = np.unique(np.stack([parents, days]), axis=1) if len(flat) else np.zeros((2, 0))
         dense.append(np.log1p(np.bincount(pairs[0].astype(np.int64), minlength=n)))
         ago = ref_day[parents] - days  # days before the split, 1..history_days
-        dense.append(np.log1p(np.bincount(parents[ago <= 14], minlength=n)))
+        dense.append(np.log1p(recent_events(parents, ago, n)))
         last = np.full(n, float(spec.history_days + 1))
         np.minimum.at(last, parents, ago)
         dense.append(np.log1p(last))
@@ -104,14 +134,47 @@ def bag_of_events(table: pa.Table) -> tuple[sp.csr_matrix, np.ndarray]:
          (np.concatenate(rows) if rows else np.zeros(0, int),
           np.concatenate(cols) if cols else np.zeros(0, int))),
         shape=(n, offset))
-    tab = pc.list_flatten(table.column("tabular").combine_chunks()).to_numpy(
-        zero_copy_only=False).reshape(n, -1) if n else np.zeros((0, 0))
-    return sparse, np.column_stack(dense + [tab])
+    return sparse, np.column_stack(dense + [_tabular(table)])
 
 
-def features(table: pa.Table) -> sp.csr_matrix:
-    """The baseline's feature matrix: name counts plus standardised dense summaries."""
+def window_table(table: pa.Table, events: dict[str, np.ndarray],
+                 tabular: np.ndarray) -> pa.Table:
+    """``table`` cut to what a user tower reads: per modality each user's newest
+    ``events[m][i]`` events, and the first ``tabular[i]`` tabular features (the others set to
+    0). The bag of events on it is the linear reference of the same window the encoder sees."""
+    n = table.num_rows
+    for m, counts in events.items():
+        col = table.column(m).combine_chunks()
+        offsets = np.asarray(col.offsets).astype(np.int64)
+        offsets -= offsets[0]
+        lengths = np.diff(offsets)
+        if len(counts) != n or np.any(counts < 0) or np.any(counts > lengths):
+            raise ValueError(f"window of {m!r}: expected {n} counts, each between 0 and "
+                             f"the user's number of {m!r} events")
+        # the newest events are the last of each list
+        starts = np.repeat(offsets[1:] - counts, counts)
+        within = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+        kept = pc.list_flatten(col).take(pa.array(starts + within))
+        cut = pa.ListArray.from_arrays(
+            pa.array(np.concatenate([[0], np.cumsum(counts)]), type=col.offsets.type), kept,
+            type=col.type)
+        table = table.set_column(table.schema.get_field_index(m), table.schema.field(m), cut)
+    tab = _tabular(table).copy()
+    if len(tabular) != n or np.any(tabular < 0) or np.any(tabular > tab.shape[1]):
+        raise ValueError(f"window of the tabular features: expected {n} counts within "
+                         f"0..{tab.shape[1]}")
+    tab[np.arange(tab.shape[1]) >= tabular[:, None]] = 0
+    field = table.schema.field("tabular")
+    return table.set_column(table.schema.get_field_index("tabular"), field,
+                            pa.array(list(tab), type=field.type))
+
+
+def features(table: pa.Table, extra: np.ndarray | None = None) -> sp.csr_matrix:
+    """The baseline's feature matrix: name counts plus standardised dense summaries (and the
+    ``extra`` dense columns, e.g. :func:`activity` of a table before :func:`window_table`)."""
     sparse, dense = bag_of_events(table)
+    if extra is not None:
+        dense = np.column_stack([dense, extra])
     dense = StandardScaler().fit_transform(dense)
     return sp.hstack([sparse, sp.csr_matrix(dense)], format="csr")
 

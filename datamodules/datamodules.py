@@ -31,9 +31,11 @@ from typing import Any
 
 import lightning as L
 import numpy as np
+import pyarrow as pa
 import torch
 from torch.utils.data import DataLoader
 
+from . import baseline
 from .dataset import DatasetSpec
 from .pairs import (
     ANSWER_SELECTIONS, BEHAVIOUR_QUERY, Pair, scenario_answer, topics_for, user_pairs,
@@ -155,6 +157,9 @@ class DataConfig:
     behaviour_query: str = BEHAVIOUR_QUERY
     probe_query: str = ""  # instruction used when embedding users for probes
     anchor: bool = True  # end the user sequence with <USER> (needed by user_token pooling)
+    # Text input: each modality's segment opens with its event counts over the whole history
+    # and its last 14 days (``79 events, 5 in 14 days``), which truncation would hide.
+    activity_header: bool = False
     probe_fraction: float = 0.3  # users held out of training for the probes
     val_fraction: float = 0.05
     split_seed: int = 0
@@ -194,7 +199,11 @@ class DataConfig:
             value = getattr(self, key)
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise ValueError(f"data.{key} expected a whole number of days >= 1 or null")
-        TemplateConfig(self.max_tokens, dict(self.caps), self.anchor)  # checks itself
+        self.template_config()  # checks itself
+
+    def template_config(self) -> TemplateConfig:
+        return TemplateConfig(self.max_tokens, dict(self.caps), self.anchor,
+                              self.activity_header)
 
     def check_against(self, spec: DatasetSpec) -> None:
         """The config against the dataset's declaration (windows, template segments)."""
@@ -206,7 +215,7 @@ class DataConfig:
                     f"windows belong to the dataset (re-import it to change them), so leave "
                     f"data.{key} unset or set it to {declared}")
         try:
-            TemplateConfig(self.max_tokens, dict(self.caps), self.anchor).check(spec.segments)
+            self.template_config().check(spec.segments)
         except ValueError as e:  # "data.<key> ...": the key stays first for config checks
             raise DataValidationError(f"{e} (dataset {self.path})") from e
 
@@ -258,7 +267,7 @@ class UserDataModule(L.LightningDataModule):
         if self.template is None:
             self.prepare_data()
             tok = load_tokenizer(self.tokenizer_path, self.spec.segments)
-            config = TemplateConfig(self.cfg.max_tokens, dict(self.cfg.caps), self.cfg.anchor)
+            config = self.cfg.template_config()
             names = tabular_names(self.cfg.path)
             if self.input.mode == "text":
                 self.template = UserTemplate(tok, names, config, self.spec)
@@ -492,6 +501,23 @@ class ProbeDataModule(UserDataModule):
                                    reserve=reserve)
         k = self.probe.index[users.user_ids[i]]
         return [{**self.sample(enc), "labels": self.probe.labels[k], "probe_index": k}]
+
+    def window_table(self) -> pa.Table:
+        """The probe users' history table (label order) cut to the window the user tower reads
+        of each under ``data.probe_query`` (``UserTemplate.window``)."""
+        table = self.probe.history_table()
+        users = UserColumns(table, future=False)
+        kept = np.array([self.template.window(users, i, self.cfg.probe_query)
+                         for i in range(users.n)], dtype=np.int64).reshape(users.n, -1)
+        modalities = self.template.modalities
+        return baseline.window_table(table, dict(zip(modalities, kept.T)), kept[:, -1])
+
+    def window_features(self):
+        """The bag-of-events features of what the user tower reads: the window
+        (:meth:`window_table`) and, with ``data.activity_header``, the counts it states."""
+        extra = (baseline.activity(self.probe.history_table()) if self.cfg.activity_header
+                 else None)
+        return baseline.features(self.window_table(), extra)
 
     def probe_dataloader(self, *, all_ranks: bool = False, query: str | None = None,
                          reserve: int = 0) -> DataLoader:

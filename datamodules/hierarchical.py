@@ -46,7 +46,7 @@ from .dataset import BUILTIN_MODALITIES, DatasetSpec, Modality
 from .records import EventColumns, UserColumns
 from .schema import DAY
 from .template import (
-    ANCHOR, HISTORY, QUERY, EncodedUser, TemplateConfig, UserTemplate, event_pieces, water_fill,
+    ANCHOR, HISTORY, QUERY, EncodedUser, TemplateConfig, UserTemplate, event_pieces,
 )
 
 log = logging.getLogger(__name__)
@@ -302,6 +302,9 @@ class HierarchicalTemplate(UserTemplate):
                  config: TemplateConfig, spec: DatasetSpec | None = None,
                  input_config: InputConfig | None = None,
                  text_cache: EventTextCache | None = None):
+        if config.activity_header:
+            raise ValueError("data.activity_header is a header of text segments; hierarchical "
+                             "input reads one token per event (set it false)")
         super().__init__(tokenizer, tabular_names, config, spec)
         self.input = input_config or InputConfig(mode="hierarchical")
         self.width = event_feature_width(self.spec)
@@ -327,20 +330,22 @@ class HierarchicalTemplate(UserTemplate):
         within the caps (nothing is rendered ahead of the token budget here)."""
         return self.spans(users, i)
 
+    def fixed_tokens(self) -> int:
+        """The segment tags and the summary tokens."""
+        return super().fixed_tokens() + len(self.summary_slots())
+
+    def item_tokens(self, history) -> list[list[int]]:
+        """One slot per event within the caps, one per tabular feature."""
+        n_tab = min(len(self.tabular_names), self.cfg.caps.get("tabular", 10**9),
+                    self.input.max_tabular)
+        return [[1] * (hi - lo) for lo, hi in history] + [[1] * n_tab]
+
     def encode(self, users: UserColumns, i: int, query: str = "",
                history=None, reserve: int = 0) -> HierarchicalUser:
         q = self.query_ids(query)
         summary = self.summary_slots()
-        fixed = (len(summary) + 2 * len(self.segments)
-                 + max(len(q) + int(self.cfg.anchor), reserve))
-        budget = self.cfg.max_tokens - fixed
-        if budget < 0:
-            raise ValueError(f"query {query!r} and the summary tokens need {fixed} tokens: no "
-                             f"room left in max_tokens={self.cfg.max_tokens}")
         spans = history if history is not None else self.history(users, i)
-        n_tab = min(len(self.tabular_names), self.cfg.caps.get("tabular", 10**9),
-                    self.input.max_tabular)
-        keep = water_fill([[1] * (hi - lo) for lo, hi in spans] + [[1] * n_tab], budget)
+        keep = self.window(users, i, query, spans, reserve)
         pad, ref = self.ids.pad, int(users.ref_time[i])
         ids = [pad] * len(summary)
         types = [t for t, _ in summary]

@@ -41,6 +41,9 @@ from .dataset import (
 )
 
 DAY = 86_400
+# "recent" events: within this many days before the reference time (the bag of events'
+# recent count, the template's activity header)
+RECENT_DAYS = 14
 
 # The payment-app world's modalities (the papers' data): what a file without a declaration has.
 EVENT_MODALITIES = WORLD_MODALITIES

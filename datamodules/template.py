@@ -15,6 +15,10 @@ modality: first the per-modality caps (counted in events), then a total token bu
 between the segments by water-filling (a short segment keeps everything, the rest of the
 budget is split evenly among the longer ones). Only the kept events are rendered.
 
+With ``data.activity_header`` each modality's segment opens with its counts over the whole
+history (``<bill> 79 events, 5 in 14 days ...``), which truncation would otherwise hide; the
+header's tokens come out of the budget before the events are shared out.
+
 ``segment_ids`` per position: 0 padding, 1 history (every token from ``<bill>`` to
 ``</tabular>``), 2 query (``Instruction: ...``), 3 the ``<USER>`` anchor. Masks read them.
 """
@@ -31,6 +35,7 @@ from tokenizers import Tokenizer
 
 from .dataset import DatasetSpec, Modality
 from .records import EventColumns, UserColumns
+from .schema import DAY, RECENT_DAYS
 from .tokenizer import SpecialIds, special_ids
 
 PAD_SEGMENT, HISTORY, QUERY, ANCHOR = 0, 1, 2, 3
@@ -49,6 +54,7 @@ class TemplateConfig:
     max_tokens: int  # the whole user-tower sequence, query and anchor included
     caps: dict[str, int]  # events kept per segment, newest first
     anchor: bool  # end with <USER>; without it the sequence ends with the query
+    activity_header: bool = False  # each modality opens with its whole-history event counts
 
     def __post_init__(self) -> None:
         self.check()
@@ -251,6 +257,58 @@ class UserTemplate:
             step *= 2
         return ids + [tab_ids]
 
+    def fixed_tokens(self) -> int:
+        """The tokens every sequence spends besides its history and query: the segment tags."""
+        return 2 * len(self.segments)
+
+    def history_budget(self, query: str = "", reserve: int = 0) -> int:
+        """The tokens left for the history segments' items under ``query`` (``reserve``: as
+        in :meth:`encode`)."""
+        q = self.query_ids(query)
+        fixed = self.fixed_tokens() + max(len(q) + int(self.cfg.anchor), reserve)
+        if fixed > self.cfg.max_tokens:
+            raise ValueError(f"query {query!r} ({len(q)} tokens) and the template's fixed "
+                             f"tokens need {fixed}: no room left in max_tokens="
+                             f"{self.cfg.max_tokens}")
+        return self.cfg.max_tokens - fixed
+
+    def item_tokens(self, history) -> list[list[int]]:
+        """Per segment, the tokens of each history item in keep priority: events newest
+        first, tabular features in their order."""
+        needs = [[len(x) for x in reversed(p)] for p in history[:-1]]
+        needs.append([len(x) for x in history[-1]])
+        return needs
+
+    def activity_ids(self, users: UserColumns, i: int) -> list[list[int]]:
+        """Per modality the ids of user ``i``'s activity header: the events of the whole
+        history and of its last ``RECENT_DAYS`` days (``79 events, 5 in 14 days``); empty
+        lists without ``activity_header``."""
+        if not self.cfg.activity_header:
+            return [[] for _ in self.modalities]
+        ref_day = int(users.ref_time[i]) // DAY
+        texts = []
+        for m in self.modalities:
+            ev = users.history[m]
+            lo, hi = ev.span(i)
+            recent = int((ref_day - ev.ts[lo:hi] // DAY <= RECENT_DAYS).sum())
+            texts.append((f"{hi - lo} events, {recent} in {RECENT_DAYS} days",))
+        return self._encode(texts)
+
+    def window(self, users: UserColumns, i: int, query: str = "", history=None,
+               reserve: int = 0) -> list[int]:
+        """What :meth:`encode` keeps of user ``i``: per modality the number of its newest
+        events, then the number of leading tabular features (the bag-of-events reference on
+        this window, ``baseline.window_table``, is what a linear model reads of the same
+        events)."""
+        history = history if history is not None else self.history(users, i)
+        budget = self.history_budget(query, reserve)
+        header = sum(len(h) for h in self.activity_ids(users, i))
+        if header > budget:
+            raise ValueError(f"user {users.user_ids[i]!r}: the activity headers take {header} "
+                             f"tokens, more than the {budget} data.max_tokens="
+                             f"{self.cfg.max_tokens} leaves for the history")
+        return water_fill(self.item_tokens(history), budget - header)
+
     def encode(self, users: UserColumns, i: int, query: str = "",
                history: list[list[list[int]]] | None = None, reserve: int = 0) -> EncodedUser:
         """User ``i`` with ``query`` in the template, truncated to ``max_tokens``.
@@ -260,21 +318,15 @@ class UserTemplate:
         history (at least the query's and the anchor's), so the history is the same under any
         query whose suffix is that short."""
         q = self.query_ids(query)
-        budget = (self.cfg.max_tokens - 2 * len(self.segments)
-                  - max(len(q) + int(self.cfg.anchor), reserve))
-        if budget < 0:
-            raise ValueError(f"query {query!r} is {len(q)} tokens: no room left in "
-                             f"max_tokens={self.cfg.max_tokens}")
         pieces = history if history is not None else self.history(users, i)
-        # Keep priority: events newest first, tabular features in their order.
-        needs = [[len(x) for x in reversed(p)] for p in pieces[:-1]]
-        needs.append([len(x) for x in pieces[-1]])
-        keep = water_fill(needs, budget)
+        keep = self.window(users, i, query, pieces, reserve)
+        headers = self.activity_ids(users, i) + [[]]  # none for the tabular segment
         ids: list[int] = []
         for s, name in enumerate(self.segments):
             items = pieces[s]
             kept = items[len(items) - keep[s]:] if name != "tabular" else items[: keep[s]]
             ids.append(self.ids.open[name])
+            ids.extend(headers[s])
             for x in kept:
                 ids.extend(x)
             ids.append(self.ids.close[name])

@@ -83,7 +83,9 @@ def _data_summary(args: argparse.Namespace) -> int:
     summary = world_summary(args.path, tasks=[t for item in args.tasks for t in task_list(item)],
                             probe_fraction=args.probe_fraction, split_seed=args.split_seed,
                             task_dirs=tuple(config_dirs()),
-                            min_class_users=EvalConfig().min_class_users)
+                            min_class_users=EvalConfig().min_class_users,
+                            window_tokens=args.window, window_input=args.input,
+                            activity_header=args.activity_header)
     print(format_summary(summary))
     if args.json:
         Path(args.json).write_text(json.dumps(summary, indent=2) + "\n")
@@ -465,6 +467,15 @@ def build_parser() -> argparse.ArgumentParser:
                               "and the task alone, never on the other tasks listed")
     summary.add_argument("--probe-fraction", type=float, default=0.3)
     summary.add_argument("--split-seed", type=int, default=0)
+    summary.add_argument("--window", type=int, metavar="TOKENS",
+                         help="also the bag of events on the window a user tower of TOKENS "
+                              "tokens reads (data.max_tokens; each user's newest events that "
+                              "fit, the default caps): what the window hides from any encoder")
+    summary.add_argument("--input", choices=("text", "hierarchical"), default="text",
+                         help="the user tower's input for --window (default text)")
+    summary.add_argument("--activity-header", action="store_true",
+                         help="with --window: the text template opens each modality with its "
+                              "whole-history counts (data.activity_header)")
     summary.add_argument("--json", help="also write the summary as JSON to this file")
     summary.set_defaults(func=_data_summary)
 
@@ -666,7 +677,8 @@ def build_parser() -> argparse.ArgumentParser:
         "study", help="train several recipes and print the comparison table",
         description="Fit each recipe on the same data and seed, then print and write the "
                     "comparison: test AUC per task, domain and overall averages, with the "
-                    "untrained-backbone and bag-of-events reference rows.")
+                    "reference rows: the untrained backbone, the bag of events on every event and "
+                    "on the encoder's window.")
     study.add_argument("items", nargs="*", metavar="RECIPE|key=value",
                        help="recipe names or files (default: causal hybrid bidirectional scheduler ggsm), "
                             "then overrides applied to every recipe")

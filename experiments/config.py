@@ -99,7 +99,7 @@ class EvalConfig:
     every_n_steps: int = 0  # 0: evaluate at the end of training only
     test_fraction: float = 0.3
     c: float = 1.0  # inverse L2 strength of the probe's logistic regression
-    references: bool = True  # untrained-backbone and bag-of-events rows (cached per dataset)
+    references: bool = True  # untrained backbone, bag of events (all / window); cached
     representation: str = "projected"  # projected | pooled: what eval/* describes (both probed)
     # fixed: every task probes one embedding per user (data.probe_query); task: each task probes
     # the embeddings under its own scenario query (Query-as-Anchor), the fixed protocol beside it
@@ -468,6 +468,9 @@ def check(cfg: ExperimentConfig, where: str = "config") -> None:
         except ValueError as e:
             key, _, message = str(e).partition(" ")  # "<section>.<field> <what is wrong>"
             fail(key, message)
+    if cfg.input.mode == "hierarchical" and cfg.data.activity_header:
+        fail("data.activity_header", "a header of text segments; hierarchical input reads one "
+                                     "token per event (set it false or input=text)")
     if cfg.input.mode == "hierarchical" and cfg.input.event_encoder == "text":
         if cfg.input.text_encoder is None:
             try:

@@ -1,6 +1,9 @@
 """The reference rows every run is read against, computed once per dataset and cached in the
 cache directory: the untrained model (the backbone as pre-trained, probed without contrastive
-training) and the bag-of-events logistic regression."""
+training), the bag-of-events logistic regression on every history event, and the same
+regression on the window the user tower reads (each user's newest events that fit in
+``data.max_tokens``): the gap between the two is what the window hides from any encoder, the
+gap from a trained run to the window's row what the encoder does not extract of what it sees."""
 
 from __future__ import annotations
 
@@ -22,6 +25,12 @@ from .config import ExperimentConfig, cache_dir, to_dict
 from .data import ProbeSourceAdapter
 from .pretraining import PretrainedBackbone, load_pretrained
 
+# kind -> what the row is (the report and the study table name the rows with it)
+REFERENCE_NAMES = {"untrained": "untrained backbone", "bag_of_events": "bag-of-events LR",
+                   "bag_of_events_window": "bag-of-events LR, the encoder's window"}
+# the rows that differ with the run's input (text or hierarchical): one row per input
+PER_INPUT = ("untrained", "bag_of_events_window")
+
 
 def _cache_key(cfg: ExperimentConfig, kind: str, tasks: list,
                backbone: PretrainedBackbone | None = None) -> str:
@@ -31,24 +40,30 @@ def _cache_key(cfg: ExperimentConfig, kind: str, tasks: list,
     parts = [kind, str(Path(d.path).resolve()), stat, d.probe_fraction, d.val_fraction,
              d.split_seed, [repr(t) for t in tasks], cfg.eval.test_fraction,
              cfg.eval.c]
+    model = to_dict(cfg)
     if kind == "untrained":
-        model = to_dict(cfg)
         parts += [model["backbone"], model["encoder"], model["input"], d.tokenizer,
                   d.vocab_size, d.max_tokens, d.probe_query, d.anchor, cfg.seed, d.caps,
                   cfg.eval.representation, cfg.eval.query, REPRESENTATIONS]
         if backbone is not None:  # the reference is that pre-trained backbone
             parts.append(backbone.key)
+    elif kind == "bag_of_events_window":  # what decides the window: the template
+        parts += [model["input"], d.tokenizer, d.vocab_size, d.max_tokens, d.probe_query,
+                  d.anchor, d.caps]
+    if kind != "bag_of_events" and d.activity_header:  # only when set: older keys stay valid
+        parts.append(["activity_header", True])
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def reference_rows(cfg: ExperimentConfig, probe_dm: ProbeDataModule,
                    source: ProbeSourceAdapter, backbone: PretrainedBackbone | None = None) -> dict[str, dict]:
     """The untrained model (the backbone as pre-trained, no contrastive training; causal mask,
-    the run's seed) and the bag-of-events baseline, cached in the cache directory."""
+    the run's seed) and the bag-of-events baseline on every event and on the encoder's
+    window, cached in the cache directory."""
     cache = cache_dir(cfg)
     cache.mkdir(parents=True, exist_ok=True)
     rows = {}
-    for kind in ("untrained", "bag_of_events"):
+    for kind in REFERENCE_NAMES:
         path = cache / f"{kind}-{_cache_key(cfg, kind, probe_dm.probe.tasks, backbone)}.json"
         if path.exists():
             rows[kind] = json.loads(path.read_text())
@@ -71,7 +86,8 @@ def reference_rows(cfg: ExperimentConfig, probe_dm: ProbeDataModule,
                 representation_metric(name, key)
                 for name in REPRESENTATIONS for key in ("avg_auc", "avg_ks"))}
         else:
-            x = baseline.features(probe_dm.probe.history_table())
+            x = (baseline.features(probe_dm.probe.history_table()) if kind == "bag_of_events"
+                 else probe_dm.window_features())
             per_task, extra = {}, {}
             for k, task in enumerate(source.task_names):
                 y, test = source.labels[:, k], source.test_mask(task)

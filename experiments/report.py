@@ -58,6 +58,7 @@ import numpy as np
 from scipy import stats
 
 from maskstudy.callbacks.linear_probe import REPRESENTATIONS, representation_metric
+from maskstudy.experiments.references import PER_INPUT, REFERENCE_NAMES
 
 # The paper's Table 2 order; other recipes follow alphabetically.
 ORDER = ("untrained", "causal", "hybrid", "hybrid_soft", "hybrid_mlp", "hybrid_gq",
@@ -146,15 +147,11 @@ def dataset_prefix(names: list[str]) -> str:
     return ""
 
 
-REFERENCE_NAMES = {"untrained": "untrained backbone (reference)",
-                   "bag_of_events": "bag-of-events LR (reference)"}
-
-
 def references(recipes: dict[str, Recipe]) -> dict[str, Recipe]:
     """The reference rows every run carries (``results.json`` ``references``), over the seeds
-    they were computed for; the untrained row one per input (an untrained model reading one
-    token per event is another reference than one reading text), from the runs that are read
-    against it (:func:`untrained_recipe`)."""
+    they were computed for; the rows that depend on the input one per input (an untrained
+    model reading one token per event is another reference than one reading text), the
+    untrained row from the runs that are read against it (:func:`untrained_recipe`)."""
     out: dict[str, Recipe] = {}
     for rec in recipes.values():
         for seed, run in rec.runs.items():
@@ -162,18 +159,25 @@ def references(recipes: dict[str, Recipe]) -> dict[str, Recipe]:
                 if kind not in REFERENCE_NAMES or (
                         kind == "untrained" and untrained_recipe(run, recipes) is not None):
                     continue
-                name = (untrained_name(input_of(run)) if kind == "untrained"
-                        else REFERENCE_NAMES[kind])
+                name = reference_name(kind, input_of(run))
                 out.setdefault(name, Recipe(name)).runs.setdefault(
                     seed, Run(name, seed, run.dir, {"tasks": ref["tasks"],
                                                    "metrics": ref["metrics"]}))
     return out
 
 
+def reference_name(kind: str, source: str = "text") -> str:
+    """The report's name of a reference row (``references.REFERENCE_NAMES``), of one input
+    when the row depends on it."""
+    name = REFERENCE_NAMES[kind]
+    if kind in PER_INPUT and source != "text":
+        name += f", {source} input"
+    return f"{name} (reference)"
+
+
 def untrained_name(source: str) -> str:
     """The report's name of the untrained reference row of one input."""
-    name = REFERENCE_NAMES["untrained"]
-    return name if source == "text" else name.replace("backbone", f"backbone, {source} input")
+    return reference_name("untrained", source)
 
 
 def input_of(run: Run) -> str:
@@ -657,7 +661,7 @@ def markdown(recipes, tasks, domains, table, comparisons, stab, sweep_dir,
     lines = [f"# Report: {Path(sweep_dir).name}", "",
              f"{sum(len(r.runs) for r in trained.values())} runs, {len(trained)} recipes, seeds "
              f"{seeds}. Cells: mean ± std over seeds; best mean per column in bold. Reference "
-             f"rows come with every run (bag-of-events: the same value for every seed).", ""]
+             f"rows come with every run (the bag-of-events rows: the same value for every seed).", ""]
     lines += learning_markdown(learning or [])
     for metric in ("auc", "ks"):
         cols = [f"{t}/{metric}" for t in tasks]

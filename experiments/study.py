@@ -1,8 +1,9 @@
 """The default study: several recipes on one world, one comparison table.
 
 ``maskstudy study`` fits each recipe in turn (same data, seed and probe splits), then prints
-and writes a table: one row per recipe plus the two reference rows (untrained backbone,
-bag-of-events), columns the tasks' test AUC, each domain's average and the overall average.
+and writes a table: one row per recipe plus the reference rows (untrained backbone,
+bag-of-events on every event and on the encoder's window), columns the tasks' test AUC, each
+domain's average and the overall average.
 """
 
 from __future__ import annotations
@@ -15,10 +16,10 @@ from pathlib import Path
 import numpy as np
 
 from .config import load_config, recipe_path
+from .references import REFERENCE_NAMES
 from .run import fit
 
 DEFAULT_RECIPES = ("causal", "hybrid", "bidirectional", "scheduler", "ggsm")
-REFERENCE_NAMES = {"untrained": "untrained backbone", "bag_of_events": "bag-of-events LR"}
 
 
 def comparison_rows(results: list[dict]) -> tuple[list[str], list[str], list[tuple[str, dict]]]:

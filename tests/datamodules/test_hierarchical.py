@@ -72,6 +72,21 @@ def test_events_are_the_newest_and_in_time_order(world, users):
         np.testing.assert_array_equal(kept, expected)
 
 
+def test_window_counts_the_event_and_tabular_slots(world, users):
+    dm = hier_dm(world)
+    truncated = 0
+    for i in range(20):
+        keep = dm.template.window(users, i, "What next?")
+        enc = dm.template.encode(users, i, "What next?")
+        types, index = np.array(enc.slot_types), np.array(enc.slot_index)
+        events = [int(((types == SLOT_EVENT) & (index == MODALITY_INDEX[m])).sum())
+                  for m in EVENT_MODALITIES]
+        assert keep == events + [int((types == SLOT_TABULAR).sum())]
+        truncated += sum(events) < sum(np.diff(users.history[m].span(i))[0]
+                                       for m in EVENT_MODALITIES)
+    assert truncated  # 160 tokens cut some of these users' histories
+
+
 def test_ablation_switches_drop_the_summary_tokens(world, users):
     full = hier_dm(world).template.encode(users, 1, "")
     no_user = hier_dm(world, user_token=False).template.encode(users, 1, "")
@@ -177,6 +192,12 @@ def test_text_event_encoder_fills_event_vectors_from_the_cache(world, tmp_path):
                         input=InputConfig(mode="hierarchical", event_encoder="text",
                                           text_encoder=str(encoder),
                                           cache_dir=str(tmp_path / "cache"))).setup()
+
+
+def test_the_activity_header_is_for_text_input(world):
+    with pytest.raises(ValueError, match="data.activity_header is a header of text segments"):
+        ContrastiveDataModule(path=str(world), validate=False, activity_header=True,
+                              input=InputConfig(mode="hierarchical")).setup()
 
 
 def test_bad_input_options_are_named():

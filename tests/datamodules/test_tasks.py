@@ -262,3 +262,38 @@ def test_too_few_positives_is_an_error_naming_the_task_or_a_reported_skip(world)
     assert probe.skipped["rare"]["positives"] == 0
     with pytest.raises(DataValidationError, match="every task is affected"):
         probe_of(world, [rare], min_class_users=5, sparse_tasks="skip")
+
+
+def test_window_table_keeps_each_users_newest_events_and_leading_features():
+    bills = [(-30 + k, f"Shop{k}", "food", 1.0) for k in range(5)]
+    table = table_of(user_row("u1", bill=bills, search=[(-1, "hotpot")], tabular=(3.0, 4.0)),
+                     user_row("u2", bill=bills[:2], tabular=(5.0, 6.0)))
+    events = {"bill": np.array([2, 0]), "search": np.array([1, 0])}
+    cut = baseline.window_table(table, events, tabular=np.array([1, 2]))
+    merchants = [[e["merchant"] for e in row] for row in cut.column("bill").to_pylist()]
+    assert merchants == [["Shop3", "Shop4"], []]
+    assert cut.column("search").to_pylist()[0][0]["query"] == "hotpot"
+    assert cut.column("tabular").to_pylist() == [[3.0, 0.0], [5.0, 6.0]]
+    assert cut.column("app").to_pylist() == table.column("app").to_pylist()  # not windowed
+    with pytest.raises(ValueError, match="window of 'bill': expected 2 counts"):
+        baseline.window_table(table, {"bill": np.array([2, 3])}, tabular=np.array([2, 2]))
+    with pytest.raises(ValueError, match="window of the tabular features"):
+        baseline.window_table(table, {}, tabular=np.array([3, 0]))
+
+
+def test_the_probe_window_is_the_history_when_everything_fits(world):
+    from maskstudy.datamodules.datamodules import ProbeDataModule
+
+    def window(max_tokens):
+        dm = ProbeDataModule(path=str(world), validate=False, max_tokens=max_tokens, caps={},
+                             num_workers=0, tasks="ggsm", sparse_tasks="skip")
+        dm.setup()
+        return dm.probe.history_table(), dm.window_table()
+
+    full, same = window(100_000)
+    assert same.equals(full)
+    full, cut = window(128)
+    assert cut.column("user_id").equals(full.column("user_id"))  # label order
+    lengths = [np.array([len(r or []) for r in t.column(m).to_pylist()]) for t in (full, cut)
+               for m in ("bill",)]
+    assert (lengths[1] <= lengths[0]).all() and (lengths[1] < lengths[0]).any()

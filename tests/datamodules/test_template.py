@@ -95,6 +95,39 @@ def test_budget_is_shared_between_modalities(tok):
     assert len(enc.input_ids) <= 100
 
 
+def test_window_counts_what_encode_keeps(tok):
+    users = UserColumns(table_of(user_row("u1", bill=many_bills(60), search=[(-2, "hotpot")])))
+    t = make_template(tok, max_tokens=120)
+    text = tok.decode(t.encode(users, 0, "q").input_ids, skip_special_tokens=False)
+    bills = [w for w in text.split() if w.startswith("Shop")]
+    # bill, minipro, spm, app, search: their newest events kept; then both tabular features
+    assert t.window(users, 0, "q") == [len(bills), 0, 0, 0, 1, 2]
+    assert 0 < len(bills) < 60
+    # a longer query leaves fewer tokens, so fewer events
+    assert t.window(users, 0, "q " * 30)[0] < len(bills)
+
+
+def test_activity_header_states_whole_history_counts_within_the_budget(tok):
+    bills = [(-89 + k, f"Shop{k}", "groceries", 1.0) for k in range(80)]  # days -89 to -10
+    users = UserColumns(table_of(user_row("u1", bill=bills, search=[(-40, "hotpot")])))
+    plain = make_template(tok, max_tokens=120)
+    t = make_template(tok, max_tokens=120, activity_header=True)
+    enc = t.encode(users, 0, "q")
+    text = tok.decode(enc.input_ids, skip_special_tokens=False)
+    assert len(enc.input_ids) <= 120
+    assert re.search(r"<bill>\s*80 events, 5 in 14 days", text)  # days -14 to -10
+    assert re.search(r"<search>\s*1 events, 0 in 14 days", text)
+    assert re.search(r"<minipro>\s*0 events, 0 in 14 days", text)
+    assert "events" not in tok.decode(plain.encode(users, 0, "q").input_ids)
+    # the header's tokens come out of the events' share
+    header = sum(len(h) for h in t.activity_ids(users, 0))
+    assert t.window(users, 0, "q")[0] < plain.window(users, 0, "q")[0]
+    assert sum(len(x) for x in t.history(users, 0)[0][-t.window(users, 0, "q")[0]:]) <= (
+        t.history_budget("q") - header)
+    with pytest.raises(ValueError, match="activity headers take .* tokens"):
+        make_template(tok, max_tokens=30, activity_header=True).encode(users, 0, "")
+
+
 def test_water_fill():
     assert water_fill([[1, 1], [5] * 10, []], 20) == [2, 3, 0]
     assert water_fill([[3] * 3, [3] * 3], 100) == [3, 3]

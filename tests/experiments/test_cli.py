@@ -48,6 +48,18 @@ def test_summary_and_tokenizer(world, tmp_path, capsys):
     summary = json.loads(out.read_text())
     assert len(summary["tasks"]) == 9
     assert 0 < summary["tasks"]["login"]["prevalence"] < 1
+    assert "window" not in printed and summary["encoder_window"] is None
+    # --window adds the bag of events on what a user tower of that many tokens reads
+    assert main(["data", "summary", str(world), "--tasks", "ggsm", "--window", "64", "--json",
+                 str(out)]) == 0
+    assert "window: the events a text user tower of 64 tokens reads" in capsys.readouterr().out
+    windowed = json.loads(out.read_text())
+    assert windowed["encoder_window"] == {"max_tokens": 64, "input": "text",
+                                          "activity_header": False}
+    full = [r["bag_of_events_auc"] for r in windowed["tasks"].values()]
+    window = [r["window_bag_of_events_auc"] for r in windowed["tasks"].values()]
+    assert full == [r["bag_of_events_auc"] for r in summary["tasks"].values()]
+    assert all(0 < a < 1 for a in window) and window != full  # 64 tokens cut every history
     tok = tmp_path / "tok.json"
     assert main(["data", "tokenizer", str(world), "--out", str(tok), "--vocab-size", "300",
                  "--users", "20"]) == 0

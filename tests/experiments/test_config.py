@@ -154,6 +154,8 @@ def test_overrides_apply(data_ok):
     ("input.mode=tree", "key 'input.mode': 'tree': expected one of"),
     ("input.event_encoder=gte", "key 'input.event_encoder': 'gte'"),
     ("input.hash_buckets=1", "key 'input.hash_buckets': 1: expected at least 2"),
+    ("input.mode=hierarchical data.activity_header=true",
+     "key 'data.activity_header': a header of text segments"),
     ("input.mode=hierarchical input.event_encoder=text input.text_encoder=/no/model",
      "key 'input.text_encoder': /no/model: no such model directory"),
     ("encoder.pooling=global_token", "key 'encoder.pooling': global_token pooling reads"),

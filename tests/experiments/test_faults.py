@@ -206,6 +206,7 @@ def test_ddp_two_cpu_processes_agree_and_write_once(world, tmp_path):
     run = runs[0]
     assert [p.name for p in (run / "checkpoints").iterdir()] == ["last.ckpt"]
     res = json.loads((run / "results.json").read_text())
-    assert res["step"] == 4 and set(res["references"]) == {"untrained", "bag_of_events"}
+    assert res["step"] == 4 and set(res["references"]) == {
+        "untrained", "bag_of_events", "bag_of_events_window"}
     steps = [int(r["step"]) for r in rows(run) if r.get("train/loss")]
     assert steps == [0, 1, 2, 3]  # each step logged once

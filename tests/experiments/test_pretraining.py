@@ -11,7 +11,7 @@ import torch
 
 from maskstudy.experiments.config import EXPERIMENTS_DIR, ConfigError, cache_dir, load_config
 from maskstudy.experiments.pretraining import (
-    PretrainedBackbone, load_pretrained, pretrained_backbone, text_datamodule,
+    PretrainedBackbone, cache_key, load_pretrained, pretrained_backbone, text_datamodule,
 )
 from maskstudy.experiments.run import fit
 from maskstudy.lightning_modules.backbone import build_backbone
@@ -62,6 +62,15 @@ def test_one_pretrained_backbone_per_dataset_shared_by_seeds(world, tmp_path):
     assert len(list(cache_dir(config(world, tmp_path)).glob("backbone-*.pt"))) == 2
     assert not all(torch.equal(a[k], other[k]) for k in a)
     assert pretrained_backbone(config(world, tmp_path, "pretrain.steps=0")) is None
+
+
+def test_the_activity_header_has_a_backbone_of_its_own(world, tmp_path):
+    """The header changes what the backbone reads; without it the key is what it was, so
+    backbones cached before the option existed stay valid."""
+    tok = world / "tokenizer.json"
+    plain = cache_key(config(world, tmp_path), tok)
+    assert cache_key(config(world, tmp_path, "data.activity_header=false"), tok) == plain
+    assert cache_key(config(world, tmp_path, "data.activity_header=true"), tok) != plain
 
 
 def test_runs_and_the_untrained_reference_start_from_the_pretrained_backbone(world, tmp_path):

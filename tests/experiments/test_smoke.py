@@ -64,7 +64,7 @@ def test_every_experiment_runs(recipe, choices, request, tmp_path, monkeypatch):
     progress = json.loads((run / "progress.json").read_text())
     assert progress["stage"] == "done"
     assert 0 <= res["metrics"]["eval/avg_auc"] <= 1
-    assert set(res["references"]) == {"untrained", "bag_of_events"}
+    assert set(res["references"]) == {"untrained", "bag_of_events", "bag_of_events_window"}
     check = res["learning"]  # every run is measured on the validation pairs at its end
     assert check["trained"] == (steps > 0) and check["step"] == steps
     assert check["retrieval_chance"] == pytest.approx(1 / 4)  # tiny batches of 4
@@ -170,7 +170,8 @@ def test_reference_rows_are_shared_across_recipes(world, tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "disabled")
     a = fit(load_config(EXPERIMENTS_DIR / "causal.yaml", tiny(world, tmp_path))).results
     cache = sorted((tmp_path / ".cache").glob("*.json"))
-    assert [p.name.split("-")[0] for p in cache] == ["bag_of_events", "untrained"]
+    assert [p.name.split("-")[0] for p in cache] == ["bag_of_events", "bag_of_events_window",
+                                                    "untrained"]
     stamps = [p.stat().st_mtime_ns for p in cache]
     b = fit(load_config(EXPERIMENTS_DIR / "ggsm.yaml", tiny(world, tmp_path))).results
     assert a["references"] == b["references"]

@@ -329,22 +329,28 @@ def test_dataset_recipes_are_reported_by_their_mask_recipe(tmp_path):
     assert set(collect(tmp_path)) == {"movielens_causal", "movielens_ggsm", "causal"}
 
 
-def test_untrained_references_are_kept_per_input(tmp_path):
-    """Text and hierarchical runs carry different untrained references; the report shows both."""
-    ref = {"tasks": {f"t{k}": {"auc": 0.6, "ks": 0.3} for k in range(3)},
-           "metrics": {"eval/avg_auc": 0.6, "eval/avg_ks": 0.3}}
+def test_untrained_and_window_references_are_kept_per_input(tmp_path):
+    """Text and hierarchical runs carry different untrained and window references (the bag
+    of events on every event is one row); the report shows each."""
+    def ref(value):
+        return {"tasks": {f"t{k}": {"auc": value, "ks": 0.3} for k in range(3)},
+                "metrics": {"eval/avg_auc": value, "eval/avg_ks": 0.3}}
     for name, source, value in (("causal", "text", 0.6),
                                 ("hierarchical_causal", "hierarchical (learned)", 0.75)):
         run = fabricate(tmp_path, name, 0, [0.7, 0.7, 0.7])
         res = json.loads((run / "results.json").read_text())
-        untrained = json.loads(json.dumps(ref))
-        untrained["metrics"]["eval/avg_auc"] = value
-        res.update(input=source, references={"untrained": untrained})
+        res.update(input=source, references={"untrained": ref(value),
+                                             "bag_of_events_window": ref(value + 0.1),
+                                             "bag_of_events": ref(0.9)})
         (run / "results.json").write_text(json.dumps(res))
     refs = references(collect(tmp_path))
     assert {n: r.runs[0].results["metrics"]["eval/avg_auc"] for n, r in refs.items()} == {
         "untrained backbone (reference)": 0.6,
-        "untrained backbone, hierarchical (learned) input (reference)": 0.75}
+        "bag-of-events LR, the encoder's window (reference)": 0.7,
+        "bag-of-events LR (reference)": 0.9,
+        "untrained backbone, hierarchical (learned) input (reference)": 0.75,
+        "bag-of-events LR, the encoder's window, hierarchical (learned) input (reference)":
+            0.85}
     md = report(tmp_path, rounds=50).read_text()
     assert "2 runs, 2 recipes" in md  # references apart
     # each recipe against the untrained model of its own input, paired by seed
