@@ -158,7 +158,7 @@ class DataConfig:
     probe_query: str = ""  # instruction used when embedding users for probes
     anchor: bool = True  # end the user sequence with <USER> (needed by user_token pooling)
     # Text input: each modality's segment opens with its event counts over the whole history
-    # and its last 14 days (``79 events, 5 in 14 days``), which truncation would hide.
+    # and its last RECENT_DAYS days (``79 events, 5 in 14 days``), which truncation hides.
     activity_header: bool = False
     probe_fraction: float = 0.3  # users held out of training for the probes
     val_fraction: float = 0.05
