@@ -79,7 +79,7 @@ qanchor-study: world
 	$(BIN)/maskstudy report $(QANCHOR_DIR)
 
 # Transfer tables (docs/results.md) on the checkpoints of `make qanchor-study`: zero-shot
-# targeting for qanchor and its two mask variants; prompt tuning at every prompt size for
+# targeting for every recipe of the study; prompt tuning at every prompt size for
 # TRANSFER_SEEDS of qanchor's seeds; the few-shot curve for all of them; tuning and curve on the
 # qanchor model without contrastive training (the paper's ablation, `trainer.train=false`).
 # Each step runs its processes STUDY_WORKERS at a time with one thread each (`xargs -P`); a
@@ -99,9 +99,7 @@ transfer-study: .SHELLFLAGS := -o pipefail -c
 transfer-study: setup
 	@test -n "$(call qanchor_ckpt,qanchor)" \
 		|| { echo "no qanchor checkpoints under $(QANCHOR_DIR): run make qanchor-study" >&2; exit 1; }
-	printf '%s\n' $(call qanchor_ckpt,qanchor) $(call qanchor_ckpt,qanchor_hybrid) \
-		$(call qanchor_ckpt,qanchor_bidirectional) \
-		| $(TRANSFER_EACH) $(BIN)/maskstudy eval {} --targeting
+	printf '%s\n' $(call qanchor_ckpt,*) | $(TRANSFER_EACH) $(BIN)/maskstudy eval {} --targeting
 	printf '%s\n' $(seed_ckpts) \
 		| $(TRANSFER_EACH) $(BIN)/maskstudy tune {} $(TUNE_ARGS) --prompt-tokens 1 2 4 6 8 16
 	printf '%s\n' $(TRANSFER_SEEDS) | $(TRANSFER_EACH) $(BIN)/maskstudy fit qanchor \
