@@ -4,7 +4,7 @@ Features, from the history columns only: for every event field that names a thin
 fields a modality declares as category, text, list or path: merchants, mini-programs, pages,
 apps, queries, movie titles, each genre of a movie, a shop's items), ``log1p`` of how often
 each value occurs; per modality ``log1p`` of the event count, of the active days, of the
-events in the last ``RECENT_DAYS`` days and of the days since the last event; the summaries a
+recent events (the last ``schema.RECENT_DAYS`` days) and of the days since the last event; the summaries a
 modality declares of its number fields (the bill amount's sum and largest value, the mean movie
 rating; a declared modality's numbers: sum and largest, as signed ``log1p``); and the tabular
 vector. On MovieLens this is the bag-of-items baseline. The same features and splits serve
@@ -22,7 +22,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 from sklearn.preprocessing import StandardScaler
 
-from .schema import DAY, RECENT_DAYS, table_modalities, table_spec, ts_seconds
+from .schema import DAY, recent, table_modalities, table_spec, ts_seconds
 
 
 def _page(values: pa.Array) -> pa.Array:
@@ -58,10 +58,21 @@ def _tabular(table: pa.Table) -> np.ndarray:
     return flat.reshape(n, len(flat) // n if n else 0)
 
 
+def _events(table: pa.Table, m: str, ref_day: np.ndarray):
+    """Modality ``m``'s flattened events, each user's event count, and per event its user
+    and its whole days before the user's reference time."""
+    col = table.column(m).combine_chunks()
+    flat = pc.list_flatten(col)
+    counts = np.asarray(pc.list_value_length(col)).astype(float)
+    parents = np.asarray(pc.list_parent_indices(col)).astype(np.int64)
+    days = ts_seconds(flat.field("ts")) // DAY if len(flat) else np.zeros(0, np.int64)
+    return flat, counts, parents, days, ref_day[parents] - days
+
+
 def recent_events(parents: np.ndarray, ago: np.ndarray, n: int) -> np.ndarray:
-    """Per user the events at most ``RECENT_DAYS`` days before the reference time (``ago``:
-    each event's days before it, ``parents``: its user)."""
-    return np.bincount(parents[ago <= RECENT_DAYS], minlength=n)
+    """Per user the recent events (``schema.recent``; ``ago``: each event's days before the
+    reference time, ``parents``: its user)."""
+    return np.bincount(parents[recent(ago)], minlength=n)
 
 
 def activity(table: pa.Table) -> np.ndarray:
@@ -71,12 +82,8 @@ def activity(table: pa.Table) -> np.ndarray:
     ref_day = ts_seconds(table.column("ref_time")) // DAY
     out = []
     for m in table_modalities(table):
-        col = table.column(m).combine_chunks()
-        flat = pc.list_flatten(col)
-        parents = np.asarray(pc.list_parent_indices(col)).astype(np.int64)
-        days = ts_seconds(flat.field("ts")) // DAY if len(flat) else np.zeros(0, np.int64)
-        out += [np.log1p(np.asarray(pc.list_value_length(col)).astype(float)),
-                np.log1p(recent_events(parents, ref_day[parents] - days, n))]
+        _, counts, parents, _, ago = _events(table, m, ref_day)
+        out += [np.log1p(counts), np.log1p(recent_events(parents, ago, n))]
     return np.column_stack(out) if out else np.zeros((n, 0))
 
 
@@ -90,15 +97,10 @@ def bag_of_events(table: pa.Table) -> tuple[sp.csr_matrix, np.ndarray]:
     ref_day = ts_seconds(table.column("ref_time")) // DAY
     for m in table_modalities(table):
         modality = spec.modality(m)
-        col = table.column(m).combine_chunks()
-        counts = np.asarray(pc.list_value_length(col)).astype(float)
+        flat, counts, parents, days, ago = _events(table, m, ref_day)  # ago: 1..history_days
         dense.append(np.log1p(counts))
-        flat = pc.list_flatten(col)
-        parents = np.asarray(pc.list_parent_indices(col))
-        days = ts_seconds(flat.field("ts")) // DAY if len(flat) else np.zeros(0, np.int64)
         pairs = np.unique(np.stack([parents, days]), axis=1) if len(flat) else np.zeros((2, 0))
         dense.append(np.log1p(np.bincount(pairs[0].astype(np.int64), minlength=n)))
-        ago = ref_day[parents] - days  # days before the split, 1..history_days
         dense.append(np.log1p(recent_events(parents, ago, n)))
         last = np.full(n, float(spec.history_days + 1))
         np.minimum.at(last, parents, ago)

@@ -201,6 +201,11 @@ class DataConfig:
                 raise ValueError(f"data.{key} expected a whole number of days >= 1 or null")
         self.template_config()  # checks itself
 
+    def opt_in_key_parts(self) -> list:
+        """What the cache keys of backbones and references add for options that are on, and
+        only then, so the keys of everything cached without them stay valid."""
+        return [["activity_header", True]] if self.activity_header else []
+
     def template_config(self) -> TemplateConfig:
         return TemplateConfig(self.max_tokens, dict(self.caps), self.anchor,
                               self.activity_header)
@@ -502,10 +507,11 @@ class ProbeDataModule(UserDataModule):
         k = self.probe.index[users.user_ids[i]]
         return [{**self.sample(enc), "labels": self.probe.labels[k], "probe_index": k}]
 
-    def window_table(self) -> pa.Table:
-        """The probe users' history table (label order) cut to the window the user tower reads
-        of each under ``data.probe_query`` (``UserTemplate.window``)."""
-        table = self.probe.history_table()
+    def window_table(self, table: pa.Table | None = None) -> pa.Table:
+        """The probe users' history table (label order; ``table`` if already read) cut to the
+        window the user tower reads of each under ``data.probe_query``
+        (``UserTemplate.window``)."""
+        table = self.probe.history_table() if table is None else table
         users = UserColumns(table, future=False)
         kept = np.array([self.template.window(users, i, self.cfg.probe_query)
                          for i in range(users.n)], dtype=np.int64).reshape(users.n, -1)
@@ -515,9 +521,9 @@ class ProbeDataModule(UserDataModule):
     def window_features(self):
         """The bag-of-events features of what the user tower reads: the window
         (:meth:`window_table`) and, with ``data.activity_header``, the counts it states."""
-        extra = (baseline.activity(self.probe.history_table()) if self.cfg.activity_header
-                 else None)
-        return baseline.features(self.window_table(), extra)
+        table = self.probe.history_table()
+        extra = baseline.activity(table) if self.cfg.activity_header else None
+        return baseline.features(self.window_table(table), extra)
 
     def probe_dataloader(self, *, all_ranks: bool = False, query: str | None = None,
                          reserve: int = 0) -> DataLoader:

@@ -35,7 +35,7 @@ from tokenizers import Tokenizer
 
 from .dataset import DatasetSpec, Modality
 from .records import EventColumns, UserColumns
-from .schema import DAY, RECENT_DAYS
+from .schema import DAY, RECENT_DAYS, recent
 from .tokenizer import SpecialIds, special_ids
 
 PAD_SEGMENT, HISTORY, QUERY, ANCHOR = 0, 1, 2, 3
@@ -290,8 +290,8 @@ class UserTemplate:
         for m in self.modalities:
             ev = users.history[m]
             lo, hi = ev.span(i)
-            recent = int((ref_day - ev.ts[lo:hi] // DAY <= RECENT_DAYS).sum())
-            texts.append((f"{hi - lo} events, {recent} in {RECENT_DAYS} days",))
+            n_recent = int(recent(ref_day - ev.ts[lo:hi] // DAY).sum())
+            texts.append((f"{hi - lo} events, {n_recent} in {RECENT_DAYS} days",))
         return self._encode(texts)
 
     def window(self, users: UserColumns, i: int, query: str = "", history=None,

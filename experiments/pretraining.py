@@ -64,9 +64,7 @@ def cache_key(cfg: ExperimentConfig, tokenizer: Path) -> str:
              model["pretrain"],
              d.max_tokens, d.caps, d.answer_max_tokens, d.answer_selection, d.topics_per_user,
              d.behaviour_query, d.anchor, d.batch_size, d.probe_fraction, d.val_fraction,
-             d.split_seed]
-    if d.activity_header:  # only when set, so the keys of backbones without it stay valid
-        parts.append(["activity_header", True])
+             d.split_seed, *d.opt_in_key_parts()]
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

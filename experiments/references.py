@@ -50,8 +50,8 @@ def _cache_key(cfg: ExperimentConfig, kind: str, tasks: list,
     elif kind == "bag_of_events_window":  # what decides the window: the template
         parts += [model["input"], d.tokenizer, d.vocab_size, d.max_tokens, d.probe_query,
                   d.anchor, d.caps]
-    if kind != "bag_of_events" and d.activity_header:  # only when set: older keys stay valid
-        parts.append(["activity_header", True])
+    if kind != "bag_of_events":  # the template's options decide what these rows read
+        parts += d.opt_in_key_parts()
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

@@ -175,11 +175,6 @@ def reference_name(kind: str, source: str = "text") -> str:
     return f"{name} (reference)"
 
 
-def untrained_name(source: str) -> str:
-    """The report's name of the untrained reference row of one input."""
-    return reference_name("untrained", source)
-
-
 def input_of(run: Run) -> str:
     return run.results["input"]
 
@@ -219,8 +214,8 @@ def against_untrained(recipes: dict[str, Recipe]) -> list[dict]:
             continue
         ran = untrained_recipe(first, recipes) is not None
         by_rep = {r: paired_gain(pairs, representation_metric(r)) for r in REPRESENTATIONS}
-        rows.append({"recipe": name,
-                     "reference": "untrained" if ran else untrained_name(input_of(first)),
+        reference = "untrained" if ran else reference_name("untrained", input_of(first))
+        rows.append({"recipe": name, "reference": reference,
                      "seeds": len(pairs), **paired_gain(pairs, "eval/avg_auc"),
                      "by_representation": {r: g for r, g in by_rep.items() if g is not None}})
     return rows
