@@ -22,8 +22,9 @@ STUDY_WORKERS ?= 2
 # Options of `maskstudy sweep` for every study, e.g. SWEEP_FLAGS=--hand-on-cores (faster last
 # points, numbers that depend on when they got the cores; docs/configuration.md).
 SWEEP_FLAGS ?=
-# Overrides for the pre-training and every point alike, so the points find the backbone
-# pre-trained for their data (e.g. STUDY_ARGS=data.max_tokens=512 with its own STUDY_DIR).
+# Overrides for the pre-training and every point of `make study` and `make long-study` alike,
+# so the points find the backbone pre-trained for their data (e.g. STUDY_ARGS=data.max_tokens=512
+# with its own STUDY_DIR, or STUDY_ARGS=encoder.pooling=mean with its own LONG_DIR).
 STUDY_ARGS ?=
 LONG_DIR ?= runs/sweeps/long
 QANCHOR_DIR ?= runs/sweeps/qanchor
@@ -66,9 +67,10 @@ study: world
 	$(BIN)/maskstudy report $(STUDY_DIR)
 
 long-study: world
-	$(BIN)/maskstudy pretrain causal data.path=$(WORLD) cache_dir=$(LONG_DIR)/.cache
+	$(BIN)/maskstudy pretrain causal data.path=$(WORLD) cache_dir=$(LONG_DIR)/.cache \
+		$(STUDY_ARGS)
 	$(BIN)/maskstudy sweep experiments/sweeps/long.yaml --out $(LONG_DIR) \
-		--workers $(STUDY_WORKERS) $(SWEEP_FLAGS) data.path=$(WORLD)
+		--workers $(STUDY_WORKERS) $(SWEEP_FLAGS) data.path=$(WORLD) $(STUDY_ARGS)
 	$(BIN)/maskstudy report $(LONG_DIR)
 
 # The Query-as-Anchor table (docs/results.md): qanchor and its ablations, three seeds.
