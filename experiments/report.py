@@ -13,6 +13,10 @@ ablations are read against it) two paired comparisons of the average AUC:
                   difference of average AUCs; 95% percentile interval and the two-sided
                   p = 2 min(P(d* <= 0), P(d* >= 0))
 
+Runs that a sweep started say which parameters every point shared (their ``point.json``):
+an override given to the whole sweep, such as ``encoder.pooling=mean``, heads the report, since
+no recipe name shows it.
+
 Runs on a data option other than the default (``data=movielens``) are named
 ``<dataset>_<recipe>``; when every run of the sweep carries the same such prefix, the report
 names recipes without it, so ``movielens_causal`` is the ``causal`` baseline.
@@ -59,6 +63,7 @@ from scipy import stats
 
 from maskstudy.callbacks.linear_probe import REPRESENTATIONS, representation_metric
 from maskstudy.experiments.references import PER_INPUT, REFERENCE_NAMES
+from maskstudy.experiments.sweep import overrides_text, point_parameters
 
 # The paper's Table 2 order; other recipes follow alphabetically.
 ORDER = ("untrained", "causal", "hybrid", "hybrid_soft", "hybrid_mlp", "hybrid_gq",
@@ -112,6 +117,15 @@ def collect(sweep_dir: str | Path) -> dict[str, Recipe]:
         recipes = {n.removeprefix(prefix): Recipe(n.removeprefix(prefix), r.runs)
                    for n, r in recipes.items()}
     return dict(sorted(recipes.items(), key=lambda kv: _rank(kv[0])))
+
+
+def shared_settings(recipes: dict[str, Recipe]) -> dict:
+    """The sweep parameters every run shares (each run's sweep point), e.g. an override given
+    to the whole sweep, which no recipe name shows; {} unless every run came from a sweep."""
+    points = [point_parameters(run.dir) for rec in recipes.values() for run in rec.runs.values()]
+    if not points or any(p is None for p in points):
+        return {}
+    return {k: v for k, v in points[0].items() if all(k in p and p[k] == v for p in points)}
 
 
 def trained(run: Run) -> bool:
@@ -649,7 +663,7 @@ def markdown(recipes, tasks, domains, table, comparisons, stab, sweep_dir,
              learning: list[dict] | None = None, aa: dict | None = None,
              gains: list[dict] | None = None, queries: list[dict] | None = None,
              scenario_lines: list[str] | None = None,
-             transfer_lines: list[str] | None = None) -> str:
+             transfer_lines: list[str] | None = None, settings: dict | None = None) -> str:
     doms = list(dict.fromkeys(domains[t] for t in tasks))
     seeds = sorted({s for r in recipes.values() for s in r.runs})
     trained = {n: r for n, r in recipes.items() if not n.endswith("(reference)")}
@@ -657,6 +671,9 @@ def markdown(recipes, tasks, domains, table, comparisons, stab, sweep_dir,
              f"{sum(len(r.runs) for r in trained.values())} runs, {len(trained)} recipes, seeds "
              f"{seeds}. Cells: mean ± std over seeds; best mean per column in bold. Reference "
              f"rows come with every run (the bag-of-events rows: the same value for every seed).", ""]
+    if settings:
+        lines += [f"Every run: `{overrides_text(settings)}` (the sweep parameters its points "
+                  f"share).", ""]
     lines += learning_markdown(learning or [])
     for metric in ("auc", "ks"):
         cols = [f"{t}/{metric}" for t in tasks]
@@ -791,6 +808,7 @@ def report(sweep_dir: str | Path, out: str | Path | None = None, *, rounds: int 
            wandb_table: bool = False) -> Path:
     """Writes the report of a sweep directory and returns the report.md path."""
     collected = collect(sweep_dir)
+    settings = shared_settings(collected)
     learning = learning_rows(collected)
     recipes = learned_only(collected)
     out = Path(out) if out else Path(sweep_dir) / "report"
@@ -816,7 +834,7 @@ def report(sweep_dir: str | Path, out: str | Path | None = None, *, rounds: int 
     text = markdown({**refs, **recipes}, tasks, domains, table, comparisons, stab, sweep_dir,
                     learning, aa, gains, queries,
                     scenario_markdown(scenarios, {n: table[n] for n in refs}, tasks),
-                    transfer_lines)
+                    transfer_lines, settings)
     (out / "report.md").write_text(text)
     write_csv(out / "report.csv", {**refs, **recipes}, table)
     (out / "report.json").write_text(json.dumps(
@@ -825,6 +843,7 @@ def report(sweep_dir: str | Path, out: str | Path | None = None, *, rounds: int 
          "scenario_table": {f"{n} ({PROTOCOL_NAMES[p]})": {"seeds": k, **{
              c: list(v) for c, v in cols.items()}} for (n, p), (k, cols) in scenarios.items()},
          "aa_false_positive_rate": aa, "learning": learning, "transfer": transfer_tables,
+         "shared_settings": settings,
          "stability": stab}, indent=2) + "\n")
     paths = figures(out / "figures", recipes, table)
     if wandb_table:

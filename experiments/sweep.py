@@ -182,6 +182,24 @@ def _fmt(value) -> str:
     return str(value)
 
 
+def overrides_text(params: dict) -> str:
+    """Parameters as a point's command line gives them: ``key=value`` separated by spaces."""
+    return " ".join(f"{k}={_fmt(v)}" for k, v in params.items())
+
+
+def point_parameters(run_dir: Path) -> dict | None:
+    """The parameters of the sweep point a run directory belongs to (the ``point.json`` two
+    levels above it: ``points/<id>/<name>/<time>``), or None for a run no sweep started."""
+    path = Path(run_dir).parent.parent / "point.json"
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())["parameters"]
+    except (json.JSONDecodeError, KeyError) as e:
+        raise ValueError(f"{path}: not a sweep point file (expected JSON with 'parameters': "
+                         f"{e!r})") from e
+
+
 def render_command(spec: dict, params: dict) -> list[str]:
     """The command the W&B agent would run for ``params``, macros expanded."""
     out: list[str] = []
@@ -314,8 +332,7 @@ def run_sweep(path: str | Path, out: str | Path | None = None, *, workers: int =
     echo(f"sweep {sweep.id}: {len(runs)} points, {len(runs) - len(todo)} finished, "
          f"{len(todo)} to run -> {out}")
     for r in runs:
-        params = " ".join(f"{k}={_fmt(v)}" for k, v in r.point.items())
-        echo(f"  {r.id}  {r.status:<8} {params}")
+        echo(f"  {r.id}  {r.status:<8} {overrides_text(r.point)}")
     if dry_run:
         if todo:
             echo(f"first command: {shlex.join(todo[0].command)}")

@@ -643,3 +643,23 @@ def test_the_report_adds_the_transfer_tables_from_the_files_beside_each_run(tmp_
     assert "| qanchor | 2 | 128 | 1 | 0.7000 ± 0.0000 | 0.8000 ± 0.0000 | 0.8000 ± 0.0000 |" in md
     data = json.loads((tmp_path / "report" / "report.json").read_text())["transfer"]
     assert set(data) == {"targeting", "prompt_tuning", "fewshot"}
+
+
+def test_the_report_names_the_parameters_every_sweep_point_shared(tmp_path):
+    for k, (name, seed) in enumerate([("causal", 0), ("causal", 1), ("hybrid", 0)]):
+        point = tmp_path / "points" / f"p{k}"
+        fabricate(point, name, seed, [0.6, 0.7, 0.8])
+        (point / "point.json").write_text(json.dumps({"id": f"p{k}", "parameters": {
+            "recipe": name, "seed": seed, "trainer.max_steps": 400,
+            "encoder.pooling": "mean"}}))
+    md = report(tmp_path, rounds=50).read_text()
+    assert "Every run: `trainer.max_steps=400 encoder.pooling=mean`" in md
+    data = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert data["shared_settings"] == {"trainer.max_steps": 400, "encoder.pooling": "mean"}
+    # a run no sweep started: nothing can be said of every run
+    fabricate(tmp_path / "extra", "bidirectional", 0, [0.6, 0.7, 0.8])
+    assert "Every run:" not in report(tmp_path, rounds=50).read_text()
+    # a broken point file is named, not skipped
+    (tmp_path / "points" / "p0" / "point.json").write_text("{")
+    with pytest.raises(ValueError, match="p0/point.json: not a sweep point file"):
+        report(tmp_path, rounds=50)
