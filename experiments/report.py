@@ -80,6 +80,7 @@ class Run:
     dir: Path
     results: dict
     predictions: dict | None = None  # tasks, labels, test, scores (predictions.npz)
+    point: dict | None = None  # the sweep point's parameters; None for a run no sweep started
 
 
 @dataclass
@@ -89,7 +90,10 @@ class Recipe:
 
 
 def collect(sweep_dir: str | Path) -> dict[str, Recipe]:
-    """Finished runs under ``sweep_dir`` by recipe; the newest run wins a (recipe, seed) tie."""
+    """Finished runs under ``sweep_dir`` by recipe; the newest run wins a (recipe, seed) tie
+    (a point run again). Two sweep points with other parameters (``encoder.pooling=mean``
+    beside the default) that give one recipe and seed are an error: neither may hide the
+    other."""
     sweep_dir = Path(sweep_dir)
     if not sweep_dir.exists():
         raise FileNotFoundError(f"sweep directory {sweep_dir}: no such directory")
@@ -108,8 +112,11 @@ def collect(sweep_dir: str | Path) -> dict[str, Recipe]:
         if (path.parent / "predictions.npz").exists():
             with np.load(path.parent / "predictions.npz") as z:
                 pred = {k: z[k] for k in z.files}
-        run = Run(res["name"], int(res["seed"]), path.parent, res, pred)
-        recipes.setdefault(run.name, Recipe(run.name)).runs[run.seed] = run
+        run = Run(res["name"], int(res["seed"]), path.parent, res, pred,
+                  point_parameters(path.parent))
+        rec = recipes.setdefault(run.name, Recipe(run.name))
+        _check_same_point(rec.runs.get(run.seed), run)
+        rec.runs[run.seed] = run
     if not recipes:
         raise FileNotFoundError(f"{sweep_dir}: no finished run (results.json) below it")
     prefix = dataset_prefix(list(recipes))
@@ -119,10 +126,23 @@ def collect(sweep_dir: str | Path) -> dict[str, Recipe]:
     return dict(sorted(recipes.items(), key=lambda kv: _rank(kv[0])))
 
 
+def _check_same_point(earlier: Run | None, run: Run) -> None:
+    """Raises ValueError when ``run`` would replace a run of its recipe and seed that a sweep
+    point with other parameters made."""
+    if earlier is None or earlier.point is None or run.point is None or earlier.point == run.point:
+        return
+    keys = sorted(k for k in {*earlier.point, *run.point}
+                  if earlier.point.get(k) != run.point.get(k))
+    raise ValueError(
+        f"{earlier.dir} and {run.dir}: both are recipe {run.name!r}, seed {run.seed}, from "
+        f"sweep points that differ in {', '.join(keys)}; a report reads one run per recipe "
+        f"and seed: sweep each value of {keys[0]} into its own directory (--out)")
+
+
 def shared_settings(recipes: dict[str, Recipe]) -> dict:
     """The sweep parameters every run shares (each run's sweep point), e.g. an override given
     to the whole sweep, which no recipe name shows; {} unless every run came from a sweep."""
-    points = [point_parameters(run.dir) for rec in recipes.values() for run in rec.runs.values()]
+    points = [run.point for rec in recipes.values() for run in rec.runs.values()]
     if not points or any(p is None for p in points):
         return {}
     return {k: v for k, v in points[0].items() if all(k in p and p[k] == v for p in points)}

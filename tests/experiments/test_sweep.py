@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 import time
 
@@ -663,3 +664,22 @@ def test_the_report_names_the_parameters_every_sweep_point_shared(tmp_path):
     (tmp_path / "points" / "p0" / "point.json").write_text("{")
     with pytest.raises(ValueError, match="p0/point.json: not a sweep point file"):
         report(tmp_path, rounds=50)
+
+
+def test_two_sweep_points_of_one_recipe_and_seed_are_an_error_not_a_silent_pick(tmp_path):
+    def point(pid, pooling, aucs, run="s0"):
+        root = tmp_path / "points" / pid
+        if not root.exists():
+            fabricate(root, "causal", 0, aucs)
+        else:  # the same point run again: another run directory beside the first
+            shutil.copytree(root / "causal" / "s0", root / "causal" / run)
+        (root / "point.json").write_text(json.dumps({"id": pid, "parameters": {
+            "recipe": "causal", "seed": 0, "encoder.pooling": pooling}}))
+
+    point("a", "user_token", [0.6, 0.7, 0.8])
+    point("a", "user_token", [0.6, 0.7, 0.8], run="s1")  # a rerun of one point is read once
+    assert "| causal | 1 |" in report(tmp_path, rounds=20).read_text()
+    point("b", "mean", [0.7, 0.8, 0.9])
+    with pytest.raises(ValueError, match="recipe 'causal', seed 0, from sweep points that "
+                                         "differ in encoder.pooling"):
+        report(tmp_path, rounds=20)
