@@ -22,9 +22,10 @@ STUDY_WORKERS ?= 2
 # Options of `maskstudy sweep` for every study, e.g. SWEEP_FLAGS=--hand-on-cores (faster last
 # points, numbers that depend on when they got the cores; docs/configuration.md).
 SWEEP_FLAGS ?=
-# Overrides for the pre-training and every point of `make study` and `make long-study` alike,
-# so the points find the backbone pre-trained for their data (e.g. STUDY_ARGS=data.max_tokens=512
-# with its own STUDY_DIR, or STUDY_ARGS=encoder.pooling=mean with its own LONG_DIR).
+# Overrides for the pre-training and every point alike (`make study`, `long-study` and
+# `movielens-study`), so the points find the backbone pre-trained for their data (e.g.
+# STUDY_ARGS=data.max_tokens=512 with its own STUDY_DIR, or STUDY_ARGS=encoder.pooling=mean
+# with its own LONG_DIR).
 STUDY_ARGS ?=
 LONG_DIR ?= runs/sweeps/long
 QANCHOR_DIR ?= runs/sweeps/qanchor
@@ -120,10 +121,10 @@ movielens: setup
 
 movielens-study: movielens
 	$(BIN)/maskstudy pretrain causal data=movielens data.path=$(MOVIELENS) \
-		cache_dir=$(MOVIELENS_DIR)/.cache pretrain.steps=$(MOVIELENS_PRETRAIN)
+		cache_dir=$(MOVIELENS_DIR)/.cache pretrain.steps=$(MOVIELENS_PRETRAIN) $(STUDY_ARGS)
 	$(BIN)/maskstudy sweep experiments/sweeps/movielens.yaml --out $(MOVIELENS_DIR) \
 		--workers $(STUDY_WORKERS) $(SWEEP_FLAGS) data.path=$(MOVIELENS) \
-		pretrain.steps=$(MOVIELENS_PRETRAIN)
+		pretrain.steps=$(MOVIELENS_PRETRAIN) $(STUDY_ARGS)
 	$(BIN)/maskstudy report $(MOVIELENS_DIR)
 
 text-encoder: setup
