@@ -4,12 +4,12 @@ Features, from the history columns only: for every event field that names a thin
 fields a modality declares as category, text, list or path: merchants, mini-programs, pages,
 apps, queries, movie titles, each genre of a movie, a shop's items), ``log1p`` of how often
 each value occurs; per modality ``log1p`` of the event count, of the active days, of the
-recent events (the last ``schema.RECENT_DAYS`` days) and of the days since the last event; the summaries a
-modality declares of its number fields (the bill amount's sum and largest value, the mean movie
-rating; a declared modality's numbers: sum and largest, as signed ``log1p``); and the tabular
-vector. On MovieLens this is the bag-of-items baseline. The same features and splits serve
-the world summary and the study's reference row, so a trained encoder is compared against
-exactly this number.
+recent events (the last ``schema.RECENT_DAYS`` days) and of the days since the last event; the
+summaries a modality declares of its number fields (the bill amount's sum and largest value,
+the mean movie rating; a declared modality's numbers: sum and largest, as signed ``log1p``);
+and the tabular vector. On MovieLens this is the bag-of-items baseline. The same features and
+splits serve the world summary and the study's reference row, so a trained encoder is compared
+against exactly this number.
 """
 
 from __future__ import annotations

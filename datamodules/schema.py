@@ -50,6 +50,7 @@ def recent(days_before):
     """Which events are recent, from their whole days before the reference time."""
     return days_before <= RECENT_DAYS
 
+
 # The payment-app world's modalities (the papers' data): what a file without a declaration has.
 EVENT_MODALITIES = WORLD_MODALITIES
 # The template's segments for those: the event modalities and the tabular feature vector.

@@ -690,7 +690,8 @@ def markdown(recipes, tasks, domains, table, comparisons, stab, sweep_dir,
     lines = [f"# Report: {Path(sweep_dir).name}", "",
              f"{sum(len(r.runs) for r in trained.values())} runs, {len(trained)} recipes, seeds "
              f"{seeds}. Cells: mean ± std over seeds; best mean per column in bold. Reference "
-             f"rows come with every run (the bag-of-events rows: the same value for every seed).", ""]
+             f"rows come with every run (the bag-of-events rows: the same value for every "
+             f"seed).", ""]
     if settings:
         lines += [f"Every run: `{overrides_text(settings)}` (the sweep parameters its points "
                   f"share).", ""]
