@@ -49,7 +49,8 @@ class PretrainedBackbone:
 def text_datamodule(cfg: ExperimentConfig) -> ContrastiveDataModule:
     """The training pairs as text, in the pre-training stage's own order. Scenario pairs stay
     out: they are a recipe's training signal, and recipes share one pre-trained backbone."""
-    data = dataclasses.replace(cfg.data, seed=cfg.pretrain.seed, scenarios_per_user=0)
+    data = dataclasses.replace(cfg.data, seed=cfg.pretrain.seed, scenarios_per_user=0,
+                               batch_size=cfg.pretrain.batch_size)
     dm = ContrastiveDataModule(data, input=InputConfig())
     dm.setup()
     return dm
@@ -59,12 +60,14 @@ def cache_key(cfg: ExperimentConfig, tokenizer: Path) -> str:
     d = cfg.data
     files = [(f.name, f.stat().st_size, int(f.stat().st_mtime)) for f in dataset_files(d.path)]
     model = to_dict(cfg)
+    # The stage's batch size stands where the contrastive one stood while the stage read
+    # data.batch_size, so backbones cached then keep their keys.
+    stage = {k: v for k, v in model["pretrain"].items() if k != "batch_size"}
     parts = ["backbone", str(Path(d.path).resolve()), files,
-             hashlib.sha256(tokenizer.read_bytes()).hexdigest(), model["backbone"],
-             model["pretrain"],
+             hashlib.sha256(tokenizer.read_bytes()).hexdigest(), model["backbone"], stage,
              d.max_tokens, d.caps, d.answer_max_tokens, d.answer_selection, d.topics_per_user,
-             d.behaviour_query, d.anchor, d.batch_size, d.probe_fraction, d.val_fraction,
-             d.split_seed, *d.opt_in_key_parts()]
+             d.behaviour_query, d.anchor, cfg.pretrain.batch_size, d.probe_fraction,
+             d.val_fraction, d.split_seed, *d.opt_in_key_parts()]
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

@@ -41,6 +41,9 @@ class PretrainConfig:
     # 0: train the contrastive recipe from the backbone as built or loaded. The amount of
     # pre-training decides how far contrastive training gets (docs/learning.md).
     steps: int = 600
+    # Users per step, its own setting: runs that differ only in the contrastive batch
+    # (data.batch_size) start from one backbone, as a paper's runs share one LLM.
+    batch_size: int = 16
     lr: float = 1.0e-3
     warmup_steps: int = 20
     min_lr_ratio: float = 0.1
@@ -51,6 +54,8 @@ class PretrainConfig:
         """Raises ValueError('pretrain.<key> <what is wrong>') for an impossible value."""
         if self.steps < 0:
             raise ValueError("pretrain.steps must be >= 0 (0: no pre-training)")
+        if self.batch_size < 1:
+            raise ValueError("pretrain.batch_size must be >= 1")
         if self.lr <= 0:
             raise ValueError("pretrain.lr must be positive")
         if self.steps and not 0 <= self.warmup_steps < self.steps:

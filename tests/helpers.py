@@ -52,7 +52,7 @@ def tiny(world, run_root, *extra):
             "trainer.limit_val_batches=1", "trainer.log_every_n_steps=1",
             "trainer.enable_progress_bar=false", "trainer.accelerator=cpu",
             "optim.warmup_steps=1", "schedule.warmup_steps=2", "pretrain.steps=2",
-            "pretrain.warmup_steps=0", *extra]
+            "pretrain.warmup_steps=0", "pretrain.batch_size=4", *extra]
 
 
 GENRES = ("Action", "Adventure", "Animation", "Children's", "Comedy", "Documentary", "Drama",

@@ -73,6 +73,17 @@ def test_the_activity_header_has_a_backbone_of_its_own(world, tmp_path):
     assert cache_key(config(world, tmp_path, "data.activity_header=true"), tok) != plain
 
 
+def test_the_contrastive_batch_size_shares_the_backbone_and_the_stages_own_does_not(
+        world, tmp_path):
+    tok = world / "tokenizer.json"
+    plain = cache_key(config(world, tmp_path), tok)
+    assert cache_key(config(world, tmp_path, "data.batch_size=12"), tok) == plain
+    assert cache_key(config(world, tmp_path, "pretrain.batch_size=12"), tok) != plain
+    cfg = config(world, tmp_path, "data.batch_size=12", "pretrain.batch_size=3")
+    batch = next(iter(text_datamodule(cfg).train_dataloader()))
+    assert len(batch["user_input_ids"]) == 3
+
+
 def test_runs_and_the_untrained_reference_start_from_the_pretrained_backbone(world, tmp_path):
     cfg = config(world, tmp_path, "trainer.train=false", "eval.references=false")
     state = pretrained_backbone(cfg).state
@@ -104,6 +115,7 @@ def test_the_backbone_learns_at_a_scaled_rate(world, tmp_path):
 
 @pytest.mark.parametrize("override, message", [
     ("pretrain.steps=-1", "pretrain.steps"),
+    ("pretrain.batch_size=0", "pretrain.batch_size"),
     ("pretrain.warmup_steps=50", "pretrain.warmup_steps"),
     ("optim.backbone_lr_scale=0", "optim.backbone_lr_scale"),
     ("backbone.lora.enabled=true", "pretrain.steps"),
