@@ -18,12 +18,13 @@ def _one_line_errors() -> tuple[type[Exception], ...]:
     from maskstudy.datamodules.schema import DataValidationError
     from maskstudy.experiments.config import ConfigError
     from maskstudy.experiments.checkpoints import CheckpointError
+    from maskstudy.experiments.report import ReportError
     from maskstudy.experiments.run import OutOfMemory
     from maskstudy.experiments.sweep import SweepError
     from maskstudy.lightning_modules.module import NonFiniteError
 
     return (CheckpointError, ConfigError, DataValidationError, FileNotFoundError,
-            NonFiniteError, OutOfMemory, SweepError)
+            NonFiniteError, OutOfMemory, ReportError, SweepError)
 
 
 def _config_error(fn):
@@ -384,7 +385,7 @@ def _sweep(args: argparse.Namespace) -> int:
 def _report(args: argparse.Namespace) -> int:
     from maskstudy.experiments.report import report
 
-    path = report(args.sweep_dir, args.out, rounds=args.rounds, wandb_table=args.wandb)
+    path = report(args.sweep_dirs, args.out, rounds=args.rounds, wandb_table=args.wandb)
     print(path.read_text())
     print(f"written to {path.parent}")
     return 0
@@ -711,9 +712,13 @@ def build_parser() -> argparse.ArgumentParser:
         description="Read every finished run under SWEEP_DIR: per recipe the test AUC and KS "
                     "per task and domain as mean +- std over seeds, paired comparisons with "
                     "causal (seeds: t interval; test users: bootstrap interval and p), "
-                    "stability, figures. Writes report.md, report.csv, report.json, figures/.")
-    rep.add_argument("sweep_dir")
-    rep.add_argument("--out", help="report directory (default SWEEP_DIR/report)")
+                    "stability, figures. Writes report.md, report.csv, report.json, figures/. "
+                    "Several directories are read as one sweep (with --out): a setting that "
+                    "sets apart their runs of one recipe and seed, such as encoder.pooling, "
+                    "names them, and each recipe's runs are compared across its values.")
+    rep.add_argument("sweep_dirs", nargs="+", metavar="SWEEP_DIR")
+    rep.add_argument("--out", help="report directory (default SWEEP_DIR/report; required "
+                                   "with several)")
     rep.add_argument("--rounds", type=int, default=2000, help="bootstrap resamples (default 2000)")
     rep.add_argument("--wandb", action="store_true", help="also log the tables and figures to W&B")
     rep.set_defaults(func=_report)

@@ -15,7 +15,12 @@ ablations are read against it) two paired comparisons of the average AUC:
 
 Runs that a sweep started say which parameters every point shared (their ``point.json``):
 an override given to the whole sweep, such as ``encoder.pooling=mean``, heads the report, since
-no recipe name shows it.
+no recipe name shows it. A parameter the sweep varies beside the recipe (``encoder.pooling:
+{values: [user_token, mean]}``) sets apart runs of one recipe and seed; the report names them
+by its value (``causal [encoder.pooling=mean]``), reads each against the baseline and the
+untrained model of its own value, and compares each recipe's other values with its first (in
+the sweep file's order), paired by seed. Several sweep directories are read as one sweep, so two
+sweeps that differ in one override are compared the same way.
 
 Runs on a data option other than the default (``data=movielens``) are named
 ``<dataset>_<recipe>``; when every run of the sweep carries the same such prefix, the report
@@ -55,7 +60,8 @@ from __future__ import annotations
 import csv
 import json
 import math
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -73,6 +79,10 @@ BASELINES = ("causal", "qanchor")
 PAPER_GAP = 0.004  # the spread between the GG-SM paper's recipes, in average AUC
 
 
+class ReportError(ValueError):
+    """A report asked of directories it cannot be written for; the message says why."""
+
+
 @dataclass
 class Run:
     name: str
@@ -81,23 +91,61 @@ class Run:
     results: dict
     predictions: dict | None = None  # tasks, labels, test, scores (predictions.npz)
     point: dict | None = None  # the sweep point's parameters; None for a run no sweep started
+    variant: str = ""  # its values of the sweep's varied settings (varied_settings), or ""
 
 
 @dataclass
 class Recipe:
     name: str
     runs: dict[int, Run] = field(default_factory=dict)  # seed -> run
+    recipe: str = ""  # the recipe the runs ran ("": name)
+    variant: str = ""  # the runs' values of the varied settings, as in Run.variant
+
+    def __post_init__(self):
+        self.recipe = self.recipe or self.name
 
 
-def collect(sweep_dir: str | Path) -> dict[str, Recipe]:
-    """Finished runs under ``sweep_dir`` by recipe; the newest run wins a (recipe, seed) tie
-    (a point run again). Two sweep points with other parameters (``encoder.pooling=mean``
-    beside the default) that give one recipe and seed are an error: neither may hide the
-    other."""
-    sweep_dir = Path(sweep_dir)
+def variant_name(recipe: str, variant: str) -> str:
+    """A row's name: the recipe, and the values of the varied settings when there are any."""
+    return f"{recipe} [{variant}]" if variant else recipe
+
+
+def sweep_dirs(dirs: str | Path | Sequence[str | Path]) -> list[Path]:
+    """One sweep directory or several, as a list."""
+    return [Path(dirs)] if isinstance(dirs, (str, Path)) else [Path(d) for d in dirs]
+
+
+def collect(dirs: str | Path | Sequence[str | Path]) -> dict[str, Recipe]:
+    """Finished runs under one sweep directory or several, by recipe and by the values of the
+    varied settings (:func:`varied_settings`; two sweeps of the same recipes, one of them
+    with ``encoder.pooling=mean``, are one sweep that varies it); the newest run wins a
+    (name, seed) tie (a point run again)."""
+    dirs = sweep_dirs(dirs)
+    runs = [run for d in dirs for run in _finished_runs(d)]
+    if not runs:
+        raise FileNotFoundError(f"{', '.join(map(str, dirs))}: no finished run "
+                                f"(results.json) below it")
+    prefix = dataset_prefix(list({run.name for run in runs}))
+    varied = varied_settings(runs)
+    order = value_order(dirs, varied)
+    recipes: dict[str, Recipe] = {}
+    for run in runs:
+        run.name = run.name.removeprefix(prefix)
+        if varied and run.point is not None:
+            run.variant = overrides_text({k: run.point.get(k, UNSET) for k in varied})
+        name = variant_name(run.name, run.variant)
+        recipes.setdefault(name, Recipe(name, recipe=run.name, variant=run.variant)
+                           ).runs[run.seed] = run
+    return dict(sorted(recipes.items(), key=lambda kv: (
+        _rank(kv[1].recipe), order(next(iter(kv[1].runs.values()))))))
+
+
+def _finished_runs(sweep_dir: Path) -> list[Run]:
+    """Every finished run under ``sweep_dir`` (a ``results.json`` with metrics), in path
+    order: a point's newer run after its older one."""
     if not sweep_dir.exists():
         raise FileNotFoundError(f"sweep directory {sweep_dir}: no such directory")
-    recipes: dict[str, Recipe] = {}
+    runs: list[Run] = []
     for path in sorted(sweep_dir.rglob("results.json")):
         try:
             res = json.loads(path.read_text())
@@ -112,31 +160,55 @@ def collect(sweep_dir: str | Path) -> dict[str, Recipe]:
         if (path.parent / "predictions.npz").exists():
             with np.load(path.parent / "predictions.npz") as z:
                 pred = {k: z[k] for k in z.files}
-        run = Run(res["name"], int(res["seed"]), path.parent, res, pred,
-                  point_parameters(path.parent))
-        rec = recipes.setdefault(run.name, Recipe(run.name))
-        _check_same_point(rec.runs.get(run.seed), run)
-        rec.runs[run.seed] = run
-    if not recipes:
-        raise FileNotFoundError(f"{sweep_dir}: no finished run (results.json) below it")
-    prefix = dataset_prefix(list(recipes))
-    if prefix:
-        recipes = {n.removeprefix(prefix): Recipe(n.removeprefix(prefix), r.runs)
-                   for n, r in recipes.items()}
-    return dict(sorted(recipes.items(), key=lambda kv: _rank(kv[0])))
+        runs.append(Run(res["name"], int(res["seed"]), path.parent, res, pred,
+                         point_parameters(path.parent)))
+    return runs
 
 
-def _check_same_point(earlier: Run | None, run: Run) -> None:
-    """Raises ValueError when ``run`` would replace a run of its recipe and seed that a sweep
-    point with other parameters made."""
-    if earlier is None or earlier.point is None or run.point is None or earlier.point == run.point:
-        return
-    keys = sorted(k for k in {*earlier.point, *run.point}
-                  if earlier.point.get(k) != run.point.get(k))
-    raise ValueError(
-        f"{earlier.dir} and {run.dir}: both are recipe {run.name!r}, seed {run.seed}, from "
-        f"sweep points that differ in {', '.join(keys)}; a report reads one run per recipe "
-        f"and seed: sweep each value of {keys[0]} into its own directory (--out)")
+UNSET = "(default)"  # a varied setting a point did not give: the recipe's default
+
+
+def varied_settings(runs: list[Run]) -> list[str]:
+    """The sweep parameters that set apart runs of one recipe and seed, such as
+    ``encoder.pooling`` swept beside the recipes; the recipe name and seed already set apart
+    the rest (``input=hierarchical`` names its runs ``hierarchical_<recipe>``). A point run
+    again has the same parameters: the newest run of it is read."""
+    points: dict[tuple[str, int], list[dict]] = {}
+    for run in runs:
+        if run.point is not None:
+            points.setdefault((run.name, run.seed), []).append(run.point)
+    varied: list[str] = []
+    for group in points.values():
+        for key in dict.fromkeys(k for point in group for k in point):
+            values = {json.dumps(point.get(key, UNSET), sort_keys=True) for point in group}
+            if len(values) > 1 and key not in varied:
+                varied.append(key)
+    return varied
+
+
+def value_order(dirs: list[Path], varied: list[str]):
+    """A sort key for a run: the directory it came from (in the order given), then the
+    positions of its values of the ``varied`` settings among the values the sweep files
+    list (``sweep.json``), so a recipe's first value is the first sweep's first; values no
+    file lists sort after the listed ones, by their text."""
+    listed: dict[str, list] = {k: [] for k in varied}
+    for path in (d / "sweep.json" for d in dirs if varied):
+        if not path.exists():
+            continue
+        try:
+            parameters = json.loads(path.read_text())["spec"]["parameters"]
+        except (json.JSONDecodeError, KeyError) as e:
+            raise ValueError(f"{path}: not a sweep state file (expected JSON with "
+                             f"'spec' and its 'parameters': {e!r})") from e
+        for k in varied:
+            listed[k] += [v for v in parameters.get(k, {}).get("values", []) if v not in listed[k]]
+
+    def key(run: Run) -> tuple:
+        source = next(i for i, d in enumerate(dirs) if run.dir.is_relative_to(d))
+        values = [(run.point or {}).get(k, UNSET) for k in varied]
+        return (source, *((listed[k].index(v) if v in listed[k] else math.inf,
+                           json.dumps(v, sort_keys=True)) for k, v in zip(varied, values)))
+    return key
 
 
 def shared_settings(recipes: dict[str, Recipe]) -> dict:
@@ -167,7 +239,7 @@ def learned_only(recipes: dict[str, Recipe]) -> dict[str, Recipe]:
     for name, rec in recipes.items():
         runs = {s: r for s, r in rec.runs.items() if not did_not_learn(r)}
         if runs:
-            out[name] = Recipe(name, runs)
+            out[name] = replace(rec, runs=runs)
     return out
 
 
@@ -185,8 +257,10 @@ def references(recipes: dict[str, Recipe]) -> dict[str, Recipe]:
     """The reference rows every run carries (``results.json`` ``references``), over the seeds
     they were computed for; the rows that depend on the input one per input (an untrained
     model reading one token per event is another reference than one reading text), the
-    untrained row from the runs that are read against it (:func:`untrained_recipe`)."""
-    out: dict[str, Recipe] = {}
+    untrained row from the runs that are read against it (:func:`untrained_recipe`). A row
+    whose values differ between the values of the varied settings (the untrained model
+    mean-pooled and read at ``<USER>``) is one row per value, named like the recipes'."""
+    found: dict[str, dict[str, dict[int, Run]]] = {}  # name -> variant -> seed -> row
     for rec in recipes.values():
         for seed, run in rec.runs.items():
             for kind, ref in (run.results.get("references") or {}).items():
@@ -194,10 +268,34 @@ def references(recipes: dict[str, Recipe]) -> dict[str, Recipe]:
                         kind == "untrained" and untrained_recipe(run, recipes) is not None):
                     continue
                 name = reference_name(kind, input_of(run))
-                out.setdefault(name, Recipe(name)).runs.setdefault(
+                found.setdefault(name, {}).setdefault(run.variant, {}).setdefault(
                     seed, Run(name, seed, run.dir, {"tasks": ref["tasks"],
-                                                   "metrics": ref["metrics"]}))
+                                                    "metrics": ref["metrics"]}))
+    out: dict[str, Recipe] = {}
+    for name, variants in found.items():
+        if _same_everywhere(variants):
+            out[name] = Recipe(name, {s: r for runs in variants.values() for s, r in runs.items()})
+            continue
+        for variant, runs in variants.items():
+            label = variant_name(name, variant)
+            out[label] = Recipe(label, runs, recipe=name, variant=variant)
     return out
+
+
+def _same_everywhere(variants: dict[str, dict[int, Run]]) -> bool:
+    """True when every seed's row has the same metrics under every value that holds it."""
+    by_seed: dict[int, list[dict]] = {}
+    for runs in variants.values():
+        for seed, run in runs.items():
+            by_seed.setdefault(seed, []).append(run.results["metrics"])
+    return all(m == rows[0] for rows in by_seed.values() for m in rows)
+
+
+def reference_label(name: str, variant: str, refs: dict[str, Recipe]) -> str:
+    """The row of ``refs`` (:func:`references`) that holds reference ``name`` for a run of
+    ``variant``: its own row when the values split it, else the shared one."""
+    own = variant_name(name, variant)
+    return own if own in refs else name
 
 
 def reference_name(kind: str, source: str = "text") -> str:
@@ -214,9 +312,10 @@ def input_of(run: Run) -> str:
 
 
 def untrained_recipe(run: Run, recipes: dict[str, Recipe]) -> Recipe | None:
-    """The sweep's own ``untrained`` recipe when ``run`` is read against it instead of the
-    reference it carries: the recipe ran (on text, its input) and ``run`` reads text."""
-    return recipes.get("untrained") if input_of(run) == "text" else None
+    """The sweep's own ``untrained`` recipe (of the run's values of the varied settings) when
+    ``run`` is read against it instead of the reference it carries: the recipe ran (on text,
+    its input) and ``run`` reads text."""
+    return recipes.get(variant_name("untrained", run.variant)) if input_of(run) == "text" else None
 
 
 def untrained_metrics(run: Run, recipes: dict[str, Recipe]) -> dict | None:
@@ -238,8 +337,9 @@ def against_untrained(recipes: dict[str, Recipe]) -> list[dict]:
     where run and reference both hold it, on each representation (``by_representation``:
     the embedding and the pooled state)."""
     rows = []
+    refs = references(recipes)
     for name, rec in recipes.items():
-        if name == "untrained":
+        if rec.recipe == "untrained":
             continue
         first = rec.runs[min(rec.runs)]
         pairs = {seed: (run.results["metrics"], ref) for seed, run in rec.runs.items()
@@ -248,7 +348,8 @@ def against_untrained(recipes: dict[str, Recipe]) -> list[dict]:
             continue
         ran = untrained_recipe(first, recipes) is not None
         by_rep = {r: paired_gain(pairs, representation_metric(r)) for r in REPRESENTATIONS}
-        reference = "untrained" if ran else reference_name("untrained", input_of(first))
+        reference = (variant_name("untrained", rec.variant) if ran else reference_label(
+            reference_name("untrained", input_of(first)), rec.variant, refs))
         rows.append({"recipe": name, "reference": reference,
                      "seeds": len(pairs), **paired_gain(pairs, "eval/avg_auc"),
                      "by_representation": {r: g for r, g in by_rep.items() if g is not None}})
@@ -454,40 +555,59 @@ def bootstrap_difference(a: Recipe, b: Recipe, rounds: int = 2000,
 
 def baseline_of(recipes: dict[str, Recipe]) -> str | None:
     """The recipe the sweep's others are compared with (``BASELINES``), or None."""
-    return next((name for name in BASELINES if name in recipes), None)
+    ran = {rec.recipe for rec in recipes.values()}
+    return next((name for name in BASELINES if name in ran), None)
 
 
 def compare(recipes: dict[str, Recipe], rounds: int = 2000,
             target: float = PAPER_GAP) -> list[dict]:
-    """Each recipe against the baseline (see the module docstring), with the minimum
-    detectable effect of its seed comparison and the seeds a difference of ``target`` would
-    need."""
+    """Each recipe against the baseline (see the module docstring) of its values of the
+    varied settings."""
     baseline = baseline_of(recipes)
-    if baseline is None:
-        return []
-    base = recipes[baseline]
     rows = []
-    for name, rec in recipes.items():
-        if name == baseline:
-            continue
-        seeds = sorted(set(rec.runs) & set(base.runs))
-        diffs = [rec.runs[s].results["metrics"]["eval/avg_auc"]
-                 - base.runs[s].results["metrics"]["eval/avg_auc"] for s in seeds]
-        mean, lo, hi = seed_interval(diffs)
-        sd = float(np.std(diffs, ddof=1)) if len(diffs) > 1 else float("nan")
-        row = {"recipe": name, "baseline": baseline, "seeds": len(seeds), "diff": mean,
-               "seed_low": lo,
-               "seed_high": hi, "boot_low": float("nan"), "boot_high": float("nan"),
-               "p": float("nan"), "diff_sd": sd, "mde": detectable_effect(sd, len(seeds)),
-               "seeds_for_target": seeds_needed(sd, target), "target": target}
-        boot = bootstrap_difference(rec, base, rounds)
-        if boot is not None:
-            row["boot_low"], row["boot_high"] = (float(np.percentile(boot, 2.5)),
-                                                 float(np.percentile(boot, 97.5)))
-            row["p"] = float(min(1.0, 2 * min((boot <= 0).mean(), (boot >= 0).mean())))
-        row["verdict"] = verdict(row)
-        rows.append(row)
+    for rec in recipes.values():
+        base = recipes.get(variant_name(baseline, rec.variant)) if baseline else None
+        if base is not None and rec.recipe != baseline:
+            rows.append(comparison(rec, base, rounds, target))
     return rows
+
+
+def compare_variants(recipes: dict[str, Recipe], rounds: int = 2000,
+                     target: float = PAPER_GAP) -> list[dict]:
+    """Each recipe at the other values of the varied settings against the same recipe at its
+    first (in the order of ``collect``)."""
+    first: dict[str, Recipe] = {}
+    pairs = []
+    for rec in recipes.values():
+        if rec.variant:
+            base = first.setdefault(rec.recipe, rec)
+            if base is not rec:
+                pairs.append((rec, base))
+    return [comparison(rec, base, rounds, target) for rec, base in pairs]
+
+
+def comparison(rec: Recipe, base: Recipe, rounds: int = 2000,
+               target: float = PAPER_GAP) -> dict:
+    """``rec`` against ``base`` on the average AUC, paired by seed, with the minimum
+    detectable effect of the seed comparison and the seeds a difference of ``target`` would
+    need."""
+    seeds = sorted(set(rec.runs) & set(base.runs))
+    diffs = [rec.runs[s].results["metrics"]["eval/avg_auc"]
+             - base.runs[s].results["metrics"]["eval/avg_auc"] for s in seeds]
+    mean, lo, hi = seed_interval(diffs)
+    sd = float(np.std(diffs, ddof=1)) if len(diffs) > 1 else float("nan")
+    row = {"recipe": rec.name, "baseline": base.name, "seeds": len(seeds), "diff": mean,
+           "seed_low": lo,
+           "seed_high": hi, "boot_low": float("nan"), "boot_high": float("nan"),
+           "p": float("nan"), "diff_sd": sd, "mde": detectable_effect(sd, len(seeds)),
+           "seeds_for_target": seeds_needed(sd, target), "target": target}
+    boot = bootstrap_difference(rec, base, rounds)
+    if boot is not None:
+        row["boot_low"], row["boot_high"] = (float(np.percentile(boot, 2.5)),
+                                             float(np.percentile(boot, 97.5)))
+        row["p"] = float(min(1.0, 2 * min((boot <= 0).mean(), (boot >= 0).mean())))
+    row["verdict"] = verdict(row)
+    return row
 
 
 def excludes_zero(lo: float, hi: float) -> bool:
@@ -679,15 +799,37 @@ def untrained_markdown(rows: list[dict]) -> list[str]:
     return lines + [""]
 
 
-def markdown(recipes, tasks, domains, table, comparisons, stab, sweep_dir,
+def comparison_markdown(rows: list[dict], against: bool = False) -> list[str]:
+    """The table of :func:`comparison` rows; ``against``: with the column of what each row is
+    read against."""
+    def iv(lo, hi):
+        return "-" if math.isnan(lo) else f"[{lo:+.4f}, {hi:+.4f}]"
+
+    head = ["recipe", *(["against"] if against else []), "paired seeds", "Δ avg AUC",
+            "seeds: 95% t interval", "test users: 95% bootstrap interval", "p (bootstrap)",
+            "MDE (80% power)", f"seeds for {PAPER_GAP}", "verdict"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for c in rows:
+        p = "-" if math.isnan(c["p"]) else f"{c['p']:.3f}"
+        mde = "-" if math.isnan(c["mde"]) else f"{c['mde']:.4f}"
+        need = "-" if math.isnan(c["seeds_for_target"]) else f"{c['seeds_for_target']:.0f}"
+        cells = [c["recipe"], *([c["baseline"]] if against else []), str(c["seeds"]),
+                 f"{c['diff']:+.4f}", iv(c["seed_low"], c["seed_high"]),
+                 iv(c["boot_low"], c["boot_high"]), p, mde, need, c["verdict"]]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
+def markdown(recipes, tasks, domains, table, comparisons, stab, title: str,
              learning: list[dict] | None = None, aa: dict | None = None,
              gains: list[dict] | None = None, queries: list[dict] | None = None,
              scenario_lines: list[str] | None = None,
-             transfer_lines: list[str] | None = None, settings: dict | None = None) -> str:
+             transfer_lines: list[str] | None = None, settings: dict | None = None,
+             variants: list[dict] | None = None, varied: list[str] | None = None) -> str:
     doms = list(dict.fromkeys(domains[t] for t in tasks))
     seeds = sorted({s for r in recipes.values() for s in r.runs})
-    trained = {n: r for n, r in recipes.items() if not n.endswith("(reference)")}
-    lines = [f"# Report: {Path(sweep_dir).name}", "",
+    trained = {n: r for n, r in recipes.items() if not r.recipe.endswith("(reference)")}
+    lines = [f"# Report: {title}", "",
              f"{sum(len(r.runs) for r in trained.values())} runs, {len(trained)} recipes, seeds "
              f"{seeds}. Cells: mean ± std over seeds; best mean per column in bold. Reference "
              f"rows come with every run (the bag-of-events rows: the same value for every "
@@ -695,6 +837,9 @@ def markdown(recipes, tasks, domains, table, comparisons, stab, sweep_dir,
     if settings:
         lines += [f"Every run: `{overrides_text(settings)}` (the sweep parameters its points "
                   f"share).", ""]
+    if varied:
+        lines += [f"Varied beside the recipes: {', '.join(f'`{k}`' for k in varied)}; each "
+                  f"row's name carries its value.", ""]
     lines += learning_markdown(learning or [])
     for metric in ("auc", "ks"):
         cols = [f"{t}/{metric}" for t in tasks]
@@ -713,32 +858,28 @@ def markdown(recipes, tasks, domains, table, comparisons, stab, sweep_dir,
     lines += query_markdown(queries or [])
     lines += scenario_lines or []
     lines += transfer_lines or []
+    varied_text = ", ".join(f"`{k}`" for k in varied or [])
     if comparisons:
-        lines += [f"## Against {comparisons[0]['baseline']} (average AUC)", "",
+        baseline = recipes[comparisons[0]["baseline"]].recipe
+        lines += [f"## Against {baseline} (average AUC)", "",
                   "Verdicts are decided across seeds (training noise): a 95% t interval of the "
                   "paired per-seed differences that excludes 0. The test-user bootstrap shows "
                   "how much fixed models' AUCs move with the sampled test users; it never "
                   "decides a verdict. MDE: the difference this comparison detects with 80% "
                   f"power at its seed spread and seed count; the last column, the seeds a "
                   f"difference of {PAPER_GAP} (the spread between the papers' recipes) would "
-                  f"need at that spread.", ""]
+                  f"need at that spread."
+                  + (f" Each recipe is read against {baseline} at its own {varied_text}."
+                     if varied else ""), ""]
         if aa is not None:
             lines += [_aa_sentence(aa), ""]
-        lines += ["| recipe | paired seeds | Δ avg AUC | seeds: 95% t interval | test users: "
-                  "95% bootstrap interval | p (bootstrap) | MDE (80% power) | "
-                  f"seeds for {PAPER_GAP} | verdict |", "|---|---|---|---|---|---|---|---|---|"]
-        for c in comparisons:
-            def iv(lo, hi):
-                return "-" if math.isnan(lo) else f"[{lo:+.4f}, {hi:+.4f}]"
-            p = "-" if math.isnan(c["p"]) else f"{c['p']:.3f}"
-            mde = "-" if math.isnan(c["mde"]) else f"{c['mde']:.4f}"
-            need = c["seeds_for_target"]
-            need = "-" if math.isnan(need) else f"{need:.0f}"
-            lines.append(f"| {c['recipe']} | {c['seeds']} | {c['diff']:+.4f} | "
-                         f"{iv(c['seed_low'], c['seed_high'])} | "
-                         f"{iv(c['boot_low'], c['boot_high'])} | {p} | {mde} | {need} | "
-                         f"{c['verdict']} |")
-        lines.append("")
+        lines += comparison_markdown(comparisons)
+    if variants:
+        lines += [f"## Across {varied_text} (average AUC)", "",
+                  "Each recipe at another value against the same recipe at its first value "
+                  "(the first sweep directory's, in its sweep file's order), paired by seed; "
+                  "verdicts, MDE and seeds as above.", "",
+                  *comparison_markdown(variants, against=True)]
     lines += ["## Training stability", "", "| recipe | loss spikes | grad-norm max | "
               "grad-norm median |", "|---|---|---|---|"]
     for name, s in stab.items():
@@ -825,18 +966,25 @@ def figures(out: Path, recipes, table) -> list[Path]:
     return paths
 
 
-def report(sweep_dir: str | Path, out: str | Path | None = None, *, rounds: int = 2000,
-           wandb_table: bool = False) -> Path:
-    """Writes the report of a sweep directory and returns the report.md path."""
-    collected = collect(sweep_dir)
+def report(dirs: str | Path | Sequence[str | Path], out: str | Path | None = None, *,
+           rounds: int = 2000, wandb_table: bool = False) -> Path:
+    """Writes the report of one sweep directory or several (read as one sweep, ``out``
+    required) and returns the report.md path."""
+    dirs = sweep_dirs(dirs)
+    if out is None and len(dirs) > 1:
+        raise ReportError(f"a report of {len(dirs)} sweep directories needs an output "
+                          f"directory (--out): none of theirs is its own")
+    title = " + ".join(d.name for d in dirs)
+    collected = collect(dirs)
     settings = shared_settings(collected)
+    varied = varied_settings([run for rec in collected.values() for run in rec.runs.values()])
     learning = learning_rows(collected)
     recipes = learned_only(collected)
-    out = Path(out) if out else Path(sweep_dir) / "report"
+    out = Path(out) if out else dirs[0] / "report"
     out.mkdir(parents=True, exist_ok=True)
     if not recipes:  # the learning table is the whole report
         (out / "report.md").write_text("\n".join(
-            [f"# Report: {Path(sweep_dir).name}", "", *learning_markdown(learning),
+            [f"# Report: {title}", "", *learning_markdown(learning),
              "No trained run passed its learning check: there is no AUC to compare."]) + "\n")
         (out / "report.json").write_text(json.dumps({"learning": learning}, indent=2) + "\n")
         return out / "report.md"
@@ -844,6 +992,7 @@ def report(sweep_dir: str | Path, out: str | Path | None = None, *, rounds: int 
     refs = references(recipes)
     table = summary({**refs, **recipes}, tasks, domains)
     comparisons = compare(recipes, rounds)
+    variants = compare_variants(recipes, rounds)
     aa = aa_false_positive_rate(recipes)
     gains = against_untrained(recipes)
     stab = stability(recipes)
@@ -852,10 +1001,10 @@ def report(sweep_dir: str | Path, out: str | Path | None = None, *, rounds: int 
     from .transfer import transfer  # transfer.py formats its cells with this module's
 
     transfer_lines, transfer_tables = transfer(recipes)
-    text = markdown({**refs, **recipes}, tasks, domains, table, comparisons, stab, sweep_dir,
+    text = markdown({**refs, **recipes}, tasks, domains, table, comparisons, stab, title,
                     learning, aa, gains, queries,
                     scenario_markdown(scenarios, {n: table[n] for n in refs}, tasks),
-                    transfer_lines, settings)
+                    transfer_lines, settings, variants, varied)
     (out / "report.md").write_text(text)
     write_csv(out / "report.csv", {**refs, **recipes}, table)
     (out / "report.json").write_text(json.dumps(
@@ -864,26 +1013,32 @@ def report(sweep_dir: str | Path, out: str | Path | None = None, *, rounds: int 
          "scenario_table": {f"{n} ({PROTOCOL_NAMES[p]})": {"seeds": k, **{
              c: list(v) for c, v in cols.items()}} for (n, p), (k, cols) in scenarios.items()},
          "aa_false_positive_rate": aa, "learning": learning, "transfer": transfer_tables,
-         "shared_settings": settings,
+         "shared_settings": settings, "varied_settings": varied, "across_variants": variants,
          "stability": stab}, indent=2) + "\n")
     paths = figures(out / "figures", recipes, table)
     if wandb_table:
-        _log_wandb(sweep_dir, table, comparisons, paths)
+        _log_wandb(title, out, table, comparisons, variants, paths)
     return out / "report.md"
 
 
-def _log_wandb(sweep_dir, table, comparisons, paths) -> None:
+def _log_wandb(title, out, table, comparisons, variants, paths) -> None:
     import wandb
 
-    run = wandb.init(project="maskstudy", job_type="report", name=f"report-{Path(sweep_dir).name}",
-                     group=Path(sweep_dir).name, dir=str(sweep_dir))
+    run = wandb.init(project="maskstudy", job_type="report", name=f"report-{title}",
+                     group=title, dir=str(out))
     cols = sorted({c for t in table.values() for c in t})
     rows = [[n, *[table[n].get(c, (float("nan"), 0))[0] for c in cols],
              *[table[n].get(c, (0, float("nan")))[1] for c in cols]] for n in table]
     run.log({"report/table": wandb.Table(columns=["recipe", *cols, *[f"{c} std" for c in cols]],
                                          data=rows),
-             "report/vs_causal": wandb.Table(
-                 columns=list(comparisons[0]) if comparisons else ["recipe"],
-                 data=[list(c.values()) for c in comparisons]),
+             "report/vs_causal": _wandb_rows(comparisons),
+             **({"report/across_variants": _wandb_rows(variants)} if variants else {}),
              **{f"report/{p.stem}": wandb.Image(str(p)) for p in paths}})
     run.finish()
+
+
+def _wandb_rows(rows: list[dict]):
+    import wandb
+
+    return wandb.Table(columns=list(rows[0]) if rows else ["recipe"],
+                       data=[list(r.values()) for r in rows])

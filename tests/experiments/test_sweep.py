@@ -461,7 +461,7 @@ def test_report_tables_reach_offline_wandb(tmp_path, monkeypatch):
         fabricate(tmp_path, "causal", seed, [0.6, 0.7, 0.8])
         fabricate(tmp_path, "ggsm", seed, [0.7, 0.7, 0.8 + seed / 100])
     report(tmp_path, rounds=50, wandb_table=True)
-    (wandb_file,) = tmp_path.glob("wandb/offline-run-*/run-*.wandb")
+    (wandb_file,) = tmp_path.glob("report/wandb/offline-run-*/run-*.wandb")
     wait_until_closed(wandb_file)
     keys = {k for row in history(wandb_file) for k in row}
     assert "report/table/_type" in keys and "report/vs_causal/_type" in keys
@@ -666,20 +666,83 @@ def test_the_report_names_the_parameters_every_sweep_point_shared(tmp_path):
         report(tmp_path, rounds=50)
 
 
-def test_two_sweep_points_of_one_recipe_and_seed_are_an_error_not_a_silent_pick(tmp_path):
-    def point(pid, pooling, aucs, run="s0"):
+def test_a_setting_swept_beside_the_recipes_gets_rows_references_and_comparisons(tmp_path):
+    """encoder.pooling swept beside the recipes: each value is a row of its own, read against
+    the baseline and the untrained model of its value, and each recipe's other value against
+    its first in the sweep file's order (user_token before mean), paired by seed."""
+    def point(pid, recipe, seed, pooling, aucs, untrained, run="s0"):
         root = tmp_path / "points" / pid
         if not root.exists():
-            fabricate(root, "causal", 0, aucs)
+            path = fabricate(root, recipe, seed, aucs) / "results.json"
+            res = json.loads(path.read_text())
+            res["references"] = {
+                "untrained": {"tasks": {f"t{k}": {"auc": untrained, "ks": 0.1}
+                                        for k in range(3)},
+                              "metrics": {"eval/avg_auc": untrained, "eval/avg_ks": 0.1}},
+                "bag_of_events": {"tasks": {f"t{k}": {"auc": 0.9, "ks": 0.4} for k in range(3)},
+                                  "metrics": {"eval/avg_auc": 0.9, "eval/avg_ks": 0.4}}}
+            path.write_text(json.dumps(res))
         else:  # the same point run again: another run directory beside the first
-            shutil.copytree(root / "causal" / "s0", root / "causal" / run)
+            shutil.copytree(root / recipe / f"s{seed}", root / recipe / run)
         (root / "point.json").write_text(json.dumps({"id": pid, "parameters": {
-            "recipe": "causal", "seed": 0, "encoder.pooling": pooling}}))
+            "recipe": recipe, "seed": seed, "encoder.pooling": pooling}}))
 
-    point("a", "user_token", [0.6, 0.7, 0.8])
-    point("a", "user_token", [0.6, 0.7, 0.8], run="s1")  # a rerun of one point is read once
-    assert "| causal | 1 |" in report(tmp_path, rounds=20).read_text()
-    point("b", "mean", [0.7, 0.8, 0.9])
-    with pytest.raises(ValueError, match="recipe 'causal', seed 0, from sweep points that "
-                                         "differ in encoder.pooling"):
-        report(tmp_path, rounds=20)
+    (tmp_path / "sweep.json").write_text(json.dumps({"spec": {"parameters": {
+        "recipe": {"values": ["causal", "hybrid"]}, "seed": {"values": [0, 1]},
+        "encoder.pooling": {"values": ["user_token", "mean"]}}}}))
+    for seed in (0, 1):
+        for recipe, lift in (("causal", 0.0), ("hybrid", 0.01)):
+            point(f"{recipe}{seed}u", recipe, seed, "user_token",
+                  [0.6 + lift, 0.7, 0.8 + 0.003 * seed], untrained=0.6)
+            point(f"{recipe}{seed}m", recipe, seed, "mean",
+                  [0.65 + lift, 0.75, 0.85 + 0.006 * seed], untrained=0.62)
+    point("causal0u", "causal", 0, "user_token", [], 0.6, run="s9")  # a rerun is read once
+    md = report(tmp_path, rounds=20).read_text()
+    assert "Varied beside the recipes: `encoder.pooling`" in md
+    assert "| causal [encoder.pooling=user_token] | 2 |" in md
+    assert "| hybrid [encoder.pooling=mean] | 2 |" in md
+    # the untrained model differs by pooling: a row per value; the bag of events is one row
+    assert "| untrained backbone (reference) [encoder.pooling=mean] | 2 |" in md
+    assert "| bag-of-events LR (reference) | 2 |" in md
+    data = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert data["varied_settings"] == ["encoder.pooling"]
+    assert "encoder.pooling" not in data["shared_settings"]
+    against = {r["recipe"]: r for r in data["comparisons"]}
+    assert against["hybrid [encoder.pooling=mean]"]["baseline"] == "causal [encoder.pooling=mean]"
+    assert against["hybrid [encoder.pooling=mean]"]["diff"] == pytest.approx(0.01 / 3)
+    gains = {r["recipe"]: r for r in data["against_untrained"]}
+    mean_gain = gains["causal [encoder.pooling=mean]"]
+    assert mean_gain["reference"] == "untrained backbone (reference) [encoder.pooling=mean]"
+    assert mean_gain["diff"] == pytest.approx((0.65 + 0.75 + 0.853) / 3 - 0.62)
+    across = {r["recipe"]: r for r in data["across_variants"]}
+    assert set(across) == {"causal [encoder.pooling=mean]", "hybrid [encoder.pooling=mean]"}
+    causal = across["causal [encoder.pooling=mean]"]
+    assert causal["baseline"] == "causal [encoder.pooling=user_token]"
+    assert causal["seeds"] == 2
+    assert causal["diff"] == pytest.approx(0.0505)  # per seed 0.05 + 0.003 s / 3, s in 0, 1
+    assert "## Across `encoder.pooling` (average AUC)" in md
+    assert ("| causal [encoder.pooling=mean] | causal [encoder.pooling=user_token] | 2 | "
+            "+0.0505 |") in md
+
+def test_two_sweep_directories_read_as_one_sweep_that_varies_their_difference(tmp_path, capsys):
+    """The study at its defaults and again with encoder.pooling=mean, each in its own
+    directory: read together, the setting names the runs (the first directory's first)."""
+    for sweep, extra, lift in (("plain", {}, 0.0), ("mean", {"encoder.pooling": "mean"}, 0.02)):
+        for seed in (0, 1):
+            root = tmp_path / sweep / "points" / f"causal{seed}"
+            fabricate(root, "causal", seed, [0.6 + lift + 0.01 * seed, 0.7, 0.8])
+            (root / "point.json").write_text(json.dumps({"id": f"causal{seed}", "parameters": {
+                "recipe": "causal", "seed": seed, "trainer.max_steps": 400, **extra}}))
+    dirs = [tmp_path / "plain", tmp_path / "mean"]
+    assert list(collect(dirs)) == ["causal [encoder.pooling=(default)]",
+                                   "causal [encoder.pooling=mean]"]
+    assert list(collect(dirs[::-1]))[0] == "causal [encoder.pooling=mean]"
+    assert main(["report", *map(str, dirs)]) == 2
+    assert "needs an output directory (--out)" in capsys.readouterr().err
+    assert main(["report", *map(str, dirs), "--out", str(tmp_path / "both"),
+                 "--rounds", "20"]) == 0
+    md = (tmp_path / "both" / "report.md").read_text()
+    assert md.startswith("# Report: plain + mean")
+    assert "Every run: `recipe=causal trainer.max_steps=400`" in md
+    assert ("| causal [encoder.pooling=mean] | causal [encoder.pooling=(default)] | 2 | "
+            "+0.0067 |") in md
