@@ -80,7 +80,9 @@ PAPER_GAP = 0.004  # the spread between the GG-SM paper's recipes, in average AU
 
 
 class ReportError(ValueError):
-    """A report asked of directories it cannot be written for; the message says why."""
+    """A report that cannot be written from the directories given (a file below them that is
+    not what it should be, several directories and no output directory); the message names
+    the file or says why."""
 
 
 @dataclass
@@ -150,18 +152,21 @@ def _finished_runs(sweep_dir: Path) -> list[Run]:
         try:
             res = json.loads(path.read_text())
         except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: not valid JSON ({e})") from e
+            raise ReportError(f"{path}: not valid JSON ({e})") from e
         if "metrics" not in res or "tasks" not in res:
             continue
         for key in ("name", "seed", "input"):
             if key not in res:
-                raise ValueError(f"{path}: key '{key}' missing: not a maskstudy results file")
+                raise ReportError(f"{path}: key '{key}' missing: not a maskstudy results file")
         pred = None
         if (path.parent / "predictions.npz").exists():
             with np.load(path.parent / "predictions.npz") as z:
                 pred = {k: z[k] for k in z.files}
-        runs.append(Run(res["name"], int(res["seed"]), path.parent, res, pred,
-                         point_parameters(path.parent)))
+        try:
+            point = point_parameters(path.parent)
+        except ValueError as e:
+            raise ReportError(str(e)) from e
+        runs.append(Run(res["name"], int(res["seed"]), path.parent, res, pred, point))
     return runs
 
 
@@ -198,7 +203,7 @@ def value_order(dirs: list[Path], varied: list[str]):
         try:
             parameters = json.loads(path.read_text())["spec"]["parameters"]
         except (json.JSONDecodeError, KeyError) as e:
-            raise ValueError(f"{path}: not a sweep state file (expected JSON with "
+            raise ReportError(f"{path}: not a sweep state file (expected JSON with "
                              f"'spec' and its 'parameters': {e!r})") from e
         for k in varied:
             listed[k] += [v for v in parameters.get(k, {}).get("values", []) if v not in listed[k]]

@@ -666,6 +666,17 @@ def test_the_report_names_the_parameters_every_sweep_point_shared(tmp_path):
         report(tmp_path, rounds=50)
 
 
+def test_a_broken_file_below_a_sweep_ends_the_report_command_with_one_line(tmp_path, capsys):
+    run = fabricate(tmp_path / "points" / "p0", "causal", 0, [0.6, 0.7, 0.8])
+    (tmp_path / "points" / "p0" / "point.json").write_text("{")
+    assert main(["report", str(tmp_path)]) == 2
+    assert "p0/point.json: not a sweep point file" in capsys.readouterr().err
+    (tmp_path / "points" / "p0" / "point.json").unlink()
+    (run / "results.json").write_text('{"metrics": {}, "tasks": {}}')
+    assert main(["report", str(tmp_path)]) == 2
+    assert "key 'name' missing: not a maskstudy results file" in capsys.readouterr().err
+
+
 def test_a_setting_swept_beside_the_recipes_gets_rows_references_and_comparisons(tmp_path):
     """encoder.pooling swept beside the recipes: each value is a row of its own, read against
     the baseline and the untrained model of its value, and each recipe's other value against
