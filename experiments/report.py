@@ -204,7 +204,7 @@ def value_order(dirs: list[Path], varied: list[str]):
             parameters = json.loads(path.read_text())["spec"]["parameters"]
         except (json.JSONDecodeError, KeyError) as e:
             raise ReportError(f"{path}: not a sweep state file (expected JSON with "
-                             f"'spec' and its 'parameters': {e!r})") from e
+                              f"'spec' and its 'parameters': {e!r})") from e
         for k in varied:
             listed[k] += [v for v in parameters.get(k, {}).get("values", []) if v not in listed[k]]
 
