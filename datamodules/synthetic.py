@@ -267,29 +267,70 @@ def _modality_table(modality: str) -> _ModalityTable:
     return _TABLES[modality]
 
 
-def generate_chunk(config: WorldConfig, chunk: int, n: int) -> pa.Table:
-    """Users ``chunk * config.chunk_users`` .. ``+ n`` of the world, as one Arrow table."""
+@dataclass(frozen=True)
+class ChunkLatents:
+    """What a chunk's histories are drawn from: the traits, the activity trend and whether
+    the user churns. Given these, a user's future is independent of the history, so no model
+    of the history can rank a future label better than its probability given them
+    (:mod:`maskstudy.datamodules.ceiling`)."""
+
+    traits: dict[str, np.ndarray]
+    churned: np.ndarray
+    trend: np.ndarray
+
+    @property
+    def users(self) -> int:
+        return self.churned.shape[0]
+
+
+def chunk_latents(config: WorldConfig, chunk: int,
+                  n: int) -> tuple[ChunkLatents, np.random.Generator]:
+    """The latents of users ``chunk * config.chunk_users`` .. ``+ n``, and the chunk's
+    generator positioned after them (the seed contract: every byte follows from the seed)."""
     rng = np.random.default_rng([config.seed, chunk, GENERATOR_VERSION])
     tr = sample_traits(rng, n)
-    z, log_act = tr["z"], tr["log_activity"]
-    ref = config.ref_epoch()
     # Some users churn: no activity at all in the future window. Churn-prone users, and most
     # of all those who do churn, fade towards the end of the history window.
-    churn = z[:, V.T["churn"]]
+    churn = tr["z"][:, V.T["churn"]]
     churned = rng.random(n) < _sigmoid(-2.9 + 1.3 * churn)
     trend = np.clip(-0.3 * churn - 1.0 * churned + 0.15 * rng.standard_normal(n), -0.95, 0.95)
-    # Future: traits drift by a per-trait amount, activity follows the history trend.
+    return ChunkLatents(tr, churned, trend), rng
+
+
+def future_traits(rng: np.random.Generator,
+                  latents: ChunkLatents) -> tuple[np.ndarray, np.ndarray]:
+    """The future window's traits and log activity: the traits drift by a per-trait amount,
+    activity follows the history trend."""
+    z, log_act = latents.traits["z"], latents.traits["log_activity"]
     drift = np.array([V.DRIFT[name] for name in V.TRAITS])
     z_future = z + drift * rng.standard_normal(z.shape)
-    log_act_future = log_act + 0.25 * rng.standard_normal(n) + 0.5 * np.minimum(trend, 0)
+    log_act_future = (log_act + 0.25 * rng.standard_normal(latents.users)
+                      + 0.5 * np.minimum(latents.trend, 0))
+    return z_future, log_act_future
+
+
+def future_window(rng: np.random.Generator, config: WorldConfig, modality: str,
+                  future: tuple[np.ndarray, np.ndarray], churned: np.ndarray) -> pa.ListArray:
+    """One modality's future events from the future traits (churned users have none)."""
+    z_future, log_act_future = future
+    return _window_events(rng, _modality_table(modality), z_future, log_act_future,
+                          config.ref_epoch(), config.future_days, np.zeros(len(churned)),
+                          (~churned).astype(float), config.activity)
+
+
+def generate_chunk(config: WorldConfig, chunk: int, n: int) -> pa.Table:
+    """Users ``chunk * config.chunk_users`` .. ``+ n`` of the world, as one Arrow table."""
+    latents, rng = chunk_latents(config, chunk, n)
+    tr = latents.traits
+    z, log_act = tr["z"], tr["log_activity"]
+    ref = config.ref_epoch()
+    future = future_traits(rng, latents)
     columns: dict[str, pa.Array] = {}
     for m in EVENT_MODALITIES:
-        table = _modality_table(m)
-        columns[m] = _window_events(rng, table, z, log_act, ref - config.history_days * DAY,
-                                    config.history_days, trend, np.ones(n), config.activity)
-        columns[future_column(m)] = _window_events(
-            rng, table, z_future, log_act_future, ref, config.future_days, np.zeros(n),
-            (~churned).astype(float), config.activity)
+        columns[m] = _window_events(rng, _modality_table(m), z, log_act,
+                                    ref - config.history_days * DAY, config.history_days,
+                                    latents.trend, np.ones(n), config.activity)
+        columns[future_column(m)] = future_window(rng, config, m, future, latents.churned)
     # Everyone in the world has some history: a silent user gets one page view.
     empty = sum(np.asarray(columns[m].value_lengths()) for m in EVENT_MODALITIES) == 0
     if empty.any():
