@@ -37,6 +37,7 @@ from omegaconf.errors import OmegaConfBaseException
 from maskstudy.callbacks.learning_check import LearningConfig
 from maskstudy.callbacks.linear_probe import QUERY_PROTOCOLS, REPRESENTATIONS
 from maskstudy.callbacks.mask_schedule import RAMPS, check_prewarmup, check_ramp
+from maskstudy.datamodules import ceiling
 from maskstudy.datamodules.datamodules import DataConfig
 from maskstudy.datamodules.hierarchical import InputConfig, default_text_encoder
 from maskstudy.datamodules.schema import dataset_files, dataset_spec
@@ -100,6 +101,9 @@ class EvalConfig:
     test_fraction: float = 0.3
     c: float = 1.0  # inverse L2 strength of the probe's logistic regression
     references: bool = True  # untrained backbone, bag of events (all / window); cached
+    # On a synthetic world: the ceiling row, each label's probability given the latents the
+    # world drew the user from (datamodules/ceiling.py; about 90 s per world on 2 cores, cached)
+    ceiling: bool = False
     representation: str = "projected"  # projected | pooled: what eval/* describes (both probed)
     # fixed: every task probes one embedding per user (data.probe_query); task: each task probes
     # the embeddings under its own scenario query (Query-as-Anchor), the fixed protocol beside it
@@ -541,6 +545,14 @@ def check(cfg: ExperimentConfig, where: str = "config") -> None:
         check_task_columns(cfg.scenario_tasks(), dataset_files(cfg.data.path)[0])
     except ValueError as e:
         fail("data.scenario_tasks", str(e))
+    if cfg.eval.ceiling:
+        if not cfg.eval.references:
+            fail("eval.ceiling", "the ceiling is a reference row; set eval.references true")
+        try:
+            ceiling.world_config(cfg.data.path)
+            ceiling.check_tasks(cfg.eval.resolved_tasks())
+        except (FileNotFoundError, ValueError) as e:
+            fail("eval.ceiling", str(e))
 
 
 def to_yaml(cfg: ExperimentConfig) -> str:

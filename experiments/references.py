@@ -3,7 +3,10 @@ cache directory: the untrained model (the backbone as pre-trained, probed withou
 training), the bag-of-events logistic regression on every history event, and the same
 regression on the window the user tower reads (each user's newest events that fit in
 ``data.max_tokens``): the gap between the two is what the window hides from any encoder, the
-gap from a trained run to the window's row what the encoder does not extract of what it sees."""
+gap from a trained run to the window's row what the encoder does not extract of what it sees.
+On a synthetic world, ``eval.ceiling`` adds the ceiling: each label's probability given the
+latents the world drew the user from, which no score computed from the history can beat
+(``datamodules/ceiling.py``)."""
 
 from __future__ import annotations
 
@@ -14,9 +17,9 @@ from pathlib import Path
 
 import lightning as L
 
-from maskstudy.callbacks.linear_probe import (REPRESENTATIONS, evaluate,
+from maskstudy.callbacks.linear_probe import (REPRESENTATIONS, evaluate, probe_scores,
                                               representation_metric, scores, summarise)
-from maskstudy.datamodules import baseline
+from maskstudy.datamodules import baseline, ceiling
 from maskstudy.datamodules.datamodules import ProbeDataModule
 from maskstudy.datamodules.schema import dataset_files
 from maskstudy.lightning_modules.module import ContrastiveMaskingModule, MaskConfig
@@ -27,7 +30,10 @@ from .pretraining import PretrainedBackbone, load_pretrained
 
 # kind -> what the row is (the report and the study table name the rows with it)
 REFERENCE_NAMES = {"untrained": "untrained backbone", "bag_of_events": "bag-of-events LR",
-                   "bag_of_events_window": "bag-of-events LR, the encoder's window"}
+                   "bag_of_events_window": "bag-of-events LR, the encoder's window",
+                   "ceiling": "ceiling, P(label given the world's latents)"}
+# the ceiling row's second reading: the latents as an embedding, through the run's probe
+LATENTS = "latents"
 # the rows that differ with the run's input (text or hierarchical): one row per input
 PER_INPUT = ("untrained", "bag_of_events_window")
 
@@ -50,7 +56,9 @@ def _cache_key(cfg: ExperimentConfig, kind: str, tasks: list,
     elif kind == "bag_of_events_window":  # what decides the window: the template
         parts += [model["input"], d.tokenizer, d.vocab_size, d.max_tokens, d.probe_query,
                   d.anchor, d.caps]
-    if kind != "bag_of_events":  # the template's options decide what these rows read
+    elif kind == "ceiling":
+        parts += [ceiling.DRAWS, ceiling.GENERATOR_VERSION]
+    if kind not in ("bag_of_events", "ceiling"):  # the template decides what these rows read
         parts += d.opt_in_key_parts()
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -58,12 +66,12 @@ def _cache_key(cfg: ExperimentConfig, kind: str, tasks: list,
 def reference_rows(cfg: ExperimentConfig, probe_dm: ProbeDataModule,
                    source: ProbeSourceAdapter, backbone: PretrainedBackbone | None = None) -> dict[str, dict]:
     """The untrained model (the backbone as pre-trained, no contrastive training; causal mask,
-    the run's seed) and the bag-of-events baseline on every event and on the encoder's
-    window, cached in the cache directory."""
+    the run's seed), the bag-of-events baseline on every event and on the encoder's window,
+    and with ``eval.ceiling`` the world's ceiling, cached in the cache directory."""
     cache = cache_dir(cfg)
     cache.mkdir(parents=True, exist_ok=True)
     rows = {}
-    for kind in REFERENCE_NAMES:
+    for kind in (k for k in REFERENCE_NAMES if k != "ceiling" or cfg.eval.ceiling):
         path = cache / f"{kind}-{_cache_key(cfg, kind, probe_dm.probe.tasks, backbone)}.json"
         if path.exists():
             rows[kind] = json.loads(path.read_text())
@@ -85,6 +93,19 @@ def reference_rows(cfg: ExperimentConfig, probe_dm: ProbeDataModule,
             extra = {k: evaluation.metrics[k] for k in (
                 representation_metric(name, key)
                 for name in REPRESENTATIONS for key in ("avg_auc", "avg_ks"))}
+        elif kind == "ceiling":
+            users = probe_dm.probe.user_ids
+            p = ceiling.label_probabilities(cfg.data.path, users, probe_dm.probe.tasks)
+            latents = ceiling.latent_features(cfg.data.path, users)
+            per_task, probed = {}, {}
+            for k, task in enumerate(source.task_names):
+                y, test = source.labels[:, k], source.test_mask(task)
+                per_task[task] = scores(y[test], p[test, k])
+                probed[task] = scores(y[test], probe_scores(latents, y, test, c=cfg.eval.c))
+            # what the run's own probe reads from an embedding that holds every latent
+            probed_metrics = summarise(probed, source.domains)
+            extra = {representation_metric(LATENTS, key): probed_metrics[f"eval/{key}"]
+                     for key in ("avg_auc", "avg_ks")}
         else:
             x = (baseline.features(probe_dm.probe.history_table()) if kind == "bag_of_events"
                  else probe_dm.window_features())

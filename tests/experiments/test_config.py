@@ -163,6 +163,8 @@ def test_overrides_apply(data_ok):
     ("mask.name=mlp mask.options.init=0", "key 'mask.options': mlp mask init=0"),
     ("mask.name=mlp mask.options.hidden_size=8",
      "key 'mask.options': mlp mask hidden_size is set from the backbone"),
+    ("eval.ceiling=true eval.references=false",
+     "key 'eval.ceiling': the ceiling is a reference row"),
 ])
 def test_bad_values_name_the_key(override, message, data_ok):
     overrides = override.split()
@@ -170,6 +172,15 @@ def test_bad_values_name_the_key(override, message, data_ok):
         overrides = data_ok + overrides
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("(", r"\(")):
         load_config(EXPERIMENTS_DIR / "hybrid.yaml", overrides)
+
+
+def test_the_ceiling_needs_a_synthetic_world(movielens):
+    """Only a world written by the generator has latents to condition on: elsewhere the
+    ceiling fails before training, naming the file it looked for."""
+    with pytest.raises(ConfigError, match=f"key 'eval.ceiling': {movielens}/world.json: no "
+                                          f"world.json"):
+        load_config("causal", [f"data.path={movielens}", "eval.tasks=[movielens]",
+                               "eval.ceiling=true"])
 
 
 def test_an_ablation_extends_its_recipe_and_holds_only_what_it_changes(data_ok, tmp_path):

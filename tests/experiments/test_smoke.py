@@ -16,6 +16,7 @@ from maskstudy.callbacks.linear_probe import embed_probe_users
 from maskstudy.experiments.checkpoints import load_run
 from maskstudy.experiments.data import ProbeSourceAdapter, build_datamodules
 from maskstudy.experiments.run import fit
+from maskstudy.experiments.study import markdown_table
 from tests.helpers import tiny, write_tiny_text_encoder
 from tests.wandb_records import history, records, wait_until_closed
 
@@ -176,6 +177,24 @@ def test_reference_rows_are_shared_across_recipes(world, tmp_path, monkeypatch):
     b = fit(load_config(EXPERIMENTS_DIR / "ggsm.yaml", tiny(world, tmp_path))).results
     assert a["references"] == b["references"]
     assert [p.stat().st_mtime_ns for p in sorted((tmp_path / ".cache").glob("*.json"))] == stamps
+
+
+def test_the_ceiling_row_is_read_beside_the_others(world, tmp_path, monkeypatch):
+    """eval.ceiling adds the world's ceiling to the references: cached per dataset, scored on
+    the probe's test users like the other rows, above the bag of events, and named in the
+    study's table."""
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    cfg = load_config(EXPERIMENTS_DIR / "causal.yaml", tiny(world, tmp_path, "eval.ceiling=true"))
+    results = fit(cfg).results
+    refs = results["references"]
+    assert set(refs) == {"untrained", "bag_of_events", "bag_of_events_window", "ceiling"}
+    cached = json.loads(next((tmp_path / ".cache").glob("ceiling-*.json")).read_text())
+    assert cached["tasks"] == refs["ceiling"]["tasks"]
+    assert set(cached["tasks"]) == set(refs["bag_of_events"]["tasks"])
+    ceiling = refs["ceiling"]["metrics"]
+    assert ceiling["eval/avg_auc"] > refs["bag_of_events"]["metrics"]["eval/avg_auc"]
+    assert 0.5 < ceiling["eval/by_representation/latents/avg_auc"] <= 1  # the latents, probed
+    assert "| ceiling, P(label given the world's latents) |" in markdown_table([results])
 
 
 def test_the_probe_reads_the_representation_asked_for(world, tmp_path, monkeypatch):

@@ -320,6 +320,23 @@ def test_no_predictions_no_bootstrap_and_reference_rows(tmp_path):
     assert "| bag-of-events LR (reference) | 1 | **0.9000 ± 0.0000** |" in md
 
 
+def test_the_ceiling_is_one_row_whatever_the_input(tmp_path):
+    """The ceiling reads the world's latents, not the run's input: text and hierarchical runs
+    share its row."""
+    for name, source in (("causal", "text"), ("hierarchical_causal", "hierarchical (learned)")):
+        run = fabricate(tmp_path, name, 0, [0.7, 0.7, 0.7])
+        res = json.loads((run / "results.json").read_text())
+        res.update(input=source, references={"ceiling": {
+            "tasks": {f"t{k}": {"auc": 0.95, "ks": 0.8} for k in range(3)},
+            "metrics": {"eval/avg_auc": 0.95, "eval/avg_ks": 0.8,
+                        "eval/by_representation/latents/avg_auc": 0.93}}})
+        (run / "results.json").write_text(json.dumps(res))
+    assert list(references(collect(tmp_path))) == [
+        "ceiling, P(label given the world's latents) (reference)"]
+    md = report(tmp_path, rounds=50).read_text()
+    assert "| ceiling, P(label given the world's latents) (reference) | 1 | **0.9500" in md
+
+
 def test_dataset_recipes_are_reported_by_their_mask_recipe(tmp_path):
     """A MovieLens sweep's runs (movielens_causal, ...) compare against movielens_causal."""
     fabricate(tmp_path, "movielens_causal", 0, [0.6, 0.7, 0.8])
