@@ -1,4 +1,5 @@
-"""The world summary: per-task prevalence and the bag-of-events baseline AUC.
+"""The world summary: per-task prevalence, the bag-of-events baseline AUC and, on a synthetic
+world, the ceiling (``datamodules/ceiling.py``).
 
 It shows that the tasks are learnable but not trivial, and fixes the reference row a trained
 encoder has to beat: the same probe users, the same stratified test splits.
@@ -10,8 +11,9 @@ import json
 from pathlib import Path
 
 import numpy as np
+from sklearn.metrics import roc_auc_score
 
-from . import baseline
+from . import baseline, ceiling
 from .datamodules import DataConfig, ProbeDataModule
 from .hierarchical import InputConfig
 from .probe import MIN_SCORABLE, ProbeSet
@@ -25,12 +27,15 @@ def world_summary(path: str | Path, *, tasks: str | list = "all",
                   probe_fraction: float = 0.3, val_fraction: float = 0.05, split_seed: int = 0,
                   test_fraction: float = 0.3, task_dirs: tuple[Path, ...] = (),
                   min_class_users: int = MIN_SCORABLE, window_tokens: int | None = None,
-                  window_input: str = "text", activity_header: bool = False) -> dict:
+                  window_input: str = "text", activity_header: bool = False,
+                  ceiling_draws: int | None = None) -> dict:
     """Per task: prevalence and the bag-of-events AUC on the probe users. Tasks with fewer
     than ``min_class_users`` of a class are listed under ``skipped``, not scored. With
     ``window_tokens``, also the bag of events on the window a ``window_input`` user tower of
     that many tokens reads (``data.max_tokens``, the default caps and probe query; with
-    ``activity_header``, the counts the header states as well)."""
+    ``activity_header``, the counts the header states as well). With ``ceiling_draws``, also
+    the AUC of each label's probability given the world's latents, from that many redrawn
+    futures."""
     files = dataset_files(path)
     try:
         resolved = resolve_tasks(tasks, task_dirs)
@@ -51,6 +56,12 @@ def world_summary(path: str | Path, *, tasks: str | list = "all",
             sparse_tasks="skip", input=InputConfig(mode=window_input))
         window.setup()
         x_window = window.window_features()
+    p = None
+    if ceiling_draws is not None:
+        try:
+            p = ceiling.label_probabilities(path, probe.user_ids, probe.tasks, ceiling_draws)
+        except (FileNotFoundError, ValueError) as e:
+            raise DataValidationError(f"--ceiling: {e}") from e
     rows = {}
     for k, task in enumerate(probe.tasks):
         y = probe.labels[:, k]
@@ -65,6 +76,8 @@ def world_summary(path: str | Path, *, tasks: str | list = "all",
         }
         if x_window is not None:
             rows[task.name]["window_bag_of_events_auc"] = baseline.probe_auc(x_window, y, test)
+        if p is not None:
+            rows[task.name]["ceiling_auc"] = float(roc_auc_score(y[test], p[test, k]))
     meta = {}
     for name in ("world.json", "dataset.json"):  # synthetic world, converted public data
         if (Path(path) / name).exists():
@@ -72,7 +85,7 @@ def world_summary(path: str | Path, *, tasks: str | list = "all",
     window = None if window_tokens is None else {
         "max_tokens": window_tokens, "input": window_input, "activity_header": activity_header}
     return {"path": str(path), "probe_users": len(probe.user_ids), "world": meta,
-            "encoder_window": window,
+            "encoder_window": window, "ceiling_draws": ceiling_draws,
             "windows": {"history_days": spec.history_days, "future_days": spec.future_days},
             "modalities": list(spec.names), "tasks": rows, "skipped": probe.skipped}
 
@@ -86,8 +99,14 @@ def format_summary(summary: dict) -> str:
         lines.append(f"window: the events a {window['input']} user tower of "
                      f"{window['max_tokens']} tokens reads{header}")
         head += f" {'window':>8}"
+    draws = summary.get("ceiling_draws")
+    if draws:
+        lines.append(f"ceiling: the AUC of P(label | the world's latents), {draws} redrawn "
+                     f"futures a user")
+        head += f" {'ceiling':>8}"
     lines.append(head)
-    columns = ["bag_of_events_auc"] + (["window_bag_of_events_auc"] if window else [])
+    columns = (["bag_of_events_auc"] + (["window_bag_of_events_auc"] if window else [])
+               + (["ceiling_auc"] if draws else []))
     aucs = []
     for name, r in summary["tasks"].items():
         domains = ", ".join(f"{p}:{d}" for p, d in r["domains"].items())

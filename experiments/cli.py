@@ -86,7 +86,7 @@ def _data_summary(args: argparse.Namespace) -> int:
                             task_dirs=tuple(config_dirs()),
                             min_class_users=EvalConfig().min_class_users,
                             window_tokens=args.window, window_input=args.input,
-                            activity_header=args.activity_header)
+                            activity_header=args.activity_header, ceiling_draws=args.ceiling)
     print(format_summary(summary))
     if args.json:
         Path(args.json).write_text(json.dumps(summary, indent=2) + "\n")
@@ -477,6 +477,11 @@ def build_parser() -> argparse.ArgumentParser:
     summary.add_argument("--activity-header", action="store_true",
                          help="with --window: the text template opens each modality with its "
                               "whole-history counts (data.activity_header)")
+    summary.add_argument("--ceiling", type=int, metavar="DRAWS",
+                         help="a synthetic world only: also the AUC of each label's "
+                              "probability given the latents the world drew the user from, "
+                              "from DRAWS redrawn futures a user: "
+                              "what no model of the history can beat")
     summary.add_argument("--json", help="also write the summary as JSON to this file")
     summary.set_defaults(func=_data_summary)
 

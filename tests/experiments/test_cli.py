@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
@@ -60,6 +61,15 @@ def test_summary_and_tokenizer(world, tmp_path, capsys):
     window = [r["window_bag_of_events_auc"] for r in windowed["tasks"].values()]
     assert full == [r["bag_of_events_auc"] for r in summary["tasks"].values()]
     assert all(0 < a < 1 for a in window) and window != full  # 64 tokens cut every history
+    # --ceiling adds the AUC of each label's probability given the world's latents
+    assert main(["data", "summary", str(world), "--tasks", "ggsm", "--ceiling", "20", "--json",
+                 str(out)]) == 0
+    assert "ceiling: the AUC of P(label | the world's latents), 20 redrawn" in (
+        capsys.readouterr().out)
+    ceilinged = json.loads(out.read_text())
+    assert ceilinged["ceiling_draws"] == 20
+    ceiling = [r["ceiling_auc"] for r in ceilinged["tasks"].values()]
+    assert np.mean(ceiling) > np.mean(full) and all(0.5 < a <= 1 for a in ceiling)
     tok = tmp_path / "tok.json"
     assert main(["data", "tokenizer", str(world), "--out", str(tok), "--vocab-size", "300",
                  "--users", "20"]) == 0
@@ -88,6 +98,10 @@ def test_movielens_builds_summarises_and_names_bad_sources(tmp_path, capsys):
     capsys.readouterr()
     assert main(["data", "movielens", "--out", str(out), "--source", str(tmp_path)]) == 2
     assert "ml-100k.inter: missing" in capsys.readouterr().err
+    # the ceiling needs the latents of a synthetic world: one line naming the file
+    assert main(["data", "summary", str(out), "--tasks", "movielens", "--probe-fraction", "0.5",
+                 "--ceiling", "4"]) == 2
+    assert f"--ceiling: {out}/world.json: no world.json" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("command", [[], ["data"], ["data", "synth"], ["data", "validate"],
