@@ -4,8 +4,9 @@ The world draws each user's history and future from the user's latents
 (:class:`~maskstudy.datamodules.synthetic.ChunkLatents`: traits, activity, its trend, churn).
 Given the latents the future is independent of the history, so the probability of a label
 given them, ``p(u) = P(y_u = 1 | latents_u)``, is the most any score computed from the history
-can know. By the Neyman-Pearson lemma the ROC curve of ``p`` lies on or above that of every
-such score, so its AUC bounds the AUC of every probe, trained or not, and of the bag of events.
+can know. By the Neyman-Pearson lemma the ROC curve of ``p`` over the world's users lies on or
+above that of every such score, so its AUC bounds the AUC of every probe, trained or not, and
+of the bag of events (on a finite test split, up to that split's sampling noise).
 The bound is loose where the history shows a latent only faintly (a trait behind a few events).
 
 ``p`` is estimated by drawing each user's future window again, ``draws`` times, from the
