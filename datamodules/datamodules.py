@@ -38,7 +38,8 @@ from torch.utils.data import DataLoader
 from . import baseline
 from .dataset import DatasetSpec
 from .pairs import (
-    ANSWER_SELECTIONS, BEHAVIOUR_QUERY, Pair, scenario_answer, topics_for, user_pairs,
+    ANSWER_ACTIONS, ANSWER_SELECTIONS, BEHAVIOUR_QUERY, Pair, scenario_answer, topics_for,
+    user_pairs,
 )
 from .records import UserColumns
 from .schema import (
@@ -154,6 +155,9 @@ class DataConfig:
     # user's answer depends on that user alone; sampled draws them in proportion to frequency
     # (the paper's wording), so one user's answer varies between epochs.
     answer_selection: str = "top"  # top | sampled
+    # How many action types a behaviour answer lists: more describe more of the future (and
+    # need a larger answer_max_tokens: six fill the default 64 tokens).
+    answer_actions: int = ANSWER_ACTIONS
     behaviour_query: str = BEHAVIOUR_QUERY
     probe_query: str = ""  # instruction used when embedding users for probes
     anchor: bool = True  # end the user sequence with <USER> (needed by user_token pooling)
@@ -187,6 +191,8 @@ class DataConfig:
         for key in ("topics_per_user", "scenarios_per_user"):
             if not isinstance(getattr(self, key), int) or getattr(self, key) < 0:
                 raise ValueError(f"data.{key} expected a whole number >= 0")
+        if not isinstance(self.answer_actions, int) or self.answer_actions < 1:
+            raise ValueError("data.answer_actions expected a whole number >= 1")
         if self.batch_size < 2:
             raise ValueError("data.batch_size contrastive training needs at least 2 pairs "
                              "per batch")
@@ -204,7 +210,10 @@ class DataConfig:
     def opt_in_key_parts(self) -> list:
         """What the cache keys of backbones and references add for options that are on, and
         only then, so the keys of everything cached without them stay valid."""
-        return [["activity_header", True]] if self.activity_header else []
+        parts = [["activity_header", True]] if self.activity_header else []
+        if self.answer_actions != ANSWER_ACTIONS:
+            parts.append(["answer_actions", self.answer_actions])
+        return parts
 
     def template_config(self) -> TemplateConfig:
         return TemplateConfig(self.max_tokens, dict(self.caps), self.anchor,
@@ -437,6 +446,7 @@ class ContrastiveDataModule(UserDataModule):
         history = self.template.history(users, i)
         pairs = user_pairs(users, i, rng, topics_per_user=cfg.topics_per_user,
                            behaviour_query=cfg.behaviour_query,
+                           answer_actions=cfg.answer_actions,
                            answer_selection=cfg.answer_selection)
         if self.scenario_tasks:
             pairs += self._scenario_pairs(

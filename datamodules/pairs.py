@@ -113,10 +113,11 @@ REFERENCE_EVENTS = 30
 REFERENCE_SENTENCE = answer_text(REFERENCE_EVENTS, [])
 
 ANSWER_SELECTIONS = ("top", "sampled")
+ANSWER_ACTIONS = 6  # action types a behaviour answer lists (data.answer_actions)
 
 
 def behaviour_answer(agg: dict[tuple[str, str], np.ndarray], rng: np.random.Generator | None = None,
-                     k: int = 6, total: int | None = None,
+                     k: int = ANSWER_ACTIONS, total: int | None = None,
                      spec: DatasetSpec | None = None) -> str:
     """Summary of the future window (``agg`` from :func:`aggregate`): ``k`` action types
     listed most frequent first. Without ``rng`` they are the ``k`` most frequent (ties in the
@@ -321,10 +322,12 @@ class Pair:
 
 def user_pairs(users: UserColumns, i: int, rng: np.random.Generator, *,
                topics_per_user: int = 2, behaviour_query: str = BEHAVIOUR_QUERY,
-               answer_events: int = 6, answer_selection: str = "top") -> list[Pair]:
-    """One behaviour pair plus ``topics_per_user`` query-answer pairs for user ``i``.
-    ``answer_selection``: ``top`` (the most frequent action types) or ``sampled`` (drawn in
-    proportion to frequency, see :func:`behaviour_answer`).
+               answer_actions: int = ANSWER_ACTIONS,
+               answer_selection: str = "top") -> list[Pair]:
+    """One behaviour pair plus ``topics_per_user`` query-answer pairs for user ``i``. The
+    behaviour answer lists ``answer_actions`` action types; ``answer_selection``: ``top`` (the
+    most frequent) or ``sampled`` (drawn in proportion to frequency, see
+    :func:`behaviour_answer`).
 
     Queries and answers draw from separate random streams: the queries enter the user tower,
     so nothing about them may depend on the future, not even through a shared generator."""
@@ -332,7 +335,7 @@ def user_pairs(users: UserColumns, i: int, rng: np.random.Generator, *,
     fut = aggregate(users, i, future=True)
     pairs = [Pair("behaviour", behaviour_query,
                   behaviour_answer(fut, answer_rng if answer_selection == "sampled" else None,
-                                   answer_events,
+                                   answer_actions,
                                    total=event_count(users, i, future=True), spec=users.spec))]
     if topics_per_user <= 0:
         return pairs

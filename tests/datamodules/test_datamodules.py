@@ -67,6 +67,25 @@ def test_both_pair_kinds_appear(contrastive):
     assert kinds == {"behaviour", "topic"}
 
 
+def test_behaviour_answers_list_the_action_types_asked_for(world):
+    """data.answer_actions: a behaviour answer lists at most that many action types, the most
+    frequent first, so a longer list starts with the shorter one's."""
+    def answers(n):
+        dm = ContrastiveDataModule(path=str(world), batch_size=8, max_tokens=200,
+                                   answer_max_tokens=200, answer_actions=n, num_workers=0,
+                                   validate=False)
+        dm.setup()
+        batch = next(iter(dm.train_dataloader()))
+        return [dm.template.tok.decode(ids.tolist(), skip_special_tokens=True)
+                for ids in batch["answer_input_ids"]]
+    two, ten = answers(2), answers(10)
+    assert max(a.count(";") for a in two) == 2 and max(a.count(";") for a in ten) > 2
+    for short, long in zip(two, ten):  # the same users, the opening and two most frequent
+        assert ";".join(long.removesuffix(".").split(";")[:3]) == short.removesuffix(".")
+    with pytest.raises(ValueError, match="data.answer_actions expected a whole number >= 1"):
+        ContrastiveDataModule(path=str(world), answer_actions=0, validate=False)
+
+
 def test_splits_are_disjoint_and_stable():
     ids = [f"u{i}" for i in range(5000)]
     s = user_splits(ids, probe_fraction=0.3, val_fraction=0.1, seed=0)

@@ -73,6 +73,15 @@ def test_the_activity_header_has_a_backbone_of_its_own(world, tmp_path):
     assert cache_key(config(world, tmp_path, "data.activity_header=true"), tok) != plain
 
 
+def test_longer_answers_have_a_backbone_of_their_own(world, tmp_path):
+    """The backbone reads the answers in pre-training: data.answer_actions other than the
+    default changes the key; the default keeps the key it had before the option existed."""
+    tok = world / "tokenizer.json"
+    plain = cache_key(config(world, tmp_path), tok)
+    assert cache_key(config(world, tmp_path, "data.answer_actions=6"), tok) == plain
+    assert cache_key(config(world, tmp_path, "data.answer_actions=12"), tok) != plain
+
+
 def test_the_contrastive_batch_size_shares_the_backbone_and_the_stages_own_does_not(
         world, tmp_path):
     tok = world / "tokenizer.json"
