@@ -102,7 +102,8 @@ class EvalConfig:
     c: float = 1.0  # inverse L2 strength of the probe's logistic regression
     references: bool = True  # untrained backbone, bag of events (all / window); cached
     # On a synthetic world: the ceiling row, each label's probability given the latents the
-    # world drew the user from (datamodules/ceiling.py; about 90 s per world on 2 cores, cached)
+    # world drew the user from (datamodules/ceiling.py; cached; about 100 s for the default
+    # world's 1,801 probe users on 2 cores)
     ceiling: bool = False
     representation: str = "projected"  # projected | pooled: what eval/* describes (both probed)
     # fixed: every task probes one embedding per user (data.probe_query); task: each task probes
