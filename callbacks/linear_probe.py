@@ -362,7 +362,8 @@ def evaluate(module, source: ProbeSource, c: float = 1.0, step: int = 0,
         metrics.update(targeting_metrics(targets))
     result = Evaluation(step, per_task, {**summary, **metrics}, time.perf_counter() - start,
                         representation, query, path, targets)
-    result.test_scores = test_scores  # not a field: kept out of checkpoints
+    result.test_scores = test_scores  # not fields: kept out of checkpoints
+    result.embeddings = protocols["fixed"]
     return result
 
 

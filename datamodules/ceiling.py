@@ -24,6 +24,9 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+from sklearn.linear_model import RidgeCV
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 
 from . import world_vocab as V
 from .schema import EVENT_MODALITIES, future_column, seconds_to_ts, user_schema
@@ -111,12 +114,17 @@ def _users_latents(config: WorldConfig, user_ids: list[str]):
                                       positions[rows] - chunk * config.chunk_users)
 
 
+# The columns of latent_features that hold one number a user (the rest: age band and city
+# tier one-hot, which youth and urban carry on a scale)
+LATENTS = (*V.TRAITS, "log_activity", "trend", "churned")
+
+
 def latent_features(world: str | Path, user_ids: list[str]) -> np.ndarray:
-    """(users, features): the latents themselves as a representation (traits, log activity,
-    trend, churned, age band and city tier one-hot), the embedding of an encoder that
-    recovered all of them, for the run's own linear probe to read."""
+    """(users, features): the latents themselves as a representation (:data:`LATENTS`, then
+    age band and city tier one-hot), the embedding of an encoder that recovered all of them,
+    for the run's own linear probe to read."""
     config = world_config(world)
-    out = np.zeros((len(user_ids), len(V.TRAITS) + 3 + len(V.AGE_BANDS) + len(V.CITY_TIER_P)))
+    out = np.zeros((len(user_ids), len(LATENTS) + len(V.AGE_BANDS) + len(V.CITY_TIER_P)))
     for _, rows, lat in _users_latents(config, user_ids):
         tr = lat.traits
         out[rows] = np.column_stack([
@@ -142,3 +150,18 @@ def label_probabilities(world: str | Path, user_ids: list[str], tasks: list[Task
             labels = _future_hits(config, _tile(latents, times), tasks, rng)
             hits[rows] += labels.reshape(times, len(rows), -1).sum(axis=0)
     return hits / draws
+
+
+def latent_recovery(x, latents: np.ndarray, test: np.ndarray) -> dict[str, float]:
+    """How much of each latent (:data:`LATENTS`, columns of :func:`latent_features`) a
+    representation ``x`` (users, D) holds linearly: the test-side R^2 = 1 - SSE / SST of a
+    ridge regression on the standardised ``x`` fitted on the train side (``~test``), its
+    strength chosen by leave-one-out on that side. 0: no better than the train mean."""
+    model = make_pipeline(StandardScaler(), RidgeCV(alphas=np.logspace(-2, 4, 13)))
+    out = {}
+    for j, name in enumerate(LATENTS):
+        y = latents[:, j]
+        pred = model.fit(x[~test], y[~test]).predict(x[test])
+        sst = float(((y[test] - y[test].mean()) ** 2).sum())
+        out[name] = 1.0 - float(((y[test] - pred) ** 2).sum()) / sst if sst > 0 else float("nan")
+    return out

@@ -8,6 +8,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from statistics import fmean
 
 from maskstudy.experiments.threads import follow_share
 
@@ -257,7 +258,8 @@ def _eval(args: argparse.Namespace) -> int:
     from maskstudy.experiments.run import evaluate_checkpoint
 
     tasks = [t for item in args.tasks for t in task_list(item)] if args.tasks else None
-    out = evaluate_checkpoint(args.checkpoint, tasks, targeting=args.targeting or None)
+    out = evaluate_checkpoint(args.checkpoint, tasks, targeting=args.targeting or None,
+                              latents=args.latents)
     for task, m in out["tasks"].items():
         print(f"{task:<12} AUC {m['auc']:.4f}  KS {m['ks']:.4f}")
     for task, m in (out["targeting"] or {}).items():
@@ -268,6 +270,14 @@ def _eval(args: argparse.Namespace) -> int:
         print(f"{task:<12} skipped: {c['positives']} positive(s), {c['negatives']} negative(s)")
     print(f"{'average':<12} AUC {out['metrics']['eval/avg_auc']:.4f}  "
           f"KS {out['metrics']['eval/avg_ks']:.4f}")
+    if out["latents"]:
+        names = list(out["latents"])
+        print(f"\nR^2 of each latent (test users): {', '.join(names)}")
+        for latent in next(iter(out["latents"].values())):
+            print(f"{latent:<12} " + " ".join(f"{out['latents'][n][latent]:>7.3f}"
+                                              for n in names))
+        print(f"{'mean':<12} " + " ".join(f"{fmean(out['latents'][n].values()):>7.3f}"
+                                         for n in names))
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
     return 0
@@ -602,6 +612,11 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--targeting", action="store_true",
                     help="also score zero-shot targeting (every task's targeting sentence "
                          "ranks the probe-test users); written to the run's targeting.json")
+    ev.add_argument("--latents", action="store_true",
+                    help="a synthetic world only: how much of each latent the world drew the "
+                         "users from (traits, activity, its trend, churn) each "
+                         "representation holds, as the test R^2 of a ridge regression, "
+                         "beside the bag of events and its window")
     ev.add_argument("--json", help="also write the scores as JSON to this file")
     ev.set_defaults(func=_eval)
 

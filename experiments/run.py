@@ -31,6 +31,7 @@ from maskstudy.callbacks.linear_probe import (
 from maskstudy.callbacks.mask_schedule import (
     FutureAttentionMonitor, GradientGuidedPrewarmup, MaskHeatmap, MaskMonitor,
 )
+from maskstudy.datamodules import baseline, ceiling
 from maskstudy.datamodules.datamodules import UserDataModule
 from maskstudy.datamodules.tokenizer import save_tokenizer, tags
 from maskstudy.lightning_modules.masks import AttentionMask
@@ -252,14 +253,18 @@ def _plots(run_dir: Path, results: dict) -> None:
 
 
 def evaluate_checkpoint(checkpoint: str | Path, tasks: list[str] | None = None,
-                        targeting: bool | None = None) -> dict:
+                        targeting: bool | None = None, latents: bool = False) -> dict:
     """The linear probe (and with ``targeting``, or the run's ``eval.targeting``, zero-shot
-    targeting, also written to the run's ``targeting.json``) of a checkpoint."""
+    targeting, also written to the run's ``targeting.json``) of a checkpoint. ``latents``
+    (a synthetic world): how much of each latent every representation holds, beside the bag
+    of events and its window (:func:`latent_recovery`)."""
     cfg, module, run_dir = load_run(checkpoint)
     if tasks:
         cfg.eval.tasks = tasks
     if targeting is not None:
         cfg.eval.targeting = targeting
+    if latents:
+        ceiling.world_config(cfg.data.path)  # a synthetic world, before any embedding
     source = ProbeSourceAdapter(probe_datamodule(cfg), suite_of(list(cfg.eval.tasks)))
     result = evaluate(module, source, cfg.eval.c, module.checkpoint_step,
                       representation=cfg.eval.representation,
@@ -267,7 +272,24 @@ def evaluate_checkpoint(checkpoint: str | Path, tasks: list[str] | None = None,
     if result.targeting is not None:
         save_targeting(run_dir / TARGETING_FILE, source, result)
     return {"checkpoint": str(checkpoint), "metrics": result.metrics, "tasks": result.per_task,
-            "targeting": result.targeting, "skipped_tasks": source.dm.probe.skipped}
+            "targeting": result.targeting, "skipped_tasks": source.dm.probe.skipped,
+            "latents": latent_recovery(cfg, source.dm, result.embeddings) if latents else None}
+
+
+def latent_recovery(cfg: ExperimentConfig, probe_dm, embeddings: dict[str, np.ndarray]) -> dict:
+    """Per representation (the run's, then the bag of events on every history event and on
+    the encoder's window), the test R^2 of each latent of the world's probe users
+    (``ceiling.latent_recovery``), on one split of ``eval.test_fraction`` fixed by
+    ``data.split_seed``."""
+    users = probe_dm.probe.user_ids
+    latents = ceiling.latent_features(cfg.data.path, users)
+    test = np.random.default_rng(cfg.data.split_seed).random(len(users)) < cfg.eval.test_fraction
+    representations = {
+        **embeddings,
+        "bag_of_events": baseline.features(probe_dm.probe.history_table()).toarray(),
+        "bag_of_events_window": probe_dm.window_features().toarray()}
+    return {name: ceiling.latent_recovery(x, latents, test)
+            for name, x in representations.items()}
 
 
 def scenario_queries(cfg: ExperimentConfig, queries: str) -> dict[str, str]:

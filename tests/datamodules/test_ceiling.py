@@ -74,9 +74,10 @@ def test_the_latents_as_an_embedding(big_world, world_labels):
     config = ceiling.world_config(big_world)
     first = chunk_latents(config, 0, config.chunk_users)[0]
     traits, one_hot = len(V.TRAITS), len(V.AGE_BANDS) + len(V.CITY_TIER_P)
-    assert x.shape == (len(ids), traits + 3 + one_hot)
+    assert x.shape == (len(ids), len(ceiling.LATENTS) + one_hot)
     assert np.array_equal(x[: config.chunk_users, :traits], first.traits["z"])
-    assert np.array_equal(x[: config.chunk_users, traits + 2], first.churned)
+    churned = ceiling.LATENTS.index("churned")
+    assert np.array_equal(x[: config.chunk_users, churned], first.churned)
     assert (x[:, -one_hot:].sum(axis=1) == 2).all()  # one age band, one city tier
     reversed_ids = ids[::-1]
     assert np.array_equal(ceiling.latent_features(big_world, reversed_ids), x[::-1])
@@ -88,6 +89,24 @@ def test_the_latents_as_an_embedding(big_world, world_labels):
         gains.append(roc_auc_score(y[test], probe_scores(x, y, test))
                      - roc_auc_score(y[test], baseline.fit_predict(bag, y, test)))
     assert np.mean(gains) > 0.02
+
+
+def test_latent_recovery_reads_what_a_representation_holds(big_world, world_labels):
+    """R^2 per latent: the latents themselves recover each (near 1), noise none (near 0),
+    and the bag of events reads activity from the event counts far better than the rare
+    risk profiles."""
+    table, _, _, _ = world_labels
+    latents = ceiling.latent_features(big_world, table.column("user_id").to_pylist())
+    test = np.random.default_rng(0).random(len(latents)) < 0.3
+    itself = ceiling.latent_recovery(latents, latents, test)
+    assert list(itself) == list(ceiling.LATENTS)
+    assert min(itself.values()) > 0.99
+    noise = ceiling.latent_recovery(np.random.default_rng(1).normal(size=(len(latents), 8)),
+                                    latents, test)
+    assert max(noise.values()) < 0.05
+    bag = ceiling.latent_recovery(baseline.features(table.select(history_columns())).toarray(),
+                                  latents, test)
+    assert bag["log_activity"] > 0.8 and bag["launder"] < bag["log_activity"] - 0.3
 
 
 def test_probabilities_follow_the_seed(big_world):

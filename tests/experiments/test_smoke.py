@@ -17,6 +17,7 @@ from maskstudy.experiments.checkpoints import load_run
 from maskstudy.experiments.data import ProbeSourceAdapter, build_datamodules
 from maskstudy.experiments.run import fit
 from maskstudy.experiments.study import markdown_table
+from maskstudy.datamodules.ceiling import LATENTS
 from tests.helpers import tiny, write_tiny_text_encoder
 from tests.wandb_records import history, records, wait_until_closed
 
@@ -215,6 +216,33 @@ def test_the_probe_reads_the_representation_asked_for(world, tmp_path, monkeypat
     assert main(["eval", str(ckpt), "--json", str(tmp_path / "e.json")]) == 0
     again = json.loads((tmp_path / "e.json").read_text())["metrics"]
     assert again["eval/avg_auc"] == pytest.approx(m["eval/avg_auc"])
+
+
+def test_eval_reads_how_much_of_each_latent_a_representation_holds(world, tmp_path, monkeypatch,
+                                                                   capsys):
+    """eval --latents: per representation (both of the run's, the bag of events, its window)
+    the test R^2 of every latent of the world; the event counts hold the users' activity."""
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    fit(load_config(EXPERIMENTS_DIR / "causal.yaml", tiny(world, tmp_path)))
+    ckpt = next((tmp_path / "causal").glob("*/checkpoints/last.ckpt"))
+    out = tmp_path / "e.json"
+    assert main(["eval", str(ckpt), "--latents", "--json", str(out)]) == 0
+    assert "R^2 of each latent (test users): projected, pooled, bag_of_events" in (
+        capsys.readouterr().out)
+    latents = json.loads(out.read_text())["latents"]
+    assert list(latents) == ["projected", "pooled", "bag_of_events", "bag_of_events_window"]
+    assert all(list(r) == list(LATENTS) for r in latents.values())
+    assert latents["bag_of_events"]["log_activity"] > 0.5
+    assert all(r <= 1 for rows in latents.values() for r in rows.values())
+
+
+def test_eval_latents_needs_a_synthetic_world(movielens, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    fit(load_config("untrained", ["data=movielens", *tiny(movielens, tmp_path),
+                                  "eval.sparse_tasks=skip"]))
+    ckpt = next(tmp_path.glob("*/*/checkpoints/last.ckpt"))
+    assert main(["eval", str(ckpt), "--latents"]) == 2
+    assert f"{movielens}/world.json: no world.json" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("inputs", ["text", "hierarchical"])
