@@ -18,8 +18,6 @@ draws (docs/learning.md, "How much there is to learn").
 
 from __future__ import annotations
 
-import json
-import re
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +29,7 @@ from sklearn.preprocessing import StandardScaler
 from . import world_vocab as V
 from .schema import EVENT_MODALITIES, future_column, seconds_to_ts, user_schema
 from .synthetic import (GENERATOR_VERSION, ChunkLatents, WorldConfig, chunk_latents,
-                        future_traits, future_window)
+                        future_traits, future_window, user_id, user_position, world_config)
 from .tasks import EventRule, Task, compute_labels
 
 DRAWS = 400
@@ -39,31 +37,15 @@ USER_DRAWS_PER_CALL = 100_000  # user-futures drawn in one call: bounds the memo
 _STREAM = 1  # the redraws' generators: [seed, chunk, GENERATOR_VERSION, _STREAM, call]
 
 
-def world_config(path: str | Path) -> WorldConfig:
-    """The :class:`WorldConfig` a world directory was written with (its ``world.json``)."""
-    file = Path(path) / "world.json"
-    if not file.exists():
-        raise FileNotFoundError(f"{file}: no world.json; the ceiling needs a world written by "
-                                f"`maskstudy world`")
-    meta = json.loads(file.read_text())
-    if meta.get("generator_version") != GENERATOR_VERSION:
-        raise ValueError(f"{file}: generator_version {meta.get('generator_version')!r}, this "
-                         f"generator is version {GENERATOR_VERSION}; write the world again")
-    return WorldConfig(users=meta["users"], seed=meta["seed"], ref_date=meta["ref_date"],
-                       chunk_users=meta["chunk_users"], activity=meta["activity"],
-                       history_days=meta["history_days"], future_days=meta["future_days"])
-
-
 def user_positions(config: WorldConfig, user_ids: list[str]) -> np.ndarray:
-    """Each user's position in the world (``u{seed:03d}-{position:08d}``)."""
-    pattern = re.compile(rf"u{config.seed:03d}-(\d{{8}})")
+    """Each user's position in the world."""
     out = np.empty(len(user_ids), dtype=np.int64)
     for k, uid in enumerate(user_ids):
-        match = pattern.fullmatch(uid)
-        if match is None or int(match.group(1)) >= config.users:
+        position = user_position(config, uid)
+        if position is None:
             raise ValueError(f"user {uid!r} is not one of the {config.users} users of world "
-                             f"seed {config.seed} (u{config.seed:03d}-00000000 ..)")
-        out[k] = int(match.group(1))
+                             f"seed {config.seed} ({user_id(config, 0)} ..)")
+        out[k] = position
     return out
 
 

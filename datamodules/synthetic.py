@@ -11,6 +11,7 @@ byte of the output.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from datetime import date, datetime, timezone
 from pathlib import Path
@@ -26,6 +27,7 @@ from .schema import (
 )
 
 GENERATOR_VERSION = 1
+WORLD_FILE = "world.json"  # the world's metadata beside its users files
 SALE_DATES = ("03-08", "05-20", "06-18", "11-11", "12-12")  # calendar big-sale days
 SPM_POSITIONS = 8
 
@@ -336,7 +338,7 @@ def generate_chunk(config: WorldConfig, chunk: int, n: int) -> pa.Table:
     if empty.any():
         columns["spm"] = _ensure_one_event(columns["spm"], empty, ref, rng,
                                            min(30, config.history_days))
-    ids = pa.array([f"u{config.seed:03d}-{chunk * config.chunk_users + i:08d}" for i in range(n)])
+    ids = pa.array([user_id(config, chunk * config.chunk_users + i) for i in range(n)])
     tab = _tabular(rng, tr)
     tabular = pa.ListArray.from_arrays(pa.array(np.arange(0, tab.size + 1, tab.shape[1],
                                                           dtype=np.int32)),
@@ -356,6 +358,19 @@ def _ensure_one_event(col: pa.ListArray, empty: np.ndarray, ref: int,
         ts = datetime.fromtimestamp(ref - int(rng.integers(3600, days * DAY)), tz=timezone.utc)
         rows[i] = [{"ts": ts, "spm": home}]
     return pa.array(rows, type=col.type)
+
+
+def user_id(config: WorldConfig, position: int) -> str:
+    """The id of the user at ``position`` in the world."""
+    return f"u{config.seed:03d}-{position:08d}"
+
+
+def user_position(config: WorldConfig, uid: str) -> int | None:
+    """The position of the user ``uid`` in the world (:func:`user_id`); None when ``uid`` is
+    not one of its users."""
+    match = re.fullmatch(rf"u{config.seed:03d}-(\d{{8}})", uid)
+    position = int(match.group(1)) if match else None
+    return position if position is not None and position < config.users else None
 
 
 def write_world(config: WorldConfig, out: str | Path) -> dict:
@@ -394,5 +409,21 @@ def write_world(config: WorldConfig, out: str | Path) -> dict:
         "history_days": config.history_days,
         "future_days": config.future_days,
     }
-    (out / "world.json").write_text(json.dumps(meta, indent=2) + "\n")
+    (out / WORLD_FILE).write_text(json.dumps(meta, indent=2) + "\n")
     return meta
+
+
+def world_config(path: str | Path) -> WorldConfig:
+    """The :class:`WorldConfig` a world directory was written with (its ``world.json``, the
+    metadata :func:`write_world` writes)."""
+    file = Path(path) / WORLD_FILE
+    if not file.exists():
+        raise FileNotFoundError(f"{file}: no {WORLD_FILE}: not a synthetic world (write one "
+                                f"with `maskstudy data synth`)")
+    meta = json.loads(file.read_text())
+    if meta.get("generator_version") != GENERATOR_VERSION:
+        raise ValueError(f"{file}: generator_version {meta.get('generator_version')!r}, this "
+                         f"generator is version {GENERATOR_VERSION}; write the world again")
+    return WorldConfig(users=meta["users"], seed=meta["seed"], ref_date=meta["ref_date"],
+                       chunk_users=meta["chunk_users"], activity=meta["activity"],
+                       history_days=meta["history_days"], future_days=meta["future_days"])
