@@ -1,8 +1,9 @@
 """Linear-probe evaluation on frozen user embeddings (the papers' protocol).
 
 Each evaluation embeds every probe user once (``embed_users`` under the module's inference
-mask), then per task fits a standardised logistic regression on the task's train split and
-scores its test split:
+mask), then per task fits a standardised logistic regression on the task's train split (its
+L2 strength chosen by cross-validation on that split unless ``c`` fixes it,
+``datamodules/logistic.py``) and scores its test split:
 
     AUC  area under the ROC curve
     KS   max over thresholds of TPR - FPR (the Kolmogorov-Smirnov statistic)
@@ -56,11 +57,9 @@ import lightning as L
 import numpy as np
 import torch
 from scipy.stats import rankdata
-from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score, roc_curve
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
 
+from maskstudy.datamodules.logistic import logistic_scores
 from maskstudy.lightning_modules.scenarios import NotCacheable
 from maskstudy.lightning_modules.targeting import ranking_scores, targeting_direction
 
@@ -101,17 +100,13 @@ def scores(y: np.ndarray | None, score: np.ndarray | None) -> dict[str, float]:
     return {"auc": float(roc_auc_score(y, score)), "ks": ks_statistic(y, score)}
 
 
-def probe_scores(x: np.ndarray, y: np.ndarray, test: np.ndarray, *, c: float = 1.0,
-                 seed: int = 0) -> np.ndarray | None:
-    """Test-side scores of a standardised logistic regression fitted on the train side
-    (``None`` when either side lacks a class)."""
-    train = ~test
-    if len(np.unique(y[train])) < 2 or len(np.unique(y[test])) < 2:
-        return None
-    clf = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=2000,
-                                                             random_state=seed))
-    clf.fit(x[train], y[train])
-    return clf.predict_proba(x[test])[:, 1]
+def probe_scores(x: np.ndarray, y: np.ndarray, test: np.ndarray, *,
+                 c: float | None = None) -> np.ndarray | None:
+    """Test-side scores of a standardised logistic regression fitted on the train side at
+    inverse strength ``c`` (None: chosen on the train side, ``datamodules/logistic.py``);
+    ``None`` when either side lacks a class."""
+    fitted = logistic_scores(x, y, test, c=c, standardise=True)
+    return None if fitted is None else fitted[0]
 
 
 def summarise(per_task: dict[str, dict[str, float]], domains: dict[str, str]) -> dict[str, float]:
@@ -130,18 +125,21 @@ def summarise(per_task: dict[str, dict[str, float]], domains: dict[str, str]) ->
     return out
 
 
-def probe_all(embeddings: np.ndarray | dict[str, np.ndarray], source: ProbeSource,
-              c: float = 1.0) -> tuple[dict[str, dict], np.ndarray]:
-    """(AUC and KS per task, test scores (users, tasks), NaN off each task's test side).
-    ``embeddings``: one (users, D) matrix for every task, or one per task."""
+def probe_all(embeddings, source: ProbeSource, c: float | None = None,
+              standardise: bool = True) -> tuple[dict[str, dict], np.ndarray]:
+    """(AUC, KS and the probe's ``c`` per task, test scores (users, tasks), NaN off each
+    task's test side). ``embeddings``: one (users, D) matrix for every task, or one per task
+    (a dict); ``standardise``: scale each column first (off for the bag of events' counts)."""
     per_task, table = {}, np.full(source.labels.shape, np.nan, dtype=np.float32)
     for k, task in enumerate(source.task_names):
         y, test = source.labels[:, k], source.test_mask(task)
         x = embeddings[task] if isinstance(embeddings, dict) else embeddings
-        score = probe_scores(x, y, test, c=c)
-        per_task[task] = scores(y[test] if score is not None else None, score)
-        if score is not None:
-            table[test, k] = score
+        fitted = logistic_scores(x, y, test, c=c, standardise=standardise)
+        if fitted is None:
+            per_task[task] = scores(None, None)
+            continue
+        per_task[task] = {**scores(y[test], fitted[0]), "c": fitted[1]}
+        table[test, k] = fitted[0]
     return per_task, table
 
 
@@ -320,7 +318,7 @@ def task_query_embeddings(module, source: ProbeSource, share_history: bool = Tru
     return out, path
 
 
-def evaluate(module, source: ProbeSource, c: float = 1.0, step: int = 0,
+def evaluate(module, source: ProbeSource, c: float | None = None, step: int = 0,
              representation: str = "projected", query: str = "fixed",
              targeting: bool = False) -> Evaluation:
     """Probes every representation; ``per_task`` and the ``eval/...`` metrics describe
@@ -394,7 +392,7 @@ class LinearProbeEvaluation(L.Callback):
     end of training, on global rank 0; the final evaluation's test scores go to
     ``out_dir/predictions.npz``, its summary to :meth:`results`."""
 
-    def __init__(self, source: ProbeSource, *, every_n_steps: int = 0, c: float = 1.0,
+    def __init__(self, source: ProbeSource, *, every_n_steps: int = 0, c: float | None = None,
                  out_dir: str | Path | None = None, representation: str = "projected",
                  query: str = "fixed", targeting: bool = False):
         self.source = source

@@ -7,9 +7,10 @@ each value occurs; per modality ``log1p`` of the event count, of the active days
 recent events (the last ``schema.RECENT_DAYS`` days) and of the days since the last event; the
 summaries a modality declares of its number fields (the bill amount's sum and largest value,
 the mean movie rating; a declared modality's numbers: sum and largest, as signed ``log1p``);
-and the tabular vector. On MovieLens this is the bag-of-items baseline. The same features and
-splits serve the world summary and the study's reference row, so a trained encoder is compared
-against exactly this number.
+and the tabular vector. On MovieLens this is the bag-of-items baseline. The same features,
+splits and logistic regression (``logistic.py``, its strength chosen like the embeddings'
+probe's) serve the world summary and the study's reference row, so a trained encoder is
+compared against exactly this number.
 """
 
 from __future__ import annotations
@@ -18,10 +19,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import scipy.sparse as sp
-from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 from sklearn.preprocessing import StandardScaler
 
+from .logistic import logistic_scores
 from .schema import DAY, recent, table_modalities, table_spec, ts_seconds
 
 
@@ -181,19 +182,13 @@ def features(table: pa.Table, extra: np.ndarray | None = None) -> sp.csr_matrix:
     return sp.hstack([sparse, sp.csr_matrix(dense)], format="csr")
 
 
-def fit_predict(x, y: np.ndarray, test: np.ndarray, *, c: float = 0.1,
-                seed: int = 0) -> np.ndarray | None:
-    """Test-side scores of an L2 logistic regression fitted on the train side of one task's
-    split; ``None`` when either side lacks a class."""
-    train = ~test
-    if len(np.unique(y[train])) < 2 or len(np.unique(y[test])) < 2:
-        return None
-    clf = LogisticRegression(C=c, max_iter=2000, random_state=seed)
-    clf.fit(x[train], y[train])
-    return clf.predict_proba(x[test])[:, 1]
+# The rows' strength where ``eval.c`` fixes the embeddings' probe instead of letting each fit
+# choose: the counts, unscaled, want a stronger regularisation than standardised embeddings.
+FIXED_C = 0.1
 
 
-def probe_auc(x, y: np.ndarray, test: np.ndarray, *, c: float = 0.1, seed: int = 0) -> float:
-    """Test AUC of :func:`fit_predict` (NaN when a side lacks a class)."""
-    score = fit_predict(x, y, test, c=c, seed=seed)
-    return float("nan") if score is None else float(roc_auc_score(y[test], score))
+def probe_auc(x, y: np.ndarray, test: np.ndarray, *, c: float | None = None) -> float:
+    """Test AUC of a logistic regression on the train side at inverse strength ``c`` (None:
+    chosen on the train side, ``logistic.py``); NaN when a side lacks a class."""
+    fitted = logistic_scores(x, y, test, c=c)
+    return float("nan") if fitted is None else float(roc_auc_score(y[test], fitted[0]))

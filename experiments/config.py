@@ -99,7 +99,11 @@ class EvalConfig:
     sparse_tasks: str = "error"  # error | skip
     every_n_steps: int = 0  # 0: evaluate at the end of training only
     test_fraction: float = 0.3
-    c: float = 1.0  # inverse L2 strength of the probe's logistic regression
+    # Inverse L2 strength of the probes' logistic regressions. null: each fit chooses its own
+    # by cross-validation on the task's train side (datamodules/logistic.py), the embeddings,
+    # the latents and the bag of events alike; a number: that strength for the embeddings'
+    # and latents' probes, the bag-of-events rows at baseline.FIXED_C.
+    c: float | None = None
     references: bool = True  # untrained backbone, bag of events (all / window); cached
     # On a synthetic world: the ceiling row, each label's probability given the latents the
     # world drew the user from (datamodules/ceiling.py; cached; about 100 s for the default
@@ -118,6 +122,8 @@ class EvalConfig:
             raise ValueError(f"eval.representation expected one of {list(REPRESENTATIONS)}")
         if not 0 < self.test_fraction < 1:
             raise ValueError("eval.test_fraction expected a value in (0, 1)")
+        if self.c is not None and not self.c > 0:
+            raise ValueError("eval.c expected a positive number, or null (chosen per fit)")
         if self.min_class_users < MIN_SCORABLE:
             raise ValueError(f"eval.min_class_users expected at least {MIN_SCORABLE} (one user "
                              f"of each class on each side of a task's split)")

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import lightning as L
 
-from maskstudy.callbacks.linear_probe import (REPRESENTATIONS, evaluate, probe_scores,
+from maskstudy.callbacks.linear_probe import (REPRESENTATIONS, evaluate, probe_all,
                                               representation_metric, scores, summarise)
-from maskstudy.datamodules import baseline, ceiling
+from maskstudy.datamodules import baseline, ceiling, logistic
 from maskstudy.datamodules.datamodules import ProbeDataModule
 from maskstudy.datamodules.schema import dataset_files
 from maskstudy.lightning_modules.module import ContrastiveMaskingModule, MaskConfig
@@ -45,7 +45,7 @@ def _cache_key(cfg: ExperimentConfig, kind: str, tasks: list,
     d = cfg.data
     parts = [kind, str(Path(d.path).resolve()), stat, d.probe_fraction, d.val_fraction,
              d.split_seed, [repr(t) for t in tasks], cfg.eval.test_fraction,
-             cfg.eval.c]
+             cfg.eval.c, logistic.C_GRID, logistic.FOLDS]
     model = to_dict(cfg)
     if kind == "untrained":
         parts += [model["backbone"], model["encoder"], model["input"], d.tokenizer,
@@ -97,11 +97,11 @@ def reference_rows(cfg: ExperimentConfig, probe_dm: ProbeDataModule,
             users = probe_dm.probe.user_ids
             p = ceiling.label_probabilities(cfg.data.path, users, probe_dm.probe.tasks)
             latents = ceiling.latent_features(cfg.data.path, users)
-            per_task, probed = {}, {}
+            per_task = {}
             for k, task in enumerate(source.task_names):
                 y, test = source.labels[:, k], source.test_mask(task)
                 per_task[task] = scores(y[test], p[test, k])
-                probed[task] = scores(y[test], probe_scores(latents, y, test, c=cfg.eval.c))
+            probed = probe_all(latents, source, cfg.eval.c)[0]
             # what the run's own probe reads from an embedding that holds every latent
             probed_metrics = summarise(probed, source.domains)
             extra = {representation_metric(LATENTS, key): probed_metrics[f"eval/{key}"]
@@ -109,10 +109,8 @@ def reference_rows(cfg: ExperimentConfig, probe_dm: ProbeDataModule,
         else:
             x = (baseline.features(probe_dm.probe.history_table()) if kind == "bag_of_events"
                  else probe_dm.window_features())
-            per_task, extra = {}, {}
-            for k, task in enumerate(source.task_names):
-                y, test = source.labels[:, k], source.test_mask(task)
-                per_task[task] = scores(y[test], baseline.fit_predict(x, y, test))
+            c = None if cfg.eval.c is None else baseline.FIXED_C
+            per_task, extra = probe_all(x, source, c, standardise=False)[0], {}
         rows[kind] = {"tasks": per_task, "metrics": summarise(per_task, source.domains) | extra,
                       "seconds": time.perf_counter() - start}
         path.write_text(json.dumps(rows[kind], indent=2) + "\n")

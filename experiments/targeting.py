@@ -141,7 +141,7 @@ def write_ranking(path: str | Path, users: list, values: np.ndarray) -> None:
 
 def few_shot_task(module, sentence: tuple[torch.Tensor, torch.Tensor], reference: torch.Tensor,
                   users: np.ndarray, y: np.ndarray, test: np.ndarray, task: str, shots: int,
-                  draw: int, fewshot, c: float = 1.0) -> dict:
+                  draw: int, fewshot, c: float | None = None) -> dict:
     """One draw of ``shots`` positive and negative seed users from the train side (fixed by
     the seed, the task, k and the draw): the test AUC of the prompt-tuned sentence (its ids
     and mask, (1, L); triplet loss, ranked against the ``reference`` embedding) and of a

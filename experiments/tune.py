@@ -110,7 +110,7 @@ def class_means(x: np.ndarray, y: np.ndarray) -> torch.Tensor:
 
 
 def tune_task(module, source: ProbeSourceAdapter, task: str, tune: TuneConfig,
-              users: TaskUsers, loggers: list = (), c: float = 1.0) -> tuple[dict, dict]:
+              users: TaskUsers, loggers: list = (), c: float | None = None) -> tuple[dict, dict]:
     """(results, state): prompt tuning of ``task`` on its probe-train ``users``, scored on
     its probe-test users beside the untuned ``probe`` and ``base`` rows; ``state`` holds the
     prompts and prototypes."""

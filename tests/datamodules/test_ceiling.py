@@ -53,15 +53,19 @@ def test_churned_users_lose_activity_in_every_draw(big_world, world_labels):
 
 
 def test_the_ceiling_ranks_above_the_bag_of_events(world_labels):
-    """No score computed from the history ranks the labels better than p: on every task's
-    test split p's AUC is at least the bag-of-events regression's."""
+    """No score computed from the history ranks the labels better than p. p_hat estimates p
+    from 30 redraws and the test sides hold 900 users, so per task it may fall short of the
+    bag-of-events regression by noise (0.01); on average over the tasks it ranks clearly
+    above."""
     table, tasks, labels, p = world_labels
     x = baseline.features(table.select(history_columns()))
+    gaps = []
     for k, task in enumerate(tasks):
         y = labels[:, k]
         test = stratified_split(y, test_fraction=0.3, seed=k)
-        bag = roc_auc_score(y[test], baseline.fit_predict(x, y, test))
-        assert roc_auc_score(y[test], p[test, k]) > bag, task.name
+        gaps.append(roc_auc_score(y[test], p[test, k]) - baseline.probe_auc(x, y, test))
+        assert gaps[-1] > -0.01, task.name
+    assert np.mean(gaps) > 0.03, gaps
 
 
 def test_the_latents_as_an_embedding(big_world, world_labels):
@@ -87,7 +91,7 @@ def test_the_latents_as_an_embedding(big_world, world_labels):
         y = labels[:, k]
         test = stratified_split(y, test_fraction=0.3, seed=k)
         gains.append(roc_auc_score(y[test], probe_scores(x, y, test))
-                     - roc_auc_score(y[test], baseline.fit_predict(bag, y, test)))
+                     - baseline.probe_auc(bag, y, test))
     assert np.mean(gains) > 0.02
 
 

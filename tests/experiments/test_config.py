@@ -144,6 +144,7 @@ def test_overrides_apply(data_ok):
     ("eval.tasks=[female]", "key 'eval.tasks': task 'female' reads column 'attr_gender'"),
     ("data.history_days=60", "key 'data.history_days': data.history_days is 60, but"),
     ("eval.sparse_tasks=drop", "key 'eval.sparse_tasks'"),
+    ("eval.c=0", "key 'eval.c': expected a positive number, or null"),
     ("data.scenarios_per_user=-1", "key 'data.scenarios_per_user': expected a whole number"),
     ("data.scenarios_per_user=1 data.scenario_tasks=[conert]",
      "key 'data.scenario_tasks': unknown task 'conert'"),

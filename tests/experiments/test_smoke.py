@@ -17,7 +17,9 @@ from maskstudy.experiments.checkpoints import load_run
 from maskstudy.experiments.data import ProbeSourceAdapter, build_datamodules
 from maskstudy.experiments.run import fit
 from maskstudy.experiments.study import markdown_table
+from maskstudy.datamodules import baseline
 from maskstudy.datamodules.ceiling import LATENTS
+from maskstudy.datamodules.logistic import C_GRID
 from tests.helpers import tiny, write_tiny_text_encoder
 from tests.wandb_records import history, records, wait_until_closed
 
@@ -178,6 +180,24 @@ def test_reference_rows_are_shared_across_recipes(world, tmp_path, monkeypatch):
     b = fit(load_config(EXPERIMENTS_DIR / "ggsm.yaml", tiny(world, tmp_path))).results
     assert a["references"] == b["references"]
     assert [p.stat().st_mtime_ns for p in sorted((tmp_path / ".cache").glob("*.json"))] == stamps
+
+
+def test_every_probe_chooses_its_strength_unless_eval_c_fixes_it(world, tmp_path, monkeypatch):
+    """By default each task's probe, on the run's embeddings and on every reference row,
+    records the strength it chose from the grid; eval.c fixes the embeddings' probes to it
+    and the bag-of-events rows to their own fixed strength, cached under other keys."""
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    chosen = fit(load_config(EXPERIMENTS_DIR / "causal.yaml", tiny(world, tmp_path))).results
+    rows = [chosen["tasks"], *(r["tasks"] for r in chosen["references"].values())]
+    assert all(m["c"] in C_GRID for tasks in rows for m in tasks.values())
+    fixed = fit(load_config(EXPERIMENTS_DIR / "causal.yaml",
+                            tiny(world, tmp_path, "eval.c=1"))).results
+    assert {m["c"] for m in fixed["tasks"].values()} == {1.0}
+    refs = fixed["references"]
+    assert {m["c"] for m in refs["untrained"]["tasks"].values()} == {1.0}
+    for kind in ("bag_of_events", "bag_of_events_window"):
+        assert {m["c"] for m in refs[kind]["tasks"].values()} == {baseline.FIXED_C}
+    assert len(list((tmp_path / ".cache").glob("bag_of_events-*.json"))) == 2
 
 
 def test_the_ceiling_row_is_read_beside_the_others(world, tmp_path, monkeypatch):
