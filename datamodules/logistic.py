@@ -28,6 +28,9 @@ FOLDS = 5
 # With a single user of a class on the train side there is nothing to cross-validate.
 UNCHOSEN_C = 1.0
 MAX_ITER = 2000
+# Newton steps on the d x d Hessian: a few iterations per fit for the probes' widths (up to a
+# few hundred columns), about twice as fast as lbfgs along the grid.
+SOLVER = "newton-cholesky"
 
 
 def chosen_c(x, y: np.ndarray, *, grid: tuple[float, ...] = C_GRID, folds: int = FOLDS) -> float:
@@ -38,7 +41,7 @@ def chosen_c(x, y: np.ndarray, *, grid: tuple[float, ...] = C_GRID, folds: int =
         return UNCHOSEN_C
     auc = np.zeros(len(grid))
     for fit, val in StratifiedKFold(k).split(np.zeros(len(y)), y):
-        clf = LogisticRegression(max_iter=MAX_ITER, warm_start=True)
+        clf = LogisticRegression(max_iter=MAX_ITER, warm_start=True, solver=SOLVER)
         for j, c in enumerate(grid):
             clf.set_params(C=c).fit(x[fit], y[fit])
             auc[j] += roc_auc_score(y[val], clf.decision_function(x[val]))
@@ -57,5 +60,5 @@ def logistic_scores(x, y: np.ndarray, test: np.ndarray, *, c: float | None = Non
     if standardise:
         x = StandardScaler().fit(x[train]).transform(x)
     strength = chosen_c(x[train], y[train]) if c is None else c
-    clf = LogisticRegression(C=strength, max_iter=MAX_ITER).fit(x[train], y[train])
+    clf = LogisticRegression(C=strength, max_iter=MAX_ITER, solver=SOLVER).fit(x[train], y[train])
     return clf.predict_proba(x[test])[:, 1], strength

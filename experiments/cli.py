@@ -257,9 +257,11 @@ def _resume(args: argparse.Namespace) -> int:
 def _eval(args: argparse.Namespace) -> int:
     from maskstudy.experiments.run import evaluate_checkpoint
 
-    tasks = [t for item in args.tasks for t in task_list(item)] if args.tasks else None
+    items, overrides = lift_overrides(args.tasks, args.overrides)
+    tasks = [t for item in items for t in task_list(item)] or None
     out = evaluate_checkpoint(args.checkpoint, tasks, targeting=args.targeting or None,
-                              latents=args.latents)
+                              latents=args.latents,
+                              overrides=section_overrides("eval", overrides))
     for task, m in out["tasks"].items():
         print(f"{task:<12} AUC {m['auc']:.4f}  KS {m['ks']:.4f}")
     for task, m in (out["targeting"] or {}).items():
@@ -618,6 +620,10 @@ def build_parser() -> argparse.ArgumentParser:
                          "representation holds, as the test R^2 of a ridge regression, "
                          "beside the bag of events and its window")
     ev.add_argument("--json", help="also write the scores as JSON to this file")
+    ev.add_argument("overrides", nargs="*", metavar="key=value",
+                    help="keys of the eval section without its prefix (c=0.01 fixes the "
+                         "probe's strength, c=null lets each fit choose it; "
+                         "docs/configuration.md lists them) or any dotted config key")
     ev.set_defaults(func=_eval)
 
     tune = commands.add_parser(

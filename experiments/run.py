@@ -253,12 +253,14 @@ def _plots(run_dir: Path, results: dict) -> None:
 
 
 def evaluate_checkpoint(checkpoint: str | Path, tasks: list[str] | None = None,
-                        targeting: bool | None = None, latents: bool = False) -> dict:
+                        targeting: bool | None = None, latents: bool = False,
+                        overrides: list[str] | None = None) -> dict:
     """The linear probe (and with ``targeting``, or the run's ``eval.targeting``, zero-shot
-    targeting, also written to the run's ``targeting.json``) of a checkpoint. ``latents``
-    (a synthetic world): how much of each latent every representation holds, beside the bag
-    of events and its window (:func:`latent_recovery`)."""
-    cfg, module, run_dir = load_run(checkpoint)
+    targeting, also written to the run's ``targeting.json``) of a checkpoint, under its run's
+    config with ``overrides`` (e.g. ``eval.c=0.01``). ``latents`` (a synthetic world): how
+    much of each latent every representation holds, beside the bag of events and its window
+    (:func:`latent_recovery`)."""
+    cfg, module, run_dir = load_run(checkpoint, overrides)
     if tasks:
         cfg.eval.tasks = tasks
     if targeting is not None:

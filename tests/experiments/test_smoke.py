@@ -127,6 +127,14 @@ def test_eval_and_embed_from_a_checkpoint(input, world, tmp_path, monkeypatch, c
                  str(tmp_path / "e.json")]) == 0
     out = json.loads((tmp_path / "e.json").read_text())
     assert list(out["tasks"]) == ["concert", "login"]
+    # eval section keys after the tasks: the probe at a fixed strength
+    assert main(["eval", str(ckpt), "--tasks", "concert", "c=0.5", "--json",
+                 str(tmp_path / "c.json")]) == 0
+    fixed = json.loads((tmp_path / "c.json").read_text())["tasks"]
+    assert list(fixed) == ["concert"] and fixed["concert"]["c"] == 0.5
+    assert main(["eval", str(ckpt), "--tasks", "concert", "c=null", "--json",
+                 str(tmp_path / "c.json")]) == 0
+    assert json.loads((tmp_path / "c.json").read_text())["tasks"]["concert"]["c"] in C_GRID
 
     assert main(["embed", str(ckpt), "--out", str(tmp_path / "u.parquet")]) == 0
     table = pq.read_table(tmp_path / "u.parquet")
@@ -187,7 +195,8 @@ def test_every_probe_chooses_its_strength_unless_eval_c_fixes_it(world, tmp_path
     records the strength it chose from the grid; eval.c fixes the embeddings' probes to it
     and the bag-of-events rows to their own fixed strength, cached under other keys."""
     monkeypatch.setenv("WANDB_MODE", "disabled")
-    chosen = fit(load_config(EXPERIMENTS_DIR / "causal.yaml", tiny(world, tmp_path))).results
+    chosen = fit(load_config(EXPERIMENTS_DIR / "causal.yaml",
+                             tiny(world, tmp_path, "eval.c=null"))).results
     rows = [chosen["tasks"], *(r["tasks"] for r in chosen["references"].values())]
     assert all(m["c"] in C_GRID for tasks in rows for m in tasks.values())
     fixed = fit(load_config(EXPERIMENTS_DIR / "causal.yaml",
