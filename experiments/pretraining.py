@@ -14,9 +14,7 @@ every run seed and every recipe of a dataset share one pre-trained backbone.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import fcntl
 import hashlib
 import json
 import logging
@@ -35,6 +33,7 @@ from maskstudy.lightning_modules.backbone import build_backbone, hidden_size
 from maskstudy.lightning_modules.pretrain import pretrain_backbone
 
 from .config import ExperimentConfig, cache_dir, to_dict
+from .locks import file_lock
 
 log = logging.getLogger(__name__)
 
@@ -71,16 +70,6 @@ def cache_key(cfg: ExperimentConfig, tokenizer: Path) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-@contextlib.contextmanager
-def _locked(path: Path):
-    with open(path.with_suffix(".lock"), "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def pretrained_backbone(cfg: ExperimentConfig, tokenizer: Path | None = None, *,
                         on_step: Callable[[int, int], None] | None = None
                         ) -> PretrainedBackbone | None:
@@ -98,7 +87,7 @@ def pretrained_backbone(cfg: ExperimentConfig, tokenizer: Path | None = None, *,
     cache.mkdir(parents=True, exist_ok=True)
     key = cache_key(cfg, Path(tokenizer))
     path = cache / f"backbone-{key}.pt"
-    with _locked(path):
+    with file_lock(path):
         if path.exists():
             saved = torch.load(path, map_location="cpu", weights_only=True)
             return PretrainedBackbone(key, saved["state_dict"], saved.get("head"))
