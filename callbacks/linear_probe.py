@@ -125,8 +125,8 @@ def summarise(per_task: dict[str, dict[str, float]], domains: dict[str, str]) ->
     return out
 
 
-def probe_all(embeddings, source: ProbeSource, c: float | None = None,
-              standardise: bool = True) -> tuple[dict[str, dict], np.ndarray]:
+def probe_all(embeddings: np.ndarray | dict[str, np.ndarray], source: ProbeSource,
+              c: float | None = None, standardise: bool = True) -> tuple[dict[str, dict], np.ndarray]:
     """(AUC, KS and the probe's ``c`` per task, test scores (users, tasks), NaN off each
     task's test side). ``embeddings``: one (users, D) matrix for every task, or one per task
     (a dict); ``standardise``: scale each column first (off for the bag of events' counts)."""

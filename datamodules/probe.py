@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from . import baseline
 from .schema import EVENT_MODALITIES, DataValidationError, future_column, schema_spec
 from .splits import stratified_split
 from .stream import SplitSpec, split_tables
@@ -169,3 +170,8 @@ class ProbeSet:
     def history_table(self) -> pa.Table:
         """The probe users' history columns, in label order (for the bag-of-events row)."""
         return pa.concat_tables(list(self._tables(history_columns(self.modalities))))
+
+    def history_features(self):
+        """The bag-of-events features of every history event of the probe users, in label
+        order (``baseline.features``)."""
+        return baseline.features(self.history_table())

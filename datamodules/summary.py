@@ -45,7 +45,7 @@ def world_summary(path: str | Path, *, tasks: str | list = "all",
                      resolved, test_fraction=test_fraction, seed=split_seed,
                      min_class_users=min_class_users, sparse_tasks="skip").load()
     spec = dataset_spec(path)
-    x = baseline.features(probe.history_table())
+    x = probe.history_features()
     x_window = None
     if window_tokens is not None:
         window = ProbeDataModule(

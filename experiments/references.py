@@ -123,7 +123,7 @@ def _reference_row(kind: str, cfg: ExperimentConfig, probe_dm: ProbeDataModule,
         extra = {representation_metric(LATENTS, key): probed_metrics[f"eval/{key}"]
                  for key in ("avg_auc", "avg_ks")}
     else:
-        x = (baseline.features(probe_dm.probe.history_table()) if kind == "bag_of_events"
+        x = (probe_dm.probe.history_features() if kind == "bag_of_events"
              else probe_dm.window_features())
         c = None if cfg.eval.c is None else baseline.FIXED_C
         per_task, extra = probe_all(x, source, c, standardise=False)[0], {}

@@ -31,7 +31,7 @@ from maskstudy.callbacks.linear_probe import (
 from maskstudy.callbacks.mask_schedule import (
     FutureAttentionMonitor, GradientGuidedPrewarmup, MaskHeatmap, MaskMonitor,
 )
-from maskstudy.datamodules import baseline, ceiling
+from maskstudy.datamodules import ceiling
 from maskstudy.datamodules.datamodules import UserDataModule
 from maskstudy.datamodules.tokenizer import save_tokenizer, tags
 from maskstudy.lightning_modules.masks import AttentionMask
@@ -288,7 +288,7 @@ def latent_recovery(cfg: ExperimentConfig, probe_dm, embeddings: dict[str, np.nd
     test = np.random.default_rng(cfg.data.split_seed).random(len(users)) < cfg.eval.test_fraction
     representations = {
         **embeddings,
-        "bag_of_events": baseline.features(probe_dm.probe.history_table()).toarray(),
+        "bag_of_events": probe_dm.probe.history_features().toarray(),
         "bag_of_events_window": probe_dm.window_features().toarray()}
     return {name: ceiling.latent_recovery(x, latents, test)
             for name, x in representations.items()}
